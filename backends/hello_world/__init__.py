@@ -1,0 +1,91 @@
+"""hello_world: the worked example backend, in front of the demo LLM server.
+
+The demo model server (:mod:`backends.hello_world.server`) serves ``POST /generate`` (JSON),
+``POST /generate_stream`` (server-sent events, one token per event) and ``GET /healthcheck``.
+Both generation routes take ``{"prompt": str, "max_response_tokens": int | null}``.
+"""
+
+from __future__ import annotations
+
+import random
+import sys
+from collections.abc import Mapping
+
+from pyworker import Backend, DemoServer, Endpoint, Fields, Job, LogAction, LogRule, json_body
+from pyworker import estimate_tokens
+
+DEFAULT_MAX_RESPONSE_TOKENS = 256
+MAX_RESPONSE_TOKENS_LIMIT = 4096
+MAX_PROMPT_CHARS = 200_000
+
+_WORDS = (
+    "the model server answers each prompt with tokens streamed one at a time while the worker "
+    "counts workload reports load and keeps every request safe from loss or corruption"
+).split()
+
+
+def parse_generate(payload: object) -> Job:
+    """Validate a hello_world payload and weigh it.
+
+    Workload is the estimated prompt tokens plus the tokens asked for: an LLM's cost grows
+    with both, and the demo server spends exactly that (the original counted the prompt only,
+    which makes a 1-token and a 4,000-token answer look the same to the autoscaler).
+    """
+    fields = Fields(payload)
+    prompt = fields.string("prompt", max_length=MAX_PROMPT_CHARS)
+    max_tokens = fields.integer(
+        "max_response_tokens",
+        default=DEFAULT_MAX_RESPONSE_TOKENS,
+        minimum=1,
+        maximum=MAX_RESPONSE_TOKENS_LIMIT,
+    )
+    fields.check()
+    workload = estimate_tokens(prompt) + max_tokens
+    body = json_body({"prompt": prompt, "max_response_tokens": max_tokens})
+    return Job(workload=workload, body=body, upstream_path="")
+
+
+def _generate(payload: object) -> Job:
+    job = parse_generate(payload)
+    return Job(workload=job.workload, body=job.body, upstream_path="/generate")
+
+
+def _generate_stream(payload: object) -> Job:
+    job = parse_generate(payload)
+    return Job(workload=job.workload, body=job.body, upstream_path="/generate_stream")
+
+
+def benchmark_payload(rng: random.Random) -> dict[str, object]:
+    """A typical request: a 100-word prompt and a 64-token answer."""
+    return {"prompt": " ".join(rng.choices(_WORDS, k=100)), "max_response_tokens": 64}
+
+
+def _demo_argv(port: int, log_path: str) -> list[str]:
+    return [sys.executable, "-m", "backends.hello_world.server", "--port", str(port),
+            "--log", log_path]
+
+
+def _model_id(env: Mapping[str, str]) -> str:
+    return env.get("MODEL_NAME", "hello_world-demo")
+
+
+BACKEND = Backend(
+    name="hello_world",
+    model_server_url="http://127.0.0.1:5001",
+    endpoints=(
+        Endpoint(route="/generate", parse=_generate, benchmark_payload=benchmark_payload),
+        Endpoint(route="/generate_stream", parse=_generate_stream,
+                 benchmark_payload=benchmark_payload),
+    ),
+    benchmark_route="/generate",
+    log_rules=(
+        LogRule(action=LogAction.MODEL_LOADED, substring="infer server has started"),
+        LogRule(action=LogAction.MODEL_ERROR, substring="Exception: corrupted model file"),
+        LogRule(action=LogAction.MODEL_ERROR, substring="Error: model failed to load"),
+        LogRule(action=LogAction.INFO, substring="loading model"),
+    ),
+    allow_parallel_requests=True,
+    health_path="/healthcheck",
+    model_id=_model_id,
+    demo=DemoServer(argv=_demo_argv),
+)

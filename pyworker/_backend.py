@@ -1,0 +1,213 @@
+"""The backend API: what a model server integration declares.
+
+A backend is a package under ``backends/`` whose ``__init__`` defines ``BACKEND``, a
+:class:`Backend`. It says where its model server listens, which log lines mean what, which routes
+the worker serves, how each route's payload is validated and weighed (its *workload*), what a
+benchmark request looks like, and how to start a local demo model server.
+"""
+
+from __future__ import annotations
+
+import enum
+import importlib
+import json
+import random
+import re
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import attrs
+
+if TYPE_CHECKING:
+    import httpx
+
+
+class LogAction(enum.Enum):
+    """What a matching line in the model server's log means."""
+
+    MODEL_LOADED = "model_loaded"
+    """The model server is ready to serve."""
+    MODEL_ERROR = "model_error"
+    """The model server failed; the line is the reason."""
+    INFO = "info"
+    """Progress worth showing the operator (downloads, shard start)."""
+
+
+@attrs.frozen(kw_only=True)
+class LogRule:
+    """A substring of a log line and what it means."""
+
+    action: LogAction
+    substring: str
+
+
+@attrs.frozen(kw_only=True)
+class Job:
+    """A validated request, ready to send to the model server.
+
+    Attributes:
+        workload: the estimated cost in the backend's workload units (tokens, pixel-steps).
+        body: the exact bytes to send upstream (usually JSON).
+        upstream_path: the model server's path to send it to.
+        detail: backend data for a custom ``run`` (e.g. the parsed workflow).
+    """
+
+    workload: float = attrs.field(validator=attrs.validators.ge(0))
+    body: bytes
+    upstream_path: str
+    detail: Any = None
+
+
+@attrs.frozen(kw_only=True)
+class Reply:
+    """A complete answer made by a backend's custom ``run`` (not relayed byte for byte)."""
+
+    status: int
+    body: bytes
+    content_type: str = "application/json"
+
+    @classmethod
+    def json(cls, obj: object, status: int = 200) -> Reply:
+        """A JSON reply."""
+        return cls(status=status, body=json.dumps(obj).encode())
+
+
+@attrs.frozen(kw_only=True)
+class RunContext:
+    """What a custom ``run`` gets to talk to its model server."""
+
+    model_server_url: str
+    http: httpx.AsyncClient
+
+
+def json_body(obj: object) -> bytes:
+    """Serialise ``obj`` as compact JSON bytes for an upstream request."""
+    return json.dumps(obj, separators=(",", ":")).encode()
+
+
+@attrs.frozen(kw_only=True)
+class Endpoint:
+    """One proxied route.
+
+    Attributes:
+        route: the worker's path (clients POST the envelope here).
+        parse: validates a client payload and returns a :class:`Job`; raises
+            :class:`~pyworker.PayloadError` naming each bad field.
+        benchmark_payload: makes a client payload for benchmarking (given a seeded RNG).
+        run: a custom procedure for model servers that are not a single request/response
+            (ComfyUI); ``None`` relays the upstream response as it arrives, streams included.
+        observe: called with each upstream response chunk of a relayed request, to learn the
+            actual usage (tokens) the model server reports; returns the actual workload seen
+            in that chunk, or None. Keep it cheap: it runs on every chunk.
+    """
+
+    route: str
+    parse: Callable[[object], Job]
+    benchmark_payload: Callable[[random.Random], object] | None = None
+    run: Callable[[Job, RunContext], Awaitable[Reply]] | None = None
+    observe: Callable[[bytes], float | None] | None = None
+
+
+@attrs.frozen(kw_only=True)
+class DemoServer:
+    """How to start a local demo or fake model server for ``--demo`` runs and tests.
+
+    Attributes:
+        argv: builds the command line from (port, log path); stdout and stderr go to the log.
+    """
+
+    argv: Callable[[int, str], Sequence[str]]
+
+
+@attrs.frozen(kw_only=True)
+class Backend:
+    """A model server integration.
+
+    Attributes:
+        name: the backend's name (``--backend NAME``).
+        model_server_url: the model server's default base URL (``MODEL_SERVER_URL`` overrides).
+        endpoints: the proxied routes.
+        benchmark_route: the route whose ``benchmark_payload`` measures capacity.
+        log_rules: substrings of log lines and their meaning; the first match wins.
+        allow_parallel_requests: False makes the worker send one request at a time, in
+            arrival order (for model servers that cannot batch).
+        health_path: the model server's health route, polled once loaded (None: no polling).
+        model_id: names the model, for the benchmark cache key (e.g. read from the environment).
+        demo: how to start a local model server for demos and tests.
+        benchmark_runs: benchmark requests after the warm-up.
+        benchmark_concurrency: how many benchmark requests run at once when parallel requests
+            are allowed.
+    """
+
+    name: str
+    model_server_url: str
+    endpoints: tuple[Endpoint, ...]
+    benchmark_route: str
+    log_rules: tuple[LogRule, ...]
+    allow_parallel_requests: bool = True
+    health_path: str | None = None
+    model_id: Callable[[Mapping[str, str]], str] = lambda env: ""
+    demo: DemoServer | None = None
+    benchmark_runs: int = attrs.field(default=8, validator=attrs.validators.ge(1))
+    benchmark_concurrency: int = attrs.field(default=8, validator=attrs.validators.ge(1))
+
+    def __attrs_post_init__(self) -> None:
+        routes = [e.route for e in self.endpoints]
+        if len(set(routes)) != len(routes):
+            raise ValueError(f"backend {self.name}: duplicate routes in {routes}")
+        if self.benchmark_route not in routes:
+            raise ValueError(f"backend {self.name}: benchmark route {self.benchmark_route!r} "
+                             f"is not one of {routes}")
+        if self.endpoint(self.benchmark_route).benchmark_payload is None:
+            raise ValueError(f"backend {self.name}: {self.benchmark_route} has no benchmark_payload")
+
+    def endpoint(self, route: str) -> Endpoint:
+        """The endpoint serving ``route``."""
+        for endpoint in self.endpoints:
+            if endpoint.route == route:
+                return endpoint
+        raise KeyError(route)
+
+    def classify(self, line: str) -> LogRule | None:
+        """The first rule whose substring occurs in ``line``."""
+        for rule in self.log_rules:
+            if rule.substring in line:
+                return rule
+        return None
+
+
+_NAME = re.compile(r"^[a-z_][a-z0-9_]*$")
+
+
+class UnknownBackendError(LookupError):
+    """No backend of that name exists."""
+
+
+def available_backends() -> list[str]:
+    """The names of the backends shipped in ``backends/``."""
+    import backends
+
+    return sorted(
+        name for name in getattr(backends, "NAMES", ()) if _NAME.match(name)
+    )
+
+
+def load_backend(name: str) -> Backend:
+    """Import ``backends.<name>`` and return its ``BACKEND``.
+
+    Raises:
+        UnknownBackendError: no such backend package, or it defines no ``BACKEND``.
+    """
+    if not _NAME.match(name):
+        raise UnknownBackendError(f"not a backend name: {name!r}")
+    try:
+        module = importlib.import_module(f"backends.{name}")
+    except ModuleNotFoundError as exc:
+        if exc.name in {f"backends.{name}", "backends"}:
+            known = ", ".join(available_backends()) or "none"
+            raise UnknownBackendError(f"unknown backend {name!r} (known: {known})") from None
+        raise
+    backend = getattr(module, "BACKEND", None)
+    if not isinstance(backend, Backend):
+        raise UnknownBackendError(f"backends.{name} defines no BACKEND")
+    return backend
