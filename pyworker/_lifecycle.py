@@ -70,7 +70,8 @@ class Transition:
 STATES: tuple[StateInfo, ...] = (
     StateInfo(
         state=State.LOADING,
-        meaning="The model server is starting or loading weights; its log has not said it is ready.",
+        meaning="The model server is starting or loading weights; its log has not said "
+        "it is ready.",
         admits_requests=False,
         refusal="model is loading",
         reports="at least every 10 s, with loadtime 0 and the disk used by downloads",
@@ -264,9 +265,16 @@ class Lifecycle:
         return value or 0.0
 
     # -- commands --------------------------------------------------------------------------
-    def fire(self, trigger: Trigger, *, now: float, reason: str = "", max_perf: float = 0.0) -> bool:
+    def fire(
+        self, trigger: Trigger, *, now: float, reason: str = "", max_perf: float = 0.0
+    ) -> bool:
         """Fire ``trigger``. Returns whether it changed the state (False: not valid here)."""
-        return bool(self.trigger(trigger.value, now=now, reason=reason, max_perf=max_perf))
+        if not self.can_fire(trigger):
+            # Not valid here (a repeated error line while errored, say): nothing to do, and
+            # nothing for transitions to log as a warning.
+            return False
+        fire: Callable[..., bool] = getattr(self, "trigger")  # noqa: B009 (set by Machine)
+        return bool(fire(trigger.value, now=now, reason=reason, max_perf=max_perf))
 
     def can_fire(self, trigger: Trigger) -> bool:
         """Whether ``trigger`` would change the state now."""
@@ -285,7 +293,10 @@ class Lifecycle:
 
     def _enter_benchmarking(self, event: EventData) -> None:
         self.error_msg = ""
-        if event.transition.source != State.LOADING.value:
+        # A new capacity is being measured: nothing of the previous load may be reported.
+        self.max_perf = 0.0
+        self._pending_loadtime = None
+        if event.transition is not None and event.transition.source != State.LOADING.value:
             # The model server restarted without a new log file: its load began unseen, so
             # this load is timed from its ready line.
             self.load_started_at = event.kwargs["now"]
@@ -301,6 +312,7 @@ class Lifecycle:
         self._pending_loadtime = None
 
     def _after_change(self, event: EventData) -> None:
+        assert event.transition is not None
         change = StateChange(
             trigger=Trigger(event.event.name),
             source=State(event.transition.source),

@@ -61,6 +61,8 @@ class LoadTracker:
     _workload_received: float = attrs.field(default=0.0, init=False)
     _workload_cancelled: float = attrs.field(default=0.0, init=False)
     _workload_rejected: float = attrs.field(default=0.0, init=False)
+    _deficit: float = attrs.field(default=0.0, init=False)
+    """Cancelled workload not yet subtracted (it arrived in an earlier interval)."""
     _finished: collections.deque[tuple[float, float]] = attrs.field(
         factory=collections.deque, init=False
     )
@@ -126,8 +128,12 @@ class LoadTracker:
         while self._finished and self._finished[0][0] < horizon:
             self._finished.popleft()
         window = min(_CUR_PERF_WINDOW, max(now - self.now, 1e-9))
+        # A cancel can outweigh what arrived in this interval (the request came earlier);
+        # carry the excess over so the reported totals still add up, never going negative.
+        net = self._workload_received - self._workload_cancelled - self._deficit
+        self._deficit = -net if net < 0 else 0.0
         snap = LoadSnapshot(
-            cur_load=max(self._workload_received - self._workload_cancelled, 0.0) / interval,
+            cur_load=max(net, 0.0) / interval,
             new_load=self._workload_received / interval,
             rej_load=self._workload_rejected / interval,
             cur_perf=sum(w for _, w in self._finished) / window,

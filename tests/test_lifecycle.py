@@ -1,0 +1,685 @@
+"""Tests for :mod:`pyworker._lifecycle` (with :mod:`pyworker._load` in the property test).
+
+Everything is checked against an oracle written by hand in this file from the spec and the
+documented meaning of each state -- not read from ``TRANSITIONS`` -- so that a wrong row in the
+table, or a machine that disagrees with it, fails here.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
+
+from pyworker._lifecycle import (
+    INITIAL,
+    STATE_INFO,
+    STATES,
+    TRANSITIONS,
+    Lifecycle,
+    State,
+    StateChange,
+    Trigger,
+)
+from pyworker._load import LoadTracker, Ticket
+
+S = State
+T = Trigger
+
+# -- the oracle ---------------------------------------------------------------------------------
+
+EXPECTED_NEXT: dict[tuple[State, Trigger], State] = {
+    # Loading: the ready line starts the benchmark; an error line or SIGTERM ends the load.
+    # (A replaced log while loading is just the same load: nothing to do.)
+    (S.LOADING, T.MODEL_LOADED): S.BENCHMARKING,
+    (S.LOADING, T.MODEL_FAILED): S.ERRORED,
+    (S.LOADING, T.SHUTDOWN): S.DRAINING,
+    # Benchmarking: the measurement ends it, well or badly; the model server may fail or restart.
+    (S.BENCHMARKING, T.BENCHMARK_DONE): S.READY,
+    (S.BENCHMARKING, T.BENCHMARK_FAILED): S.ERRORED,
+    (S.BENCHMARKING, T.MODEL_FAILED): S.ERRORED,
+    (S.BENCHMARKING, T.MODEL_RESTARTED): S.LOADING,
+    (S.BENCHMARKING, T.SHUTDOWN): S.DRAINING,
+    # Ready: a second ready line means an unseen restart (benchmark again); health is watched.
+    (S.READY, T.MODEL_LOADED): S.BENCHMARKING,
+    (S.READY, T.MODEL_FAILED): S.ERRORED,
+    (S.READY, T.HEALTH_FAILED): S.ERRORED,
+    (S.READY, T.MODEL_RESTARTED): S.LOADING,
+    (S.READY, T.SHUTDOWN): S.DRAINING,
+    # Errored: only a restart of the model server (seen either way) moves it on, or SIGTERM.
+    (S.ERRORED, T.MODEL_LOADED): S.BENCHMARKING,
+    (S.ERRORED, T.MODEL_RESTARTED): S.LOADING,
+    (S.ERRORED, T.SHUTDOWN): S.DRAINING,
+    # Draining ends when the requests in flight are done; stopped is final.
+    (S.DRAINING, T.DRAINED): S.STOPPED,
+}
+"""(state, trigger) -> next state, for every pair that changes the state; all others are ignored."""
+
+ALL_PAIRS = list(itertools.product(State, Trigger))
+
+PATH_TO: dict[State, tuple[Trigger, ...]] = {
+    S.LOADING: (),
+    S.BENCHMARKING: (T.MODEL_LOADED,),
+    S.READY: (T.MODEL_LOADED, T.BENCHMARK_DONE),
+    S.ERRORED: (T.MODEL_FAILED,),
+    S.DRAINING: (T.SHUTDOWN,),
+    S.STOPPED: (T.SHUTDOWN, T.DRAINED),
+}
+"""A shortest way to reach each state from the initial one."""
+
+
+def default_error_msg(trigger: Trigger) -> str:
+    """The error message when a failure carries no reason: the trigger's name, in words."""
+    return trigger.value.replace("_", " ")
+
+
+class Oracle:
+    """The expected lifecycle, by hand: state, error message, capacity and pending loadtime."""
+
+    def __init__(self, *, started_at: float) -> None:
+        self.state = S.LOADING
+        self.error_msg = ""
+        self.max_perf = 0.0
+        self.load_started_at = started_at
+        self.loads_completed = 0
+        self.unreported_load: tuple[int, float] | None = None
+        """(load number, loadtime) of a completed load that no report has carried yet."""
+
+    def fire(
+        self, trigger: Trigger, *, now: float, reason: str = "", max_perf: float = 0.0
+    ) -> bool:
+        dest = EXPECTED_NEXT.get((self.state, trigger))
+        if dest is None:
+            return False
+        source, self.state = self.state, dest
+        if dest is S.LOADING:
+            # A new model server process: everything about the old one is void.
+            self.error_msg = ""
+            self.max_perf = 0.0
+            self.unreported_load = None
+            self.load_started_at = now
+        elif dest is S.BENCHMARKING:
+            self.error_msg = ""
+            self.max_perf = 0.0
+            self.unreported_load = None
+            if source is not S.LOADING:
+                # Restart without a new log: the load is timed from its ready line.
+                self.load_started_at = now
+        elif dest is S.READY:
+            self.loads_completed += 1
+            self.max_perf = max_perf
+            self.unreported_load = (self.loads_completed, max(now - self.load_started_at, 1e-3))
+        elif dest is S.ERRORED:
+            self.error_msg = reason or default_error_msg(trigger)
+            self.unreported_load = None
+        return True
+
+    def take_loadtime(self) -> tuple[int, float] | None:
+        taken, self.unreported_load = self.unreported_load, None
+        return taken
+
+
+def lifecycle_in(state: State, *, now: float = 0.0) -> Lifecycle:
+    lifecycle = Lifecycle(started_at=now)
+    for trigger in PATH_TO[state]:
+        assert lifecycle.fire(trigger, now=now, max_perf=10.0)
+    assert lifecycle.current is state
+    return lifecycle
+
+
+def observable(lifecycle: Lifecycle) -> tuple[object, ...]:
+    """Everything a caller can see (``take_loadtime`` consumes, so it is compared separately)."""
+    return (
+        lifecycle.current,
+        lifecycle.error_msg,
+        lifecycle.max_perf,
+        lifecycle.load_started_at,
+        lifecycle.loads_completed,
+        lifecycle.admits_requests,
+        lifecycle.refusal_reason(),
+    )
+
+
+# -- the table and the machine against the oracle -----------------------------------------------
+
+
+def test_states_and_initial() -> None:
+    assert INITIAL is S.LOADING
+    assert [info.state for info in STATES] == list(State)
+    assert set(STATE_INFO) == set(State)
+    # Only a ready worker forwards requests; every other state names its 503 reason.
+    for state, info in STATE_INFO.items():
+        assert info.admits_requests == (state is S.READY)
+        assert bool(info.refusal) != info.admits_requests
+        assert info.meaning
+        assert info.reports
+
+
+def test_table_has_no_duplicate_rows() -> None:
+    pairs = [(source, row.trigger) for row in TRANSITIONS for source in row.sources]
+    assert len(pairs) == len(set(pairs))
+    for row in TRANSITIONS:
+        assert row.dest not in row.sources, "no self-loops: they make terminal states leaky"
+        assert row.why
+
+
+@pytest.mark.parametrize(("state", "trigger"), ALL_PAIRS)
+def test_table_agrees_with_oracle(state: State, trigger: Trigger) -> None:
+    dests = [row.dest for row in TRANSITIONS if row.trigger is trigger and state in row.sources]
+    expected = EXPECTED_NEXT.get((state, trigger))
+    assert dests == ([] if expected is None else [expected])
+
+
+@pytest.mark.parametrize(("state", "trigger"), ALL_PAIRS)
+def test_machine_agrees_with_oracle(state: State, trigger: Trigger) -> None:
+    lifecycle = lifecycle_in(state)
+    twin = lifecycle_in(state)
+    changes: list[StateChange] = []
+    lifecycle.subscribe(changes.append)
+    expected = EXPECTED_NEXT.get((state, trigger))
+
+    assert lifecycle.can_fire(trigger) == (expected is not None)
+    fired = lifecycle.fire(trigger, now=5.0, reason="boom", max_perf=3.0)
+
+    if expected is None:
+        assert fired is False
+        assert observable(lifecycle) == observable(twin)
+        assert lifecycle.take_loadtime() == twin.take_loadtime()
+        assert changes == []
+    else:
+        assert fired is True
+        assert lifecycle.current is expected
+        assert changes == [
+            StateChange(trigger=trigger, source=state, dest=expected, at=5.0, reason="boom")
+        ]
+
+
+# -- unit tests of Lifecycle --------------------------------------------------------------------
+
+
+def test_initial_state() -> None:
+    lifecycle = Lifecycle(started_at=12.0)
+    assert lifecycle.current is S.LOADING
+    assert lifecycle.state == "loading"
+    assert lifecycle.info is STATE_INFO[S.LOADING]
+    assert not lifecycle.admits_requests
+    assert lifecycle.refusal_reason() == "model is loading"
+    assert lifecycle.error_msg == ""
+    assert lifecycle.max_perf == 0.0
+    assert lifecycle.load_started_at == 12.0
+    assert lifecycle.loads_completed == 0
+    assert lifecycle.take_loadtime() == 0.0
+
+
+@pytest.mark.parametrize("state", list(State))
+def test_refusal_reason_per_state(state: State) -> None:
+    lifecycle = lifecycle_in(state)
+    assert lifecycle.admits_requests == (state is S.READY)
+    expected = {
+        S.LOADING: "model is loading",
+        S.BENCHMARKING: "model is being benchmarked",
+        S.READY: "",
+        S.ERRORED: "model server is in error: model failed",
+        S.DRAINING: "worker is shutting down",
+        S.STOPPED: "worker is stopped",
+    }
+    assert lifecycle.refusal_reason() == expected[state]
+
+
+@pytest.mark.parametrize(
+    ("path", "failure"),
+    [
+        ((), T.MODEL_FAILED),
+        ((T.MODEL_LOADED,), T.MODEL_FAILED),
+        ((T.MODEL_LOADED,), T.BENCHMARK_FAILED),
+        ((T.MODEL_LOADED, T.BENCHMARK_DONE), T.MODEL_FAILED),
+        ((T.MODEL_LOADED, T.BENCHMARK_DONE), T.HEALTH_FAILED),
+    ],
+)
+def test_error_reason_kept_and_shown(path: tuple[Trigger, ...], failure: Trigger) -> None:
+    lifecycle = Lifecycle(started_at=0.0)
+    for trigger in path:
+        assert lifecycle.fire(trigger, now=1.0)
+    assert lifecycle.fire(failure, now=2.0, reason="Error: DownloadError")
+    assert lifecycle.current is S.ERRORED
+    assert lifecycle.error_msg == "Error: DownloadError"
+    assert lifecycle.refusal_reason() == "model server is in error: Error: DownloadError"
+    # Further failures while errored are ignored: the first reason is the one to fix.
+    assert not lifecycle.fire(T.MODEL_FAILED, now=3.0, reason="later noise")
+    assert lifecycle.error_msg == "Error: DownloadError"
+    # A restart clears it.
+    assert lifecycle.fire(T.MODEL_RESTARTED, now=4.0)
+    assert lifecycle.error_msg == ""
+    assert lifecycle.refusal_reason() == "model is loading"
+
+
+@pytest.mark.parametrize("failure", [T.MODEL_FAILED, T.BENCHMARK_FAILED])
+def test_error_without_reason_names_the_failure(failure: Trigger) -> None:
+    lifecycle = lifecycle_in(S.BENCHMARKING)
+    assert lifecycle.fire(failure, now=1.0)
+    assert lifecycle.error_msg == default_error_msg(failure)
+    assert lifecycle.error_msg
+
+
+def test_restart_seen_as_model_loaded_clears_error() -> None:
+    lifecycle = lifecycle_in(S.ERRORED)
+    assert lifecycle.fire(T.MODEL_LOADED, now=1.0)
+    assert lifecycle.current is S.BENCHMARKING
+    assert lifecycle.error_msg == ""
+
+
+def test_loadtime_once_per_load() -> None:
+    lifecycle = Lifecycle(started_at=0.0)
+    assert lifecycle.fire(T.MODEL_LOADED, now=40.0)
+    assert lifecycle.take_loadtime() == 0.0
+    assert lifecycle.fire(T.BENCHMARK_DONE, now=45.0, max_perf=100.0)
+    assert lifecycle.take_loadtime() == 45.0  # from the worker's start, benchmark included
+    assert lifecycle.take_loadtime() == 0.0
+    assert lifecycle.loads_completed == 1
+
+    # A reload after the log was replaced is timed from the replacement.
+    assert lifecycle.fire(T.MODEL_RESTARTED, now=100.0)
+    assert lifecycle.take_loadtime() == 0.0
+    assert lifecycle.fire(T.MODEL_LOADED, now=130.0)
+    assert lifecycle.fire(T.BENCHMARK_DONE, now=132.0, max_perf=100.0)
+    assert lifecycle.take_loadtime() == 32.0
+    assert lifecycle.take_loadtime() == 0.0
+
+    # A restart seen only as a second ready line is timed from that line.
+    assert lifecycle.fire(T.MODEL_LOADED, now=200.0)
+    assert lifecycle.fire(T.BENCHMARK_DONE, now=205.0, max_perf=100.0)
+    assert lifecycle.take_loadtime() == 5.0
+    assert lifecycle.take_loadtime() == 0.0
+    assert lifecycle.loads_completed == 3
+
+
+def test_loadtime_is_never_zero_for_a_load() -> None:
+    lifecycle = lifecycle_in(S.BENCHMARKING, now=7.0)
+    assert lifecycle.fire(T.BENCHMARK_DONE, now=7.0)
+    assert lifecycle.take_loadtime() > 0.0
+    assert lifecycle.take_loadtime() == 0.0
+
+
+@pytest.mark.parametrize("leave", [T.MODEL_FAILED, T.HEALTH_FAILED, T.MODEL_RESTARTED])
+def test_unreported_loadtime_is_dropped_when_the_load_is_lost(leave: Trigger) -> None:
+    lifecycle = lifecycle_in(S.READY)
+    assert lifecycle.fire(leave, now=1.0)
+    assert lifecycle.take_loadtime() == 0.0
+
+
+def test_unreported_loadtime_survives_shutdown() -> None:
+    lifecycle = lifecycle_in(S.BENCHMARKING)
+    assert lifecycle.fire(T.BENCHMARK_DONE, now=3.0)
+    assert lifecycle.fire(T.SHUTDOWN, now=3.5)
+    assert lifecycle.take_loadtime() == 3.0
+    assert lifecycle.take_loadtime() == 0.0
+
+
+def test_no_loadtime_while_benchmarking_after_restart() -> None:
+    lifecycle = lifecycle_in(S.BENCHMARKING)
+    assert lifecycle.fire(T.BENCHMARK_DONE, now=3.0)
+    assert lifecycle.fire(T.MODEL_LOADED, now=3.5)  # restarted before the first report
+    assert lifecycle.current is S.BENCHMARKING
+    # STATE_INFO: benchmarking reports "at least every 10 s, with loadtime 0".
+    assert lifecycle.take_loadtime() == 0.0
+
+
+def test_max_perf_set_on_ready_and_cleared_on_reload() -> None:
+    lifecycle = lifecycle_in(S.BENCHMARKING)
+    assert lifecycle.max_perf == 0.0
+    assert lifecycle.fire(T.BENCHMARK_DONE, now=1.0, max_perf=250.0)
+    assert lifecycle.max_perf == 250.0
+    assert lifecycle.fire(T.MODEL_RESTARTED, now=2.0)
+    assert lifecycle.max_perf == 0.0
+    assert lifecycle.fire(T.MODEL_LOADED, now=3.0)
+    assert lifecycle.fire(T.BENCHMARK_DONE, now=4.0, max_perf=80.0)
+    assert lifecycle.max_perf == 80.0
+
+
+def test_listeners_get_state_changes() -> None:
+    lifecycle = Lifecycle(started_at=0.0)
+    first: list[StateChange] = []
+    second: list[StateChange] = []
+    lifecycle.subscribe(first.append)
+    lifecycle.subscribe(second.append)
+    assert lifecycle.fire(T.MODEL_LOADED, now=1.0)
+    assert not lifecycle.fire(T.HEALTH_FAILED, now=1.5, reason="ignored")
+    assert lifecycle.fire(T.BENCHMARK_FAILED, now=2.0, reason="timeout")
+    assert lifecycle.fire(T.SHUTDOWN, now=3.0)
+    assert lifecycle.fire(T.DRAINED, now=4.0)
+    expected = [
+        StateChange(
+            trigger=T.MODEL_LOADED, source=S.LOADING, dest=S.BENCHMARKING, at=1.0, reason=""
+        ),
+        StateChange(
+            trigger=T.BENCHMARK_FAILED,
+            source=S.BENCHMARKING,
+            dest=S.ERRORED,
+            at=2.0,
+            reason="timeout",
+        ),
+        StateChange(trigger=T.SHUTDOWN, source=S.ERRORED, dest=S.DRAINING, at=3.0, reason=""),
+        StateChange(trigger=T.DRAINED, source=S.DRAINING, dest=S.STOPPED, at=4.0, reason=""),
+    ]
+    assert first == expected
+    assert second == expected
+
+
+def test_listener_sees_the_new_state() -> None:
+    lifecycle = Lifecycle(started_at=0.0)
+    seen: list[tuple[State, float]] = []
+    lifecycle.subscribe(lambda change: seen.append((lifecycle.current, lifecycle.max_perf)))
+    lifecycle.fire(T.MODEL_LOADED, now=1.0)
+    lifecycle.fire(T.BENCHMARK_DONE, now=2.0, max_perf=9.0)
+    assert seen == [(S.BENCHMARKING, 0.0), (S.READY, 9.0)]
+
+
+def test_stopped_is_absorbing() -> None:
+    lifecycle = lifecycle_in(S.STOPPED)
+    before = observable(lifecycle)
+    for trigger in Trigger:
+        assert not lifecycle.can_fire(trigger)
+        assert not lifecycle.fire(trigger, now=99.0, reason="late", max_perf=1.0)
+    assert observable(lifecycle) == before
+    assert lifecycle.refusal_reason() == "worker is stopped"
+
+
+# -- property test: random event sequences against the oracle -----------------------------------
+
+WORKLOADS = st.one_of(
+    st.integers(min_value=1, max_value=4096).map(float),
+    st.floats(min_value=0.001, max_value=10_000.0, allow_nan=False, allow_infinity=False),
+)
+REASONS = st.one_of(
+    st.sampled_from(["", "Error: WebserverFailed", "Error: DownloadError", "CUDA out of memory"]),
+    st.text(max_size=12),
+)
+DELAYS = st.one_of(
+    st.sampled_from([0.0, 0.001, 0.5, 1.0, 10.0, 61.0]),
+    st.floats(min_value=0.0, max_value=120.0, allow_nan=False),
+)
+PICKS = st.integers(min_value=0, max_value=1_000)
+MAX_PERFS = st.floats(min_value=0.001, max_value=1e6, allow_nan=False)
+REL, ABS = 1e-9, 1e-6
+"""Float tolerance for sums that the tracker and the oracle add up in different orders."""
+CUR_PERF_WINDOW = 60.0
+
+
+class LifecycleAndLoad(RuleBasedStateMachine):
+    """Drives a Lifecycle and a LoadTracker as the worker does, checking both after every step."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.now = 0.0
+        self.lifecycle = Lifecycle(started_at=self.now)
+        self.tracker = LoadTracker(now=self.now)
+        self.changes: list[StateChange] = []
+        self.lifecycle.subscribe(self.changes.append)
+        # The oracle's side.
+        self.oracle = Oracle(started_at=self.now)
+        self.expected_changes: list[StateChange] = []
+        self.shut_down = False
+        self.seen_stopped = False
+        self.loads_reported: list[int] = []
+        self.in_flight: dict[int, Ticket] = {}
+        self.closed: list[Ticket] = []
+        self.changed = False
+        self.finished_log: list[tuple[float, float]] = []
+        self.interval_start = self.now
+        self.interval_received = 0.0
+        self.interval_cancelled = 0.0
+        self.interval_rejected = 0.0
+        self.interval_count = 0
+        self.total_net = 0.0
+        self.reported_net = 0.0
+        self.cancel_debt = 0.0
+
+    # -- helpers ------------------------------------------------------------------------------
+    def fire(self, trigger: Trigger, *, reason: str = "", max_perf: float = 0.0) -> None:
+        source = self.oracle.state
+        assert self.lifecycle.can_fire(trigger) == ((source, trigger) in EXPECTED_NEXT)
+        expected = self.oracle.fire(trigger, now=self.now, reason=reason, max_perf=max_perf)
+        fired = self.lifecycle.fire(trigger, now=self.now, reason=reason, max_perf=max_perf)
+        assert fired == expected, (source, trigger)
+        if expected:
+            self.expected_changes.append(
+                StateChange(
+                    trigger=trigger,
+                    source=source,
+                    dest=self.oracle.state,
+                    at=self.now,
+                    reason=reason,
+                )
+            )
+        if self.oracle.state is S.DRAINING:
+            self.shut_down = True
+
+    def pick(self, index: int) -> Ticket:
+        return list(self.in_flight.values())[index % len(self.in_flight)]
+
+    # -- model server and supervisor events ---------------------------------------------------
+    @initialize(warm_up=st.booleans(), load_time=DELAYS, max_perf=MAX_PERFS)
+    def start(self, warm_up: bool, load_time: float, max_perf: float) -> None:
+        # Half the runs start from a served model, so that request handling gets most steps.
+        if warm_up:
+            self.now += load_time
+            self.fire(T.MODEL_LOADED)
+            self.fire(T.BENCHMARK_DONE, max_perf=max_perf)
+
+    @rule(max_perf=MAX_PERFS)
+    def model_comes_up(self, max_perf: float) -> None:
+        self.fire(T.MODEL_LOADED)
+        self.fire(T.BENCHMARK_DONE, max_perf=max_perf)
+
+    # The model server's events are grouped into few rules, so that a served model lives long
+    # enough between them for requests to come and go.
+    @rule(line=st.sampled_from(["loaded", "error", "replaced"]), reason=REASONS)
+    def model_log_line(self, line: str, reason: str) -> None:
+        if line == "loaded":
+            self.fire(T.MODEL_LOADED)
+        elif line == "error":
+            self.fire(T.MODEL_FAILED, reason=reason)
+        else:  # the log file was replaced or truncated: a new model server process
+            self.fire(T.MODEL_RESTARTED)
+
+    @rule(ok=st.booleans(), max_perf=MAX_PERFS, reason=REASONS)
+    def benchmark_ends(self, ok: bool, max_perf: float, reason: str) -> None:
+        if ok:
+            self.fire(T.BENCHMARK_DONE, max_perf=max_perf)
+        else:
+            self.fire(T.BENCHMARK_FAILED, reason=reason)
+
+    @rule(reason=REASONS)
+    def health_check_fails(self, reason: str) -> None:
+        self.fire(T.HEALTH_FAILED, reason=reason)
+
+    @rule(roll=st.integers(min_value=0, max_value=3))
+    def sigterm(self, roll: int) -> None:
+        # Shutdown is absorbing; sending it on one roll in four leaves the runs room to explore.
+        if roll == 0:
+            self.fire(T.SHUTDOWN)
+
+    @precondition(lambda self: not self.in_flight)
+    @rule()
+    def drained(self) -> None:
+        self.fire(T.DRAINED)
+
+    @precondition(lambda self: self.oracle.state is S.DRAINING and self.in_flight)
+    @rule()
+    def drain_deadline(self) -> None:
+        # The final deadline: requests still in flight are cancelled, then the worker stops.
+        for index in list(self.in_flight):
+            self.cancel_request(index)
+        self.fire(T.DRAINED)
+
+    @rule(delay=DELAYS)
+    def time_passes(self, delay: float) -> None:
+        self.now += delay
+
+    # -- requests -----------------------------------------------------------------------------
+    @rule(workloads=st.lists(WORKLOADS, min_size=1, max_size=4))
+    def requests_arrive(self, workloads: list[float]) -> None:
+        for workload in workloads:
+            admits = self.lifecycle.admits_requests
+            assert admits == (self.oracle.state is S.READY)
+            if not admits:
+                assert self.lifecycle.refusal_reason()
+                continue
+            assert not self.shut_down
+            ticket = self.tracker.admitted(workload, self.now)
+            assert ticket.id not in self.in_flight
+            self.in_flight[ticket.id] = ticket
+            self.interval_received += workload
+            self.interval_count += 1
+            self.changed = True
+
+    @precondition(lambda self: self.oracle.state is S.READY)
+    @rule(workload=WORKLOADS)
+    def request_refused_for_overload(self, workload: float) -> None:
+        self.tracker.rejected(workload)
+        self.interval_rejected += workload
+        self.changed = True
+
+    @precondition(lambda self: self.in_flight)
+    @rule(index=PICKS, actual=st.none() | WORKLOADS)
+    def request_finishes(self, index: int, actual: float | None) -> None:
+        ticket = self.pick(index)
+        self.tracker.finished(ticket, self.now, actual_workload=actual)
+        del self.in_flight[ticket.id]
+        self.closed.append(ticket)
+        self.finished_log.append((self.now, ticket.workload if actual is None else actual))
+        self.changed = True
+
+    @precondition(lambda self: self.in_flight)
+    @rule(index=PICKS)
+    def request_cancelled(self, index: int) -> None:
+        self.cancel_request(self.pick(index).id)
+
+    def cancel_request(self, ticket_id: int) -> None:
+        ticket = self.in_flight.pop(ticket_id)
+        self.tracker.cancelled(ticket)
+        self.closed.append(ticket)
+        self.interval_cancelled += ticket.workload
+        self.changed = True
+
+    @precondition(lambda self: self.closed)
+    @rule(index=PICKS, as_finish=st.booleans())
+    def request_closed_twice(self, index: int, as_finish: bool) -> None:
+        # A late second close (e.g. a cancel racing the end of the answer) changes nothing.
+        ticket = self.closed[index % len(self.closed)]
+        changed_before = self.tracker.changed
+        if as_finish:
+            self.tracker.finished(ticket, self.now)
+        else:
+            self.tracker.cancelled(ticket)
+        assert self.tracker.changed == changed_before
+
+    # -- the reporter -------------------------------------------------------------------------
+    @rule()
+    def report_tick(self) -> None:
+        loadtime = self.lifecycle.take_loadtime()
+        expected = self.oracle.take_loadtime()
+        if expected is None:
+            assert loadtime == 0.0
+        else:
+            load, value = expected
+            assert load not in self.loads_reported, "loadtime sent twice for one load"
+            self.loads_reported.append(load)
+            assert loadtime > 0.0
+            assert loadtime == pytest.approx(value, rel=1e-12)
+        if self.oracle.state in (S.LOADING, S.BENCHMARKING):
+            assert loadtime == 0.0
+
+        snap = self.tracker.snapshot(self.now)
+        interval = max(self.now - self.interval_start, 1e-9)
+        assert snap.interval == pytest.approx(interval, rel=1e-12)
+        assert snap.num_requests_working == len(self.in_flight)
+        assert snap.working_request_idxs == tuple(self.in_flight)
+        assert snap.num_requests_received == self.interval_count
+        assert snap.new_load * snap.interval == pytest.approx(
+            self.interval_received, rel=REL, abs=ABS
+        )
+        assert snap.rej_load * snap.interval == pytest.approx(
+            self.interval_rejected, rel=REL, abs=ABS
+        )
+        recent = sum(w for t, w in self.finished_log if t >= self.now - CUR_PERF_WINDOW)
+        window = min(CUR_PERF_WINDOW, max(self.now, 1e-9))
+        assert snap.cur_perf == pytest.approx(recent / window, rel=REL, abs=ABS)
+
+        # A cancel can outweigh what arrived in its interval (the request came earlier): the
+        # excess is carried into later intervals, so the reported totals add up exactly once
+        # that debt is paid off, and a report is never negative.
+        net = self.interval_received - self.interval_cancelled - self.cancel_debt
+        self.cancel_debt = max(-net, 0.0)
+        self.total_net += self.interval_received - self.interval_cancelled
+        self.reported_net += snap.cur_load * snap.interval
+        assert snap.cur_load >= 0.0
+        assert snap.cur_load * snap.interval == pytest.approx(max(net, 0.0), rel=REL, abs=ABS)
+        assert self.reported_net - self.cancel_debt == pytest.approx(
+            self.total_net, rel=REL, abs=ABS
+        )
+
+        self.interval_start = self.now
+        self.interval_received = self.interval_cancelled = self.interval_rejected = 0.0
+        self.interval_count = 0
+        self.changed = False
+
+    # -- invariants ---------------------------------------------------------------------------
+    @invariant()
+    def lifecycle_matches_oracle(self) -> None:
+        lifecycle, oracle = self.lifecycle, self.oracle
+        assert lifecycle.current is oracle.state
+        assert lifecycle.admits_requests == (oracle.state is S.READY)
+        assert lifecycle.loads_completed == oracle.loads_completed
+        assert lifecycle.max_perf == oracle.max_perf
+        assert lifecycle.error_msg == oracle.error_msg
+        if oracle.state is S.ERRORED:
+            assert lifecycle.error_msg
+            assert lifecycle.refusal_reason().endswith(": " + lifecycle.error_msg)
+        if oracle.state in (S.LOADING, S.BENCHMARKING, S.READY):
+            assert lifecycle.error_msg == ""
+        assert (lifecycle.refusal_reason() == "") == lifecycle.admits_requests
+        assert self.changes == self.expected_changes
+
+    @invariant()
+    def shutdown_is_final(self) -> None:
+        if self.shut_down:
+            assert not self.lifecycle.admits_requests
+        if self.seen_stopped:
+            assert self.lifecycle.current is S.STOPPED
+            assert not any(self.lifecycle.can_fire(trigger) for trigger in Trigger)
+        self.seen_stopped = self.lifecycle.current is S.STOPPED
+
+    @invariant()
+    def loadtime_at_most_once_per_load(self) -> None:
+        assert len(self.loads_reported) == len(set(self.loads_reported))
+        assert len(self.loads_reported) <= self.oracle.loads_completed
+
+    @invariant()
+    def load_matches_oracle(self) -> None:
+        assert self.tracker.in_flight == len(self.in_flight)
+        if self.in_flight:
+            expected = sum(ticket.workload for ticket in self.in_flight.values())
+            assert self.tracker.pending_workload == pytest.approx(expected, rel=REL, abs=ABS)
+        else:
+            assert self.tracker.pending_workload == 0.0
+        assert self.tracker.changed == self.changed
+
+
+TestLifecycleAndLoad = LifecycleAndLoad.TestCase
+TestLifecycleAndLoad.settings = settings(max_examples=200, stateful_step_count=50, deadline=None)
+
+
+def test_cur_load_accounts_for_cancels_across_intervals() -> None:
+    tracker = LoadTracker(now=0.0)
+    early = tracker.admitted(5.0, now=0.0)
+    reports = [tracker.snapshot(1.0)]
+    tracker.cancelled(early)  # cancelled one interval after it arrived
+    reports.append(tracker.snapshot(2.0))
+    tracker.finished(tracker.admitted(7.0, now=2.5), now=2.6)
+    reports.append(tracker.snapshot(3.0))
+    # Workload received minus cancelled, summed over the reports, is 5 - 5 + 7.
+    assert sum(r.cur_load * r.interval for r in reports) == pytest.approx(7.0)
