@@ -156,10 +156,14 @@ class Backend:
         if len(set(routes)) != len(routes):
             raise ValueError(f"backend {self.name}: duplicate routes in {routes}")
         if self.benchmark_route not in routes:
-            raise ValueError(f"backend {self.name}: benchmark route {self.benchmark_route!r} "
-                             f"is not one of {routes}")
+            raise ValueError(
+                f"backend {self.name}: benchmark route {self.benchmark_route!r} "
+                f"is not one of {routes}"
+            )
         if self.endpoint(self.benchmark_route).benchmark_payload is None:
-            raise ValueError(f"backend {self.name}: {self.benchmark_route} has no benchmark_payload")
+            raise ValueError(
+                f"backend {self.name}: {self.benchmark_route} has no benchmark_payload"
+            )
 
     def endpoint(self, route: str) -> Endpoint:
         """The endpoint serving ``route``."""
@@ -187,9 +191,7 @@ def available_backends() -> list[str]:
     """The names of the backends shipped in ``backends/``."""
     import backends
 
-    return sorted(
-        name for name in getattr(backends, "NAMES", ()) if _NAME.match(name)
-    )
+    return sorted(name for name in getattr(backends, "NAMES", ()) if _NAME.match(name))
 
 
 def load_backend(name: str) -> Backend:

@@ -315,8 +315,8 @@ class Lifecycle:
         assert event.transition is not None
         change = StateChange(
             trigger=Trigger(event.event.name),
-            source=State(event.transition.source),
-            dest=State(event.transition.dest),
+            source=State(str(event.transition.source)),
+            dest=State(str(event.transition.dest)),
             at=event.kwargs["now"],
             reason=event.kwargs.get("reason", ""),
         )

@@ -67,9 +67,7 @@ class Fields:
             return _MISSING if default is _MISSING else default
         return value
 
-    def string(
-        self, name: str, *, default: Any = _MISSING, max_length: int | None = None
-    ) -> Any:
+    def string(self, name: str, *, default: Any = _MISSING, max_length: int | None = None) -> Any:
         """A string field (``default`` makes it optional; null counts as absent)."""
         value = self._get(name, default)
         if value is _MISSING or value is default:

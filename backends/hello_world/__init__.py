@@ -11,17 +11,53 @@ import random
 import sys
 from collections.abc import Mapping
 
-from pyworker import Backend, DemoServer, Endpoint, Fields, Job, LogAction, LogRule, json_body
-from pyworker import estimate_tokens
+from pyworker import (
+    Backend,
+    DemoServer,
+    Endpoint,
+    Fields,
+    Job,
+    LogAction,
+    LogRule,
+    estimate_tokens,
+    json_body,
+)
 
 DEFAULT_MAX_RESPONSE_TOKENS = 256
 MAX_RESPONSE_TOKENS_LIMIT = 4096
 MAX_PROMPT_CHARS = 200_000
 
-_WORDS = (
-    "the model server answers each prompt with tokens streamed one at a time while the worker "
-    "counts workload reports load and keeps every request safe from loss or corruption"
-).split()
+_WORDS = [
+    "the",
+    "model",
+    "server",
+    "answers",
+    "each",
+    "prompt",
+    "with",
+    "tokens",
+    "streamed",
+    "one",
+    "at",
+    "a",
+    "time",
+    "while",
+    "the",
+    "worker",
+    "counts",
+    "workload",
+    "reports",
+    "load",
+    "and",
+    "keeps",
+    "every",
+    "request",
+    "safe",
+    "from",
+    "loss",
+    "or",
+    "corruption",
+]
 
 
 def parse_generate(payload: object) -> Job:
@@ -61,8 +97,15 @@ def benchmark_payload(rng: random.Random) -> dict[str, object]:
 
 
 def _demo_argv(port: int, log_path: str) -> list[str]:
-    return [sys.executable, "-m", "backends.hello_world.server", "--port", str(port),
-            "--log", log_path]
+    return [
+        sys.executable,
+        "-m",
+        "backends.hello_world.server",
+        "--port",
+        str(port),
+        "--log",
+        log_path,
+    ]
 
 
 def _model_id(env: Mapping[str, str]) -> str:
@@ -74,8 +117,9 @@ BACKEND = Backend(
     model_server_url="http://127.0.0.1:5001",
     endpoints=(
         Endpoint(route="/generate", parse=_generate, benchmark_payload=benchmark_payload),
-        Endpoint(route="/generate_stream", parse=_generate_stream,
-                 benchmark_payload=benchmark_payload),
+        Endpoint(
+            route="/generate_stream", parse=_generate_stream, benchmark_payload=benchmark_payload
+        ),
     ),
     benchmark_route="/generate",
     log_rules=(

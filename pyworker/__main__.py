@@ -1,0 +1,5 @@
+"""``python -m pyworker``."""
+
+from ._cli import main
+
+main()

@@ -1,0 +1,486 @@
+"""The router's signature on each request, and protection against replayed requests.
+
+Vast's router hands every client a signed ``auth_data`` object that the client passes on to the
+worker. The worker checks the RSA signature (PKCS#1 v1.5 over SHA-256) against the router's public
+key, checks that the request was meant for this worker, and refuses replays. The checks are
+synchronous and cheap, so they run on the event loop; only fetching the key does I/O.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import collections
+import json
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import attrs
+import httpx
+import trio
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
+
+from ._payload import Fields, PayloadError, _type_name
+
+__all__ = [
+    "AuthData",
+    "AuthError",
+    "Authenticator",
+    "ReplayGuard",
+    "RouterSigner",
+    "fetch_public_key",
+    "load_public_key",
+    "message_2024",
+    "message_2025",
+    "pubkey_urls",
+    "run_key_loader",
+]
+
+logger = logging.getLogger("pyworker.auth")
+
+# An RSA-8192 signature is 1366 base64 characters; anything much longer is not a signature, and
+# refusing it early keeps a hostile client from making us decode megabytes.
+_MAX_SIGNATURE_CHARS = 1400
+
+DEFAULT_BACKOFF: tuple[float, ...] = (1.0, 2.0, 4.0, 8.0, 16.0)
+"""Seconds between rounds of key fetching; the last value repeats (as Vast's 2025 worker does)."""
+
+
+def _string_or_number(fields: Fields, name: str) -> object:
+    """A field that must be present and a string or a number, returned unchanged."""
+    if name not in fields.data:
+        fields.errors[name] = "missing parameter"
+        return None
+    value = fields.data[name]
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
+        fields.errors[name] = f"must be a string or a number, not {_type_name(value)}"
+    return value
+
+
+@attrs.frozen(kw_only=True)
+class AuthData:
+    """The router's signed ``auth_data``, with every value exactly as the client sent it.
+
+    Values are never coerced: the signature covers their JSON form, so ``"256"`` and ``256`` are
+    different costs.
+
+    Attributes:
+        signature: base64 RSA signature.
+        cost: the workload the client announced to the router (string or number).
+        endpoint: the endpoint group's name.
+        reqnum: the router's request counter; increases with every request it routes.
+        url: the public URL of the worker the router chose.
+    """
+
+    signature: str
+    cost: object
+    endpoint: object
+    reqnum: int
+    url: str
+
+    @classmethod
+    def parse(cls, obj: object) -> AuthData:
+        """Read ``auth_data`` from a decoded JSON value; unknown extra fields are ignored.
+
+        Args:
+            obj: the decoded ``auth_data`` value.
+
+        Returns:
+            The fields, unchanged.
+
+        Raises:
+            PayloadError: ``obj`` is not an object (the message is under ``""``), or fields are
+                missing or of the wrong type (one message per field).
+        """
+        if not isinstance(obj, dict):
+            raise PayloadError({"": f"must be a JSON object, not {_type_name(obj)}"})
+        fields = Fields(obj)
+        signature = fields.string("signature")
+        cost = _string_or_number(fields, "cost")
+        endpoint = _string_or_number(fields, "endpoint")
+        reqnum = fields.integer("reqnum")
+        url = fields.string("url")
+        fields.check()
+        return cls(signature=signature, cost=cost, endpoint=endpoint, reqnum=reqnum, url=url)
+
+
+def message_2024(auth: AuthData) -> bytes:
+    """The message the 2024 router signs: the unsigned fields, in order, as ``json.dumps`` writes.
+
+    Args:
+        auth: the received fields.
+
+    Returns:
+        ``json.dumps({"cost", "endpoint", "reqnum", "url"}, indent=4)`` as bytes (ASCII-escaped).
+    """
+    unsigned = {
+        "cost": auth.cost,
+        "endpoint": auth.endpoint,
+        "reqnum": auth.reqnum,
+        "url": auth.url,
+    }
+    return json.dumps(unsigned, indent=4).encode("ascii")
+
+
+def message_2025(auth: AuthData) -> bytes:
+    """The message the 2025 router signs: ``json.dumps({"url": url}, indent=4)`` as bytes.
+
+    It binds nothing but the worker's URL, so one captured signature serves any request to it.
+    """
+    return json.dumps({"url": auth.url}, indent=4).encode("ascii")
+
+
+def load_public_key(pem: bytes) -> rsa.RSAPublicKey:
+    """Parse a PEM public key and check that it is RSA.
+
+    Raises:
+        ValueError: ``pem`` is not a PEM public key, or the key is not RSA.
+    """
+    try:
+        key = serialization.load_pem_public_key(pem)
+    except (ValueError, TypeError) as exc:  # cryptography raises either, depending on the damage
+        raise ValueError(f"not a PEM public key: {exc}") from None
+    if not isinstance(key, rsa.RSAPublicKey):
+        raise ValueError(f"the router's key must be RSA, not {type(key).__name__}")
+    return key
+
+
+def pubkey_urls(report_addrs: Sequence[str]) -> list[str]:
+    """The ``{addr}/pubkey/`` URLs of the autoscaler addresses in ``REPORT_ADDR``."""
+    return [f"{addr.rstrip('/')}/pubkey/" for addr in report_addrs if addr.strip()]
+
+
+class AuthError(Exception):
+    """A request's ``auth_data`` was refused.
+
+    Attributes:
+        status: the HTTP status to answer with (401 refused, 503 cannot check yet).
+        reason: a short human explanation, safe to send to the client.
+    """
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(status, reason)
+        self.status = status
+        self.reason = reason
+
+    def __str__(self) -> str:
+        return f"{self.status}: {self.reason}"
+
+
+@attrs.define(eq=False)
+class ReplayGuard:
+    """Refuses requests that are too old or that repeat a recently accepted one.
+
+    The highest accepted ``reqnum`` is kept; a ``reqnum`` more than ``window`` below it is refused,
+    and so is an exact repeat of a recently accepted ``(cost, endpoint, reqnum, url)``. Both checks
+    and :meth:`record` are O(1).
+
+    Args:
+        window: how far below the highest ``reqnum`` a request may be (Vast uses 100).
+    """
+
+    window: int = attrs.field(default=100, validator=attrs.validators.ge(1))
+    _highest: int | None = attrs.field(default=None, init=False)
+    _recent: collections.deque[bytes] = attrs.field(init=False)
+    _recent_set: set[bytes] = attrs.field(factory=set, init=False)
+
+    @_recent.default
+    def _make_recent(self) -> collections.deque[bytes]:
+        # Remembering only the last `window` requests leaves a gap: accept reqnum 100, then 0..99
+        # (all within the window) and 100 has been forgotten while still inside the window. Every
+        # request accepted since one with reqnum r has a reqnum within `window` of r, so (while r is
+        # replayable) at most 2 * window distinct ones can have pushed it out; remember that many.
+        return collections.deque(maxlen=2 * self.window + 1)
+
+    @staticmethod
+    def key(auth: AuthData) -> bytes:
+        """The identity of a request: its 2024 message (so ``"256"`` and ``256`` differ)."""
+        return message_2024(auth)
+
+    def problem(self, auth: AuthData, key: bytes | None = None) -> str | None:
+        """Why ``auth`` is a replay, or None if it is not. Changes nothing.
+
+        Args:
+            auth: the request's fields.
+            key: ``self.key(auth)`` if the caller already has it.
+        """
+        if self._highest is not None and auth.reqnum < self._highest - self.window:
+            return f"reqnum {auth.reqnum} is too old (more than {self.window} below the latest)"
+        if (self.key(auth) if key is None else key) in self._recent_set:
+            return "request replayed (this auth_data was already used)"
+        return None
+
+    def record(self, auth: AuthData, key: bytes | None = None) -> None:
+        """Remember an accepted request."""
+        key = self.key(auth) if key is None else key
+        if len(self._recent) == self._recent.maxlen:
+            self._recent_set.discard(self._recent[0])  # the append below evicts it
+        self._recent.append(key)
+        self._recent_set.add(key)
+        if self._highest is None or auth.reqnum > self._highest:
+            self._highest = auth.reqnum
+
+
+@attrs.define(eq=False, kw_only=True)
+class Authenticator:
+    """Checks each request's ``auth_data``: signature, destination and freshness.
+
+    Args:
+        unsecured: accept every request without checking (local testing only; logged loudly).
+        accept_2025: also accept signatures over the 2025 message (``{"url": ...}`` only).
+        own_url: this worker's public URL; when known, ``auth_data.url`` must match it.
+        public_key: the router's key, if already known (else see :meth:`set_public_key`).
+        replay: the replay guard.
+    """
+
+    unsecured: bool = False
+    accept_2025: bool = True
+    own_url: str | None = None
+    public_key: rsa.RSAPublicKey | None = None
+    replay: ReplayGuard = attrs.Factory(ReplayGuard)
+    _key_known: trio.Event = attrs.field(factory=trio.Event, init=False)
+
+    def __attrs_post_init__(self) -> None:
+        if self.unsecured:
+            logger.warning(
+                "UNSECURED mode: router signatures are NOT checked and any client may use this "
+                "worker. Use it for local testing only."
+            )
+        if self.public_key is not None:
+            self._key_known.set()
+
+    @property
+    def has_key(self) -> bool:
+        """Whether the router's public key is known."""
+        return self.public_key is not None
+
+    def set_public_key(self, pem: bytes) -> None:
+        """Use the router's PEM public key from now on.
+
+        Raises:
+            ValueError: ``pem`` is not an RSA public key in PEM.
+        """
+        self.public_key = load_public_key(pem)
+        self._key_known.set()
+
+    async def wait_for_key(self) -> None:
+        """Wait until the router's public key is known."""
+        await self._key_known.wait()
+
+    def check(self, auth: AuthData) -> None:
+        """Accept ``auth`` (and remember it against replays), or refuse it.
+
+        RSA-2048 verification costs tens of microseconds, so this runs on the event loop rather
+        than in a thread (which would cost more than it saves).
+
+        Raises:
+            AuthError: 503 when no public key is known yet; 401 for a request meant for another
+                worker, a bad signature, a replay or a too old ``reqnum``.
+        """
+        if self.unsecured:
+            return
+        key = self.public_key
+        if key is None:
+            raise AuthError(503, "no public key yet: the router's key has not been fetched")
+        if self.own_url is not None and auth.url.rstrip("/") != self.own_url.rstrip("/"):
+            raise AuthError(401, "auth_data.url is not this worker's URL")
+        signature = _decode_signature(auth.signature)
+        message = message_2024(auth)
+        if not _verifies(key, signature, message) and not (
+            self.accept_2025 and _verifies(key, signature, message_2025(auth))
+        ):
+            raise AuthError(401, "invalid signature")
+        # The 2025 message is the same for every request to this worker, so replays are tracked
+        # on the full auth_data whichever message was signed.
+        problem = self.replay.problem(auth, message)
+        if problem is not None:
+            raise AuthError(401, problem)
+        self.replay.record(auth, message)
+
+
+def _decode_signature(text: str) -> bytes:
+    if len(text) > _MAX_SIGNATURE_CHARS:
+        raise AuthError(401, "signature is too long")
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):  # ValueError: non-ASCII text
+        raise AuthError(401, "signature is not valid base64") from None
+
+
+def _verifies(key: rsa.RSAPublicKey, signature: bytes, message: bytes) -> bool:
+    try:
+        key.verify(signature, message, padding.PKCS1v15(), hashes.SHA256())
+    except InvalidSignature:
+        return False
+    return True
+
+
+def _check_urls(urls: Sequence[str]) -> None:
+    """Refuse URLs that could never work, rather than retrying them forever."""
+    if not urls:
+        raise ValueError("no URL to fetch the router's public key from")
+    for url in urls:
+        try:
+            parsed = httpx.URL(url)
+        except httpx.InvalidURL as exc:
+            raise ValueError(f"invalid public key URL {url!r}: {exc}") from None
+        if parsed.scheme not in ("http", "https") or not parsed.host:
+            raise ValueError(f"invalid public key URL {url!r}: needs http(s)://host")
+
+
+async def fetch_public_key(
+    urls: Sequence[str],
+    *,
+    http: httpx.AsyncClient,
+    backoff: Sequence[float] = DEFAULT_BACKOFF,
+    attempt_timeout: float = 10.0,
+) -> bytes:
+    """Fetch the router's PEM key, trying each URL in order, in rounds, until one works.
+
+    Between rounds it waits ``backoff[0]``, ``backoff[1]``, ... seconds, then keeps the last one.
+    Wrap the call in ``trio.move_on_after`` / ``fail_after`` to bound the total wait.
+
+    Args:
+        urls: full key URLs (see :func:`pubkey_urls`), tried in order.
+        http: the client to use.
+        backoff: seconds to wait after each failed round.
+        attempt_timeout: the longest one request may take.
+
+    Returns:
+        The PEM of an RSA public key, from the first URL that answered 200 with one.
+
+    Raises:
+        ValueError: ``urls`` is empty or holds a URL that is not http(s), or ``backoff`` is empty.
+    """
+    _check_urls(urls)
+    if not backoff:
+        raise ValueError("backoff must not be empty")
+    failures = 0
+    while True:
+        for url in urls:
+            problem = "timed out"
+            with trio.move_on_after(attempt_timeout):
+                try:
+                    response = await http.get(url)
+                    if response.status_code != 200:
+                        problem = f"answered {response.status_code}"
+                    else:
+                        load_public_key(response.content)
+                        logger.info("fetched the router's public key from %s", url)
+                        return response.content
+                except httpx.HTTPError as exc:  # Cancelled is not an HTTPError: it propagates
+                    problem = f"{type(exc).__name__}: {exc}"
+                except ValueError as exc:
+                    problem = f"sent no valid key ({exc})"
+            logger.warning("cannot fetch the router's public key from %s: %s", url, problem)
+        delay = backoff[min(failures, len(backoff) - 1)]
+        failures += 1
+        logger.info("retrying the router's public key in %g s", delay)
+        await trio.sleep(delay)
+
+
+async def run_key_loader(
+    authenticator: Authenticator,
+    *,
+    urls: Sequence[str] = (),
+    pem_file: str | None = None,
+    pem_text: str | bytes | None = None,
+    http: httpx.AsyncClient,
+    backoff: Sequence[float] = DEFAULT_BACKOFF,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Give ``authenticator`` the router's key, from the first source given of text, file, URLs.
+
+    A PEM text or file is loaded before ``task_status.started()`` (a bad one fails startup); URLs
+    are fetched after it, in the background, so that startup never waits for the router. Until
+    the key is known, signed requests are answered 503. Returns once the key is set; nothing is
+    loaded in unsecured mode.
+
+    Args:
+        authenticator: receives the key.
+        urls: key URLs to fetch from (see :func:`fetch_public_key`).
+        pem_file: path of a PEM file.
+        pem_text: the PEM itself (e.g. from an environment variable).
+        http: the client for fetching.
+        backoff: seconds between fetching rounds.
+        task_status: ``started()`` with no value, at once (after loading a text or file).
+
+    Raises:
+        ValueError: the PEM text or file holds no RSA public key, or a URL is not http(s).
+        OSError: the PEM file cannot be read.
+    """
+    if authenticator.unsecured:
+        task_status.started()
+        return
+    if pem_text is not None:
+        pem = pem_text.encode() if isinstance(pem_text, str) else pem_text
+        authenticator.set_public_key(pem)
+        logger.info("using the router's public key given in the configuration")
+        task_status.started()
+        return
+    if pem_file is not None:
+        authenticator.set_public_key(await trio.Path(pem_file).read_bytes())
+        logger.info("using the router's public key from %s", pem_file)
+        task_status.started()
+        return
+    if not urls:
+        logger.error("no source for the router's public key: every signed request will get 503")
+        task_status.started()
+        return
+    _check_urls(urls)  # before started(): a malformed URL is a configuration error
+    task_status.started()
+    authenticator.set_public_key(await fetch_public_key(urls, http=http, backoff=backoff))
+
+
+@attrs.frozen(eq=False)
+class RouterSigner:
+    """Signs ``auth_data`` the way Vast's router does (for the stand-in autoscaler and tests).
+
+    Args:
+        private_key: the RSA key to sign with.
+    """
+
+    private_key: rsa.RSAPrivateKey
+
+    @classmethod
+    def generate(cls) -> RouterSigner:
+        """A signer with a new RSA-2048 key (blocks for ~100 ms; see :meth:`create`)."""
+        return cls(rsa.generate_private_key(public_exponent=65537, key_size=2048))
+
+    @classmethod
+    async def create(cls) -> RouterSigner:
+        """A signer with a new RSA-2048 key, generated in a thread so the loop keeps running."""
+        return await trio.to_thread.run_sync(cls.generate)
+
+    def public_pem(self) -> bytes:
+        """The public key, PEM-encoded (what ``/pubkey/`` serves)."""
+        return self.private_key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+
+    def _signature(self, message: bytes) -> str:
+        raw = self.private_key.sign(message, padding.PKCS1v15(), hashes.SHA256())
+        return base64.b64encode(raw).decode("ascii")
+
+    def sign(self, *, cost: object, endpoint: object, reqnum: int, url: str) -> dict[str, Any]:
+        """A complete ``auth_data`` signed over the 2024 message.
+
+        Returns:
+            ``{"signature", "cost", "endpoint", "reqnum", "url"}`` with the values as given.
+        """
+        auth = AuthData(signature="", cost=cost, endpoint=endpoint, reqnum=reqnum, url=url)
+        return {"signature": self._signature(message_2024(auth)), **_unsigned(auth)}
+
+    def sign_2025(
+        self, url: str, *, cost: object = 0, endpoint: object = "", reqnum: int = 0
+    ) -> dict[str, Any]:
+        """A complete ``auth_data`` signed over the 2025 message (the URL only)."""
+        auth = AuthData(signature="", cost=cost, endpoint=endpoint, reqnum=reqnum, url=url)
+        return {"signature": self._signature(message_2025(auth)), **_unsigned(auth)}
+
+
+def _unsigned(auth: AuthData) -> dict[str, Any]:
+    return {"cost": auth.cost, "endpoint": auth.endpoint, "reqnum": auth.reqnum, "url": auth.url}

@@ -1,0 +1,317 @@
+"""``python -m pyworker``: the command line."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+from collections.abc import Mapping, Sequence
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import attrs
+import trio
+
+from ._backend import UnknownBackendError, available_backends, load_backend
+from ._config import ConfigError, WorkerConfig, default_state_dir
+from ._lifecycle import StateChange
+from ._process import port_available
+
+log = logging.getLogger("pyworker")
+
+_VAST_VARIABLES = ("MODEL_LOG", "REPORT_ADDR")
+_HARD_STOP_MARGIN = 10.0
+
+
+def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
+    """The argument parser; defaults come from the environment."""
+    parser = argparse.ArgumentParser(
+        prog="python -m pyworker",
+        description=(
+            "Run the worker in front of a model server. With the Vast environment set "
+            "(MODEL_LOG, REPORT_ADDR, WORKER_PORT, CONTAINER_ID, ...) it serves the real model "
+            "server as a Vast template would. Without it (or with --demo) it starts a local "
+            "demo: the backend's demo model server, a stand-in autoscaler and the worker."
+        ),
+        epilog="Every option can also be set through the environment variable in brackets.",
+    )
+    add = parser.add_argument
+    add(
+        "--backend",
+        default=env.get("BACKEND"),
+        help=f"backend to run, one of: {', '.join(available_backends())} [BACKEND]",
+    )
+    add(
+        "--demo",
+        action="store_true",
+        default=None,
+        help="run the local demo even if Vast variables are set",
+    )
+    add(
+        "--host",
+        default=env.get("WORKER_HOST"),
+        help="address to listen on (default 0.0.0.0; 127.0.0.1 in the demo) [WORKER_HOST]",
+    )
+    add(
+        "--port",
+        type=int,
+        default=None,
+        help="port to listen on (default 3000; 0 picks a free one) [WORKER_PORT]",
+    )
+    add("--model-log", default=None, help="the model server's log file [MODEL_LOG]")
+    add(
+        "--model-server-url",
+        default=None,
+        help="the model server's base URL (default: the backend's) [MODEL_SERVER_URL]",
+    )
+    add(
+        "--report-addr",
+        default=None,
+        help="comma-separated autoscaler URLs for load reports [REPORT_ADDR]",
+    )
+    add(
+        "--container-id",
+        type=int,
+        default=None,
+        help="this instance's id, sent in every report [CONTAINER_ID]",
+    )
+    add(
+        "--public-url",
+        default=None,
+        help="this worker's public URL (default from PUBLIC_IPADDR and VAST_TCP_PORT_<port>)",
+    )
+    add(
+        "--unsecured",
+        action="store_true",
+        default=None,
+        help="accept requests without checking signatures; local testing only [UNSECURED]",
+    )
+    add(
+        "--pubkey-url",
+        default=None,
+        help="URL of the router's public key (default {REPORT_ADDR}/pubkey/) [PYWORKER_PUBKEY_URL]",
+    )
+    add("--pubkey-file", default=None, help="PEM file of the router's key [PYWORKER_PUBKEY_FILE]")
+    add(
+        "--only-2024-signatures",
+        action="store_true",
+        default=False,
+        help="refuse the 2025 signature (which signs only the worker's URL)",
+    )
+    add(
+        "--max-queue-time",
+        type=float,
+        default=None,
+        help="answer 429 when a request's expected wait exceeds this many seconds "
+        "(0: never; default 30)",
+    )
+    add(
+        "--max-body-bytes",
+        type=int,
+        default=None,
+        help="largest request body accepted (default 16 MiB)",
+    )
+    add(
+        "--read-timeout",
+        type=float,
+        default=None,
+        help="seconds of silence tolerated from the model server (default 600)",
+    )
+    add(
+        "--drain-timeout",
+        type=float,
+        default=None,
+        help="on SIGTERM, seconds to let requests in flight finish (default 30)",
+    )
+    add(
+        "--health-interval",
+        type=float,
+        default=None,
+        help="seconds between model server health checks once ready (default 10)",
+    )
+    add(
+        "--force-benchmark",
+        action="store_true",
+        default=False,
+        help="benchmark again even if a cached result exists",
+    )
+    add(
+        "--benchmark-runs",
+        type=int,
+        default=None,
+        help="timed benchmark requests (default: the backend's)",
+    )
+    add(
+        "--state-dir",
+        default=None,
+        help=f"benchmark cache and demo files (default {default_state_dir()}) [PYWORKER_STATE_DIR]",
+    )
+    add(
+        "--log-level",
+        default=env.get("PYWORKER_LOG_LEVEL", "INFO"),
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        help="[PYWORKER_LOG_LEVEL]",
+    )
+    add("--list-backends", action="store_true", help="list the backends and exit")
+    return parser
+
+
+def config_from_args(args: argparse.Namespace, env: Mapping[str, str]) -> tuple[WorkerConfig, bool]:
+    """The configuration and whether to run the demo.
+
+    Raises:
+        ConfigError: an impossible configuration.
+    """
+    if not args.backend:
+        raise ConfigError("no backend: pass --backend NAME (or set BACKEND)")
+    demo = bool(args.demo) or not (
+        any(env.get(v) for v in _VAST_VARIABLES) or args.model_log or args.report_addr
+    )
+    config = WorkerConfig.from_env(args.backend, env)
+    changes: dict[str, Any] = {}
+    if args.host is not None:
+        changes["host"] = args.host
+    if args.port is not None:
+        changes["port"] = args.port
+    if args.model_log is not None:
+        changes["model_log"] = Path(args.model_log)
+    if args.model_server_url is not None:
+        changes["model_server_url"] = args.model_server_url
+    if args.report_addr is not None:
+        changes["report_addrs"] = WorkerConfig.from_env(
+            args.backend, {"REPORT_ADDR": args.report_addr}
+        ).report_addrs
+    if args.container_id is not None:
+        changes["container_id"] = args.container_id
+    if args.public_url is not None:
+        changes["public_url"] = args.public_url.rstrip("/")
+    if args.unsecured:
+        changes["unsecured"] = True
+    if args.pubkey_url is not None:
+        changes["pubkey_url"] = args.pubkey_url
+    if args.pubkey_file is not None:
+        changes["pubkey_file"] = args.pubkey_file
+    if args.only_2024_signatures:
+        changes["accept_2025_signatures"] = False
+    for name in (
+        "max_queue_time",
+        "max_body_bytes",
+        "read_timeout",
+        "drain_timeout",
+        "health_interval",
+        "benchmark_runs",
+    ):
+        if (value := getattr(args, name)) is not None:
+            changes[name] = value
+    if args.force_benchmark:
+        changes["force_benchmark"] = True
+    if args.state_dir is not None:
+        changes["state_dir"] = Path(args.state_dir)
+    config = attrs.evolve(config, **changes)
+    if demo:
+        # The demo wires the model log, reports and key itself.
+        config = attrs.evolve(config, host="127.0.0.1", report_addrs=(), model_log=None)
+    else:
+        config.check()
+    return config, demo
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level,
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+        stream=sys.stderr,
+    )
+    # hypercorn and httpx are chatty at INFO about things we report ourselves.
+    for name in ("httpx", "httpcore", "hypercorn.error", "quart.app", "quart.serving"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def _print_change(change: StateChange) -> None:
+    suffix = f": {change.reason}" if change.reason else ""
+    log.info("state %s -> %s (%s)%s", change.source, change.dest, change.trigger, suffix)
+
+
+async def _watch_signals(shutdown: trio.Event, hard_stop: trio.CancelScope, grace: float) -> None:
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for signum in signals:
+            if not shutdown.is_set():
+                log.info(
+                    "%s: draining requests in flight (up to %g s), then stopping",
+                    signal.Signals(signum).name,
+                    grace,
+                )
+                shutdown.set()
+                # The final deadline: whatever is still running then is cancelled.
+                hard_stop.deadline = trio.current_time() + grace + _HARD_STOP_MARGIN
+            else:
+                log.warning("second signal: stopping now")
+                hard_stop.cancel()
+
+
+async def _main(config: WorkerConfig, demo: bool) -> None:
+    from ._demo import run_demo
+    from ._worker import Worker
+
+    backend = load_backend(config.backend)
+    shutdown = trio.Event()
+    with trio.CancelScope() as hard_stop:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_watch_signals, shutdown, hard_stop, config.drain_timeout)
+            if demo:
+                await run_demo(config, backend, shutdown=shutdown)
+            else:
+                worker = Worker(config=config, backend=backend, on_change=_print_change)
+                async with trio.open_nursery() as serving:
+                    info = await serving.start(partial(worker.serve, shutdown=shutdown))
+                    log.info(
+                        "worker for %s listening on %s (public URL %s)",
+                        backend.name,
+                        ", ".join(info.bound_urls),
+                        info.url,
+                    )
+                # serve() returns after the drain; only the signal watcher is left.
+            nursery.cancel_scope.cancel()
+    log.info("stopped")
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Entry point of ``python -m pyworker``."""
+    env = os.environ
+    parser = build_parser(env)
+    args = parser.parse_args(argv)
+    if args.list_backends:
+        print("\n".join(available_backends()))
+        return
+    if args.port is None and env.get("WORKER_PORT"):
+        try:
+            args.port = int(env["WORKER_PORT"])
+        except ValueError:
+            parser.error(f"WORKER_PORT must be an integer, not {env['WORKER_PORT']!r}")
+    try:
+        config, demo = config_from_args(args, env)
+        backend = load_backend(config.backend)
+        if demo and backend.demo is None:
+            raise ConfigError(
+                f"backend {backend.name} has no demo model server; set MODEL_LOG "
+                "and REPORT_ADDR to run it against a real one"
+            )
+        if config.port and not port_available(config.host, config.port):
+            raise ConfigError(
+                f"port {config.port} on {config.host} is already in use "
+                "(pass --port or set WORKER_PORT)"
+            )
+    except (ConfigError, UnknownBackendError, ValueError) as exc:
+        parser.exit(2, f"pyworker: error: {exc}\n")
+    _setup_logging(args.log_level)
+    if config.unsecured:
+        log.warning("UNSECURED: signatures are NOT checked; never expose this worker")
+    try:
+        trio.run(_main, config, demo)
+    except* KeyboardInterrupt:
+        # Ctrl-C before the signal watcher was installed: nothing had started yet.
+        pass

@@ -1,0 +1,153 @@
+"""The worker's configuration: one frozen record, from the Vast environment and the command line."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import attrs
+
+
+class ConfigError(ValueError):
+    """The configuration is impossible; the message says why in one line."""
+
+
+def _truthy(value: str | None) -> bool:
+    return (value or "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def default_state_dir() -> Path:
+    """Where the worker keeps its benchmark cache and demo files."""
+    if env := os.environ.get("PYWORKER_STATE_DIR"):
+        return Path(env)
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "pyworker"
+
+
+def _split_addrs(value: str) -> tuple[str, ...]:
+    addrs = tuple(a.strip().rstrip("/") for a in value.split(",") if a.strip())
+    for addr in addrs:
+        parts = urlsplit(addr)
+        if parts.scheme not in {"http", "https"} or not parts.netloc:
+            raise ConfigError(f"REPORT_ADDR entry {addr!r} is not an http(s) URL")
+    return addrs
+
+
+def _positive(_: object, attribute: attrs.Attribute[float], value: float) -> None:
+    if not value > 0:
+        raise ConfigError(f"{attribute.name.replace('_', '-')} must be positive, not {value}")
+
+
+@attrs.frozen(kw_only=True)
+class WorkerConfig:
+    """Everything the worker needs to run.
+
+    Build it with :meth:`from_env` (the Vast template's variables) and override fields with
+    :func:`attrs.evolve`.
+    """
+
+    backend: str
+    host: str = "0.0.0.0"
+    port: int = 3000
+    public_url: str = ""
+    """This worker's URL as clients see it (signed by the router); derived when empty."""
+    use_ssl: bool = False
+    ssl_certfile: str = "/etc/instance.crt"
+    ssl_keyfile: str = "/etc/instance.key"
+    report_addrs: tuple[str, ...] = ()
+    container_id: int = 0
+    model_log: Path | None = None
+    model_server_url: str = ""
+    """Empty: the backend's default."""
+    unsecured: bool = False
+    accept_2025_signatures: bool = True
+    pubkey_url: str = ""
+    """Where to fetch the router's key; empty: ``{REPORT_ADDR}/pubkey/``."""
+    pubkey_file: str = ""
+    pubkey_pem: str = ""
+    max_body_bytes: int = 16 * 1024 * 1024
+    body_timeout: float = attrs.field(default=30.0, validator=_positive)
+    connect_timeout: float = attrs.field(default=10.0, validator=_positive)
+    read_timeout: float = attrs.field(default=600.0, validator=_positive)
+    max_queue_time: float = 30.0
+    drain_timeout: float = attrs.field(default=30.0, validator=_positive)
+    health_interval: float = attrs.field(default=10.0, validator=_positive)
+    health_timeout: float = attrs.field(default=10.0, validator=_positive)
+    health_failures: int = 3
+    state_dir: Path = attrs.field(factory=default_state_dir)
+    force_benchmark: bool = False
+    benchmark_runs: int | None = None
+    disk_path: str = "/"
+    mtoken: str = ""
+
+    @classmethod
+    def from_env(cls, backend: str, env: Mapping[str, str] | None = None) -> WorkerConfig:
+        """The configuration a Vast template gives, from its environment variables.
+
+        Raises:
+            ConfigError: a variable is malformed.
+        """
+        env = os.environ if env is None else env
+        try:
+            port = int(env.get("WORKER_PORT", "3000"))
+            container_id = int(env.get("CONTAINER_ID", "0") or 0)
+        except ValueError as exc:
+            raise ConfigError(f"WORKER_PORT and CONTAINER_ID must be integers ({exc})") from None
+        use_ssl = _truthy(env.get("USE_SSL"))
+        public_url = ""
+        if ip := env.get("PUBLIC_IPADDR"):
+            public_port = env.get(f"VAST_TCP_PORT_{port}", str(port))
+            public_url = f"{'https' if use_ssl else 'http'}://{ip}:{public_port}"
+        model_log = env.get("MODEL_LOG")
+        return cls(
+            backend=backend,
+            port=port,
+            public_url=public_url,
+            use_ssl=use_ssl,
+            report_addrs=_split_addrs(env.get("REPORT_ADDR", "")),
+            container_id=container_id,
+            model_log=Path(model_log) if model_log else None,
+            model_server_url=env.get("MODEL_SERVER_URL", ""),
+            unsecured=_truthy(env.get("UNSECURED")),
+            pubkey_url=env.get("PYWORKER_PUBKEY_URL", ""),
+            pubkey_file=env.get("PYWORKER_PUBKEY_FILE", ""),
+            pubkey_pem=env.get("PYWORKER_PUBKEY", ""),
+            mtoken=env.get("MASTER_TOKEN", ""),
+        )
+
+    @property
+    def url(self) -> str:
+        """The public URL, or the local one when no public address is known."""
+        if self.public_url:
+            return self.public_url
+        host = "127.0.0.1" if self.host in {"0.0.0.0", ""} else self.host
+        return f"{'https' if self.use_ssl else 'http'}://{host}:{self.port}"
+
+    def check(self) -> None:
+        """Raise :class:`ConfigError` for a configuration that cannot work."""
+        if self.model_log is None:
+            raise ConfigError(
+                "no model log: set MODEL_LOG (or --model-log) to the model "
+                "server's log file, or use --demo"
+            )
+        if not 0 <= self.port <= 65535:
+            raise ConfigError(f"port {self.port} is out of range")
+        if self.use_ssl:
+            for path in (self.ssl_certfile, self.ssl_keyfile):
+                if not Path(path).is_file():
+                    raise ConfigError(f"USE_SSL is set but {path} does not exist")
+        if self.pubkey_file and not Path(self.pubkey_file).is_file():
+            raise ConfigError(f"public key file {self.pubkey_file} does not exist")
+        if not (
+            self.unsecured
+            or self.report_addrs
+            or self.pubkey_url
+            or self.pubkey_file
+            or self.pubkey_pem
+        ):
+            raise ConfigError(
+                "no way to get the router's public key: set REPORT_ADDR, "
+                "a --pubkey-* option, or UNSECURED=true for local testing"
+            )

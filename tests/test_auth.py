@@ -1,0 +1,484 @@
+"""Tests for pyworker._auth: signed messages, verification, replay guard, key loading."""
+
+from __future__ import annotations
+
+import base64
+import itertools
+import json
+import logging
+from collections.abc import Callable, Coroutine
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import trio
+import trio.testing
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from pyworker._auth import (
+    AuthData,
+    Authenticator,
+    AuthError,
+    ReplayGuard,
+    RouterSigner,
+    fetch_public_key,
+    message_2024,
+    message_2025,
+    pubkey_urls,
+    run_key_loader,
+)
+from pyworker._payload import PayloadError
+
+URL = "http://127.0.0.1:41234"
+
+
+@pytest.fixture(scope="module")
+def signer() -> RouterSigner:
+    return RouterSigner.generate()
+
+
+@pytest.fixture(scope="module")
+def other_signer() -> RouterSigner:
+    return RouterSigner.generate()
+
+
+def make_auth(signer: RouterSigner, *, own_url: str | None = URL, **kwargs: Any) -> Authenticator:
+    auth = Authenticator(own_url=own_url, **kwargs)
+    auth.set_public_key(signer.public_pem())
+    return auth
+
+
+def signed(signer: RouterSigner, reqnum: int = 1, cost: object = 256, **extra: Any) -> AuthData:
+    data = signer.sign(cost=cost, endpoint="my-group", reqnum=reqnum, url=URL)
+    return AuthData.parse({**data, **extra})
+
+
+def refusal(authenticator: Authenticator, auth: AuthData) -> AuthError:
+    with pytest.raises(AuthError) as info:
+        authenticator.check(auth)
+    return info.value
+
+
+# --- the signed messages ---------------------------------------------------------------------
+
+
+def test_message_2024_is_json_dumps_indent_4_byte_for_byte() -> None:
+    auth = AuthData(
+        signature="x", cost="256", endpoint="grüppe", reqnum=1234, url="http://wörker.example:80"
+    )
+    expected = (
+        b'{\n    "cost": "256",\n    "endpoint": "gr\\u00fcppe",\n    "reqnum": 1234,\n'
+        b'    "url": "http://w\\u00f6rker.example:80"\n}'
+    )
+    assert message_2024(auth) == expected
+    literal = {
+        "cost": "256",
+        "endpoint": "grüppe",
+        "reqnum": 1234,
+        "url": "http://wörker.example:80",
+    }
+    assert message_2024(auth) == json.dumps(literal, indent=4).encode()
+
+
+def test_message_2024_keeps_types_as_received() -> None:
+    as_text = AuthData(signature="x", cost="256", endpoint="e", reqnum=1, url=URL)
+    as_int = AuthData(signature="x", cost=256, endpoint="e", reqnum=1, url=URL)
+    as_float = AuthData(signature="x", cost=256.0, endpoint="e", reqnum=1, url=URL)
+    messages = {message_2024(as_text), message_2024(as_int), message_2024(as_float)}
+    assert len(messages) == 3
+    assert b'"cost": 256,' in message_2024(as_int)
+
+
+def test_message_2025_is_the_url_only() -> None:
+    auth = AuthData(signature="x", cost=1, endpoint="e", reqnum=1, url="http://é.example")
+    assert message_2025(auth) == b'{\n    "url": "http://\\u00e9.example"\n}'
+    assert message_2025(auth) == json.dumps({"url": "http://é.example"}, indent=4).encode()
+
+
+# --- parsing ---------------------------------------------------------------------------------
+
+
+def test_parse_keeps_values_and_ignores_extra_fields(signer: RouterSigner) -> None:
+    data = signer.sign(cost="256", endpoint="g", reqnum=5, url=URL)
+    auth = AuthData.parse({**data, "request_idx": 5, "__request_id": "abc", "nested": {}})
+    assert auth == AuthData(
+        signature=data["signature"], cost="256", endpoint="g", reqnum=5, url=URL
+    )
+    make_auth(signer).check(auth)
+
+
+def test_parse_reports_every_bad_field() -> None:
+    with pytest.raises(PayloadError) as info:
+        AuthData.parse({"cost": [1], "reqnum": "5", "url": 3, "endpoint": None})
+    assert info.value.errors == {
+        "signature": "missing parameter",
+        "cost": "must be a string or a number, not array",
+        "endpoint": "must be a string or a number, not null",
+        "reqnum": "must be an integer, not string",
+        "url": "must be a string, not integer",
+    }
+
+
+@pytest.mark.parametrize(
+    ("value", "kind"), [([], "array"), ("x", "string"), (None, "null"), (3, "integer")]
+)
+def test_parse_refuses_a_non_object(value: object, kind: str) -> None:
+    with pytest.raises(PayloadError) as info:
+        AuthData.parse(value)
+    assert info.value.errors == {"": f"must be a JSON object, not {kind}"}
+
+
+def test_parse_refuses_boolean_and_float_reqnum() -> None:
+    base = {"signature": "x", "cost": 1, "endpoint": "e", "url": URL}
+    for reqnum, kind in [(True, "boolean"), (1.0, "number")]:
+        with pytest.raises(PayloadError) as info:
+            AuthData.parse({**base, "reqnum": reqnum})
+        assert info.value.errors == {"reqnum": f"must be an integer, not {kind}"}
+
+
+# --- signatures ------------------------------------------------------------------------------
+
+
+def test_good_signature_passes(signer: RouterSigner) -> None:
+    make_auth(signer).check(signed(signer))
+
+
+def test_string_cost_signature_does_not_cover_int_cost(signer: RouterSigner) -> None:
+    data = signer.sign(cost="256", endpoint="my-group", reqnum=1, url=URL)
+    assert refusal(make_auth(signer), AuthData.parse({**data, "cost": 256})).status == 401
+    make_auth(signer).check(AuthData.parse(data))
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("cost", 257), ("endpoint", "other"), ("reqnum", 2), ("url", "http://127.0.0.1:41235")],
+)
+def test_tampered_field_fails(signer: RouterSigner, field: str, value: object) -> None:
+    data = signer.sign(cost=256, endpoint="my-group", reqnum=1, url=URL)
+    error = refusal(make_auth(signer, own_url=None), AuthData.parse({**data, field: value}))
+    assert (error.status, error.reason) == (401, "invalid signature")
+
+
+def test_signature_from_another_key_fails(signer: RouterSigner, other_signer: RouterSigner) -> None:
+    error = refusal(make_auth(signer), signed(other_signer))
+    assert (error.status, error.reason) == (401, "invalid signature")
+
+
+def test_2025_message_accepted_by_default(signer: RouterSigner) -> None:
+    auth = AuthData.parse(signer.sign_2025(URL, cost=5, endpoint="g", reqnum=9))
+    make_auth(signer).check(auth)
+
+
+def test_2025_message_refused_when_only_2024_is_accepted(signer: RouterSigner) -> None:
+    auth = AuthData.parse(signer.sign_2025(URL, cost=5, endpoint="g", reqnum=9))
+    error = refusal(make_auth(signer, accept_2025=False), auth)
+    assert (error.status, error.reason) == (401, "invalid signature")
+    make_auth(signer, accept_2025=False).check(signed(signer))
+
+
+@pytest.mark.parametrize(
+    ("signature", "reason"),
+    [
+        ("not base64!", "signature is not valid base64"),
+        ("abc", "signature is not valid base64"),  # bad padding
+        ("sïgnature", "signature is not valid base64"),
+        ("A" * 5000, "signature is too long"),
+        (base64.b64encode(b"short").decode(), "invalid signature"),
+        ("", "invalid signature"),
+    ],
+)
+def test_bad_signature_text_is_refused_cleanly(
+    signer: RouterSigner, signature: str, reason: str
+) -> None:
+    data = {**signer.sign(cost=1, endpoint="e", reqnum=1, url=URL), "signature": signature}
+    error = refusal(make_auth(signer), AuthData.parse(data))
+    assert (error.status, error.reason) == (401, reason)
+
+
+def test_no_key_yet_is_503_until_set(signer: RouterSigner) -> None:
+    authenticator = Authenticator(own_url=URL)
+    assert not authenticator.has_key
+    error = refusal(authenticator, signed(signer))
+    assert error.status == 503
+    assert "no public key yet" in error.reason
+    authenticator.set_public_key(signer.public_pem())
+    authenticator.check(signed(signer))
+
+
+def test_unsecured_mode_accepts_anything_and_says_so(
+    signer: RouterSigner, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="pyworker.auth"):
+        authenticator = Authenticator(unsecured=True, own_url=URL)
+    assert [r.name for r in caplog.records] == ["pyworker.auth"]
+    assert "UNSECURED" in caplog.records[0].getMessage()
+    bogus = AuthData(signature="?", cost=1, endpoint="e", reqnum=1, url="http://elsewhere")
+    authenticator.check(bogus)
+    authenticator.check(bogus)  # no replay check either
+    assert len(caplog.records) == 1  # said once, at construction
+
+
+def test_wrong_own_url_is_401_and_trailing_slash_is_tolerated(signer: RouterSigner) -> None:
+    error = refusal(make_auth(signer, own_url="http://127.0.0.1:9999"), signed(signer))
+    assert (error.status, error.reason) == (401, "auth_data.url is not this worker's URL")
+    make_auth(signer, own_url=URL + "/").check(signed(signer))
+    data = signer.sign(cost=1, endpoint="e", reqnum=1, url=URL + "/")
+    make_auth(signer, own_url=URL).check(AuthData.parse(data))
+
+
+def test_set_public_key_refuses_non_rsa_and_garbage() -> None:
+    authenticator = Authenticator()
+    with pytest.raises(ValueError, match="not a PEM public key"):
+        authenticator.set_public_key(b"hello")
+    ec_pem = (
+        ec.generate_private_key(ec.SECP256R1())
+        .public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
+    with pytest.raises(ValueError, match="must be RSA"):
+        authenticator.set_public_key(ec_pem)
+    assert not authenticator.has_key
+
+
+# --- replay protection -----------------------------------------------------------------------
+
+
+def test_exact_repeat_is_refused(signer: RouterSigner) -> None:
+    authenticator = make_auth(signer)
+    auth = signed(signer, reqnum=10)
+    authenticator.check(auth)
+    error = refusal(authenticator, auth)
+    assert error.status == 401
+    assert "replayed" in error.reason
+
+
+def test_repeat_of_2025_signature_is_tracked_on_the_whole_auth_data(signer: RouterSigner) -> None:
+    authenticator = make_auth(signer)
+    first = AuthData.parse(signer.sign_2025(URL, cost=5, endpoint="g", reqnum=1))
+    authenticator.check(first)
+    assert "replayed" in refusal(authenticator, first).reason
+    # The 2025 signature covers only the URL, so other fields make a different request.
+    authenticator.check(AuthData.parse({**signer.sign_2025(URL), "reqnum": 2}))
+
+
+def test_reqnum_more_than_window_below_the_highest_is_refused(signer: RouterSigner) -> None:
+    authenticator = make_auth(signer)
+    authenticator.check(signed(signer, reqnum=1000))
+    error = refusal(authenticator, signed(signer, reqnum=899))
+    assert error.status == 401
+    assert "too old" in error.reason
+    authenticator.check(signed(signer, reqnum=900))  # exactly `window` below: still fine
+
+
+def test_out_of_order_within_window_is_accepted(signer: RouterSigner) -> None:
+    authenticator = make_auth(signer)
+    for reqnum in [50, 10, 30, 51, 20, 49]:
+        authenticator.check(signed(signer, reqnum=reqnum))
+
+
+def test_refused_requests_are_not_remembered(signer: RouterSigner) -> None:
+    authenticator = make_auth(signer)
+    data = signer.sign(cost=1, endpoint="e", reqnum=10_000, url=URL)
+    forged = AuthData.parse({**data, "cost": 2})
+    refusal(authenticator, forged)
+    authenticator.check(signed(signer, reqnum=1))  # the forged reqnum did not raise the bar
+
+
+def test_no_gap_after_window_out_of_order_requests(signer: RouterSigner) -> None:
+    # 100 is accepted, then 100 older requests within the window; 100 must still be remembered.
+    authenticator = make_auth(signer)
+    first = signed(signer, reqnum=100)
+    authenticator.check(first)
+    for reqnum in range(100):
+        authenticator.check(signed(signer, reqnum=reqnum))
+    assert "replayed" in refusal(authenticator, first).reason
+
+
+def test_replay_guard_memory_is_bounded() -> None:
+    guard = ReplayGuard(window=3)
+    for reqnum in range(100):
+        auth = AuthData(signature="", cost=1, endpoint="e", reqnum=reqnum, url=URL)
+        assert guard.problem(auth) is None
+        guard.record(auth)
+    assert len(guard._recent) == len(guard._recent_set) == 7
+    old = AuthData(signature="", cost=1, endpoint="e", reqnum=96, url=URL)
+    assert guard.problem(old) is not None  # within the window, and remembered
+    assert guard.problem(AuthData(signature="", cost=1, endpoint="e", reqnum=95, url=URL))
+
+
+# --- fetching the key (in memory, virtual time) ----------------------------------------------
+
+
+Handler = Callable[[httpx.Request], Coroutine[None, None, httpx.Response]]
+
+
+async def no_requests(request: httpx.Request) -> httpx.Response:
+    raise AssertionError(f"unexpected request to {request.url}")
+
+
+def mock_client(handler: Handler) -> httpx.AsyncClient:
+    return httpx.AsyncClient(transport=httpx.MockTransport(handler))
+
+
+def test_pubkey_urls() -> None:
+    assert pubkey_urls(["http://a:1/", "http://b:2", " "]) == [
+        "http://a:1/pubkey/",
+        "http://b:2/pubkey/",
+    ]
+
+
+async def test_fetch_backs_off_1_2_4_until_the_key_comes(
+    signer: RouterSigner, autojump_clock: trio.testing.MockClock
+) -> None:
+    times: list[float] = []
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        times.append(trio.current_time())
+        if len(times) <= 3:
+            return httpx.Response(500)
+        return httpx.Response(200, content=signer.public_pem())
+
+    async with mock_client(handler) as http:
+        pem = await fetch_public_key(["http://router/pubkey/"], http=http)
+    assert pem == signer.public_pem()
+    assert times == [0.0, 1.0, 3.0, 7.0]
+
+
+async def test_fetch_backoff_stays_at_16_seconds(
+    signer: RouterSigner, autojump_clock: trio.testing.MockClock
+) -> None:
+    times: list[float] = []
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        times.append(trio.current_time())
+        if len(times) <= 7:
+            raise httpx.ConnectError("refused", request=request)
+        return httpx.Response(200, content=signer.public_pem())
+
+    async with mock_client(handler) as http:
+        await fetch_public_key(["http://router/pubkey/"], http=http)
+    assert [b - a for a, b in itertools.pairwise(times)] == [1, 2, 4, 8, 16, 16, 16]
+
+
+async def test_fetch_tries_each_url_in_order_and_skips_bad_keys(
+    signer: RouterSigner, autojump_clock: trio.testing.MockClock
+) -> None:
+    asked: list[str] = []
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        asked.append(request.url.host)
+        if request.url.host == "a":
+            return httpx.Response(503)
+        if request.url.host == "b":
+            return httpx.Response(200, content=b"not a key")
+        return httpx.Response(200, content=signer.public_pem())
+
+    urls = pubkey_urls(["http://a", "http://b", "http://c"])
+    async with mock_client(handler) as http:
+        assert await fetch_public_key(urls, http=http) == signer.public_pem()
+    assert asked == ["a", "b", "c"]
+    assert trio.current_time() == 0.0  # the third URL answered in the first round
+
+
+async def test_fetch_gives_up_on_a_hanging_url_after_attempt_timeout(
+    signer: RouterSigner, autojump_clock: trio.testing.MockClock
+) -> None:
+    async def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.host == "slow":
+            await trio.sleep_forever()
+        return httpx.Response(200, content=signer.public_pem())
+
+    urls = pubkey_urls(["http://slow", "http://fast"])
+    async with mock_client(handler) as http:
+        await fetch_public_key(urls, http=http, attempt_timeout=3)
+    assert trio.current_time() == 3.0
+
+
+async def test_fetch_is_cancellable(autojump_clock: trio.testing.MockClock) -> None:
+    async def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(500)
+
+    async with mock_client(handler) as http:
+        with trio.move_on_after(100) as scope:
+            await fetch_public_key(["http://router/pubkey/"], http=http)
+    assert scope.cancelled_caught
+
+
+@pytest.mark.parametrize(
+    ("urls", "match"),
+    [([], "no URL"), (["ftp://router/pubkey/"], "needs http"), (["http://[::1"], "invalid")],
+)
+async def test_fetch_refuses_urls_that_cannot_work(urls: list[str], match: str) -> None:
+    async with mock_client(no_requests) as http:
+        with pytest.raises(ValueError, match=match):
+            await fetch_public_key(urls, http=http)
+        if not urls:
+            return  # run_key_loader logs an error: no key source, signed requests get 503
+        with pytest.RaisesGroup(pytest.RaisesExc(ValueError, match=match)):
+            async with trio.open_nursery() as nursery:  # before started(): startup fails
+                await nursery.start(partial(run_key_loader, Authenticator(), urls=urls, http=http))
+
+
+async def test_key_loader_starts_at_once_and_sets_the_key_later(
+    signer: RouterSigner, autojump_clock: trio.testing.MockClock
+) -> None:
+    release = trio.Event()
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        await release.wait()
+        return httpx.Response(200, content=signer.public_pem())
+
+    authenticator = Authenticator(own_url=URL)
+    async with mock_client(handler) as http, trio.open_nursery() as nursery:
+        await nursery.start(
+            partial(run_key_loader, authenticator, urls=["http://router/pubkey/"], http=http)
+        )
+        assert refusal(authenticator, signed(signer)).status == 503
+        release.set()
+        await authenticator.wait_for_key()
+    authenticator.check(signed(signer))
+
+
+async def test_key_loader_uses_text_or_file_before_started(
+    signer: RouterSigner, tmp_path: Path
+) -> None:
+    pem_path = tmp_path / "router.pem"
+    pem_path.write_bytes(signer.public_pem())
+    async with mock_client(no_requests) as http:
+        sources: list[dict[str, Any]] = [
+            {"pem_text": signer.public_pem().decode()},
+            {"pem_text": signer.public_pem()},
+            {"pem_file": str(pem_path)},
+        ]
+        for source in sources:
+            authenticator = Authenticator(own_url=URL)
+            async with trio.open_nursery() as nursery:
+                await nursery.start(partial(run_key_loader, authenticator, http=http, **source))
+                assert authenticator.has_key
+            authenticator.check(signed(signer))
+
+
+async def test_key_loader_fails_startup_on_a_bad_pem(tmp_path: Path) -> None:
+    async with mock_client(no_requests) as http:
+        with pytest.RaisesGroup(pytest.RaisesExc(ValueError, match="not a PEM")):
+            async with trio.open_nursery() as nursery:
+                await nursery.start(
+                    partial(run_key_loader, Authenticator(), pem_text="junk", http=http)
+                )
+        with pytest.RaisesGroup(FileNotFoundError):
+            async with trio.open_nursery() as nursery:
+                missing = str(tmp_path / "missing.pem")
+                await nursery.start(
+                    partial(run_key_loader, Authenticator(), pem_file=missing, http=http)
+                )
+
+
+async def test_key_loader_fetches_nothing_when_unsecured() -> None:
+    authenticator = Authenticator(unsecured=True)
+    async with mock_client(no_requests) as http, trio.open_nursery() as nursery:
+        await nursery.start(
+            partial(run_key_loader, authenticator, urls=["http://router/pubkey/"], http=http)
+        )
