@@ -1,3 +1,4 @@
-"""Model server integrations: one package per backend, each defining ``BACKEND``."""
+"""Model server integrations: one package per backend, each defining ``BACKEND``.
 
-NAMES = ("hello_world",)
+Packages whose names start with ``_`` (such as ``_fakekit``) are shared helpers, not backends.
+"""

@@ -11,6 +11,7 @@ from __future__ import annotations
 import enum
 import importlib
 import json
+import pkgutil
 import random
 import re
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -188,10 +189,14 @@ class UnknownBackendError(LookupError):
 
 
 def available_backends() -> list[str]:
-    """The names of the backends shipped in ``backends/``."""
+    """The names of the backend packages in ``backends/`` (private ones start with ``_``)."""
     import backends
 
-    return sorted(name for name in getattr(backends, "NAMES", ()) if _NAME.match(name))
+    return sorted(
+        info.name
+        for info in pkgutil.iter_modules(backends.__path__)
+        if info.ispkg and _NAME.match(info.name) and not info.name.startswith("_")
+    )
 
 
 def load_backend(name: str) -> Backend:

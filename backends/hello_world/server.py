@@ -1,0 +1,295 @@
+"""The hello_world demo model server: a fake LLM that writes words at a set rate.
+
+``python -m backends.hello_world.server --port P --log PATH [knobs]`` (``--help`` lists the
+knobs). Routes:
+
+* ``POST /generate`` with ``{"prompt": str, "max_response_tokens": int | null}`` answers
+  ``{"response": text, "prompt_tokens": p, "generated_tokens": n}`` after generating exactly
+  ``n = max_response_tokens`` (default 256) tokens;
+* ``POST /generate_stream`` takes the same body and sends one server-sent event per token,
+  ``data: {"token": " word"}``, then ``data: {"done": true, "prompt_tokens": p,
+  "generated_tokens": n}``;
+* ``GET /healthcheck`` answers ``{"status": "ok"}``;
+* ``GET /stats`` (fake-only) answers the request counters of :class:`Stats`.
+
+A request costs ``estimate_tokens(prompt) + n`` units of the capacity model, the same
+workload the hello_world backend computes: the prompt's units are served first (prefill),
+then one unit per generated token, so streams emit tokens as they are generated.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import sys
+import zlib
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+
+import attrs
+import trio
+
+from backends._fakekit import (
+    CapacityModel,
+    Knobs,
+    LogWriter,
+    Request,
+    Response,
+    StreamResponse,
+    knob_parser,
+    run_fake,
+)
+from pyworker._tokens import estimate_tokens
+
+DEFAULT_PORT = 5001
+DEFAULT_MAX_RESPONSE_TOKENS = 256
+MAX_RESPONSE_TOKENS = 1_000_000
+
+_VOCABULARY_TEXT = (
+    "the a model server token stream answer prompt worker load request queue batch light "
+    "river stone cloud garden window paper music quiet bright swift gentle ancient green "
+    "blue golden silver morning evening winter summer story bridge mountain ocean forest "
+    "city road friend voice dream idea number letter signal engine circuit"
+)
+_VOCABULARY = tuple(_VOCABULARY_TEXT.split())
+# Generated text walks this seed-dependent table from an offset that depends on the prompt:
+# deterministic per (--seed, prompt), and no random draws on the request path.
+_TABLE_SIZE = 4096
+
+_SSE_HEADERS = ((b"cache-control", b"no-cache"),)
+_HEALTHY = Response.json({"status": "ok"})
+
+
+@attrs.define(kw_only=True)
+class Stats:
+    """Counters served by ``GET /stats``, for tests.
+
+    Attributes:
+        in_flight: generation requests being served now.
+        completed: generation requests that produced all their tokens.
+        cancelled: generation requests stopped because the client went away.
+        errors: requests answered with an error status (4xx or 5xx).
+        max_concurrent: the most generation requests in flight at once.
+        tokens_generated: tokens produced, by finished and unfinished requests alike.
+    """
+
+    in_flight: int = 0
+    completed: int = 0
+    cancelled: int = 0
+    errors: int = 0
+    max_concurrent: int = 0
+    tokens_generated: int = 0
+
+
+class _BadRequest(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.response = Response.json({"error": message}, status=status)
+
+
+def _parse(body: bytes) -> tuple[str, int]:
+    """The prompt and token count of a generation request.
+
+    Raises:
+        _BadRequest: 400 for malformed JSON, 422 for missing or ill-typed fields.
+    """
+    try:
+        payload = json.loads(body)
+    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError alike
+        raise _BadRequest(400, f"malformed JSON: {exc}") from None
+    if not isinstance(payload, dict):
+        raise _BadRequest(422, "the body must be a JSON object")
+    prompt = payload.get("prompt")
+    if not isinstance(prompt, str):
+        raise _BadRequest(422, "prompt: required, must be a string")
+    wanted = payload.get("max_response_tokens")
+    if wanted is None:
+        return prompt, DEFAULT_MAX_RESPONSE_TOKENS
+    if not isinstance(wanted, int) or isinstance(wanted, bool):
+        raise _BadRequest(422, "max_response_tokens: must be an integer or null")
+    if not 1 <= wanted <= MAX_RESPONSE_TOKENS:
+        raise _BadRequest(422, f"max_response_tokens: must be within [1, {MAX_RESPONSE_TOKENS}]")
+    return prompt, wanted
+
+
+@attrs.define(eq=False)
+class HelloWorldServer:
+    """The demo server's request handling (:meth:`handle`), state and counters.
+
+    Attributes:
+        knobs: rates, limits and failure injection.
+        log: where cancellations, injected failures and crashes are logged.
+        stats: the counters served by ``GET /stats``.
+    """
+
+    knobs: Knobs
+    log: LogWriter
+    stats: Stats = attrs.field(init=False, factory=Stats)
+    _capacity: CapacityModel = attrs.field(init=False)
+    _words: tuple[str, ...] = attrs.field(init=False)
+    _events: tuple[bytes, ...] = attrs.field(init=False)
+    _error_rng: random.Random = attrs.field(init=False)
+    _last_request: int = attrs.field(init=False, default=0)
+    _routes: dict[str, tuple[str, Callable[[Request], Awaitable[Response | StreamResponse]]]] = (
+        attrs.field(init=False)
+    )
+
+    def __attrs_post_init__(self) -> None:
+        self._capacity = self.knobs.capacity_model()
+        rng = random.Random(self.knobs.seed)
+        self._words = tuple(" " + rng.choice(_VOCABULARY) for _ in range(_TABLE_SIZE))
+        # Pre-encoded SSE events: a streamed token costs no serialisation.
+        self._events = tuple(
+            b"data: " + json.dumps({"token": word}).encode() + b"\n\n" for word in self._words
+        )
+        self._error_rng = random.Random(f"errors:{self.knobs.seed}")
+        self._routes = {
+            "/generate": ("POST", self._generate),
+            "/generate_stream": ("POST", self._generate_stream),
+            "/healthcheck": ("GET", self._healthcheck),
+            "/stats": ("GET", self._stats),
+        }
+
+    async def handle(self, request: Request) -> Response | StreamResponse:
+        """Answer one request (the kit's :data:`~backends._fakekit.Handler`)."""
+        route = self._routes.get(request.path)
+        if route is None:
+            response: Response | StreamResponse = Response.json(
+                {"error": f"no route {request.path}"}, status=404
+            )
+        elif request.method != route[0]:
+            response = Response(
+                status=405,
+                body=json.dumps({"error": f"method {request.method} not allowed"}).encode(),
+                headers=((b"allow", route[0].encode()),),
+            )
+        else:
+            response = await route[1](request)
+        if response.status >= 400:
+            self.stats.errors += 1
+        return response
+
+    async def _healthcheck(self, request: Request) -> Response:
+        if self.knobs.slow_health:
+            await trio.sleep(self.knobs.slow_health)
+        return _HEALTHY
+
+    async def _stats(self, request: Request) -> Response:
+        return Response.json(attrs.asdict(self.stats))
+
+    def _admit(self, request: Request) -> tuple[str, int, int] | Response:
+        """Validate a generation request and roll for an injected failure."""
+        try:
+            prompt, wanted = _parse(request.body)
+        except _BadRequest as exc:
+            return exc.response
+        if self.knobs.error_rate and self._error_rng.random() < self.knobs.error_rate:
+            self.log.warning("injected failure (--error-rate)")
+            return Response.json({"error": "injected failure"}, status=500)
+        offset = zlib.crc32(prompt.encode("utf-8", "surrogatepass")) % _TABLE_SIZE
+        return prompt, wanted, offset
+
+    def _begin(self) -> int:
+        stats = self.stats
+        stats.in_flight += 1
+        stats.max_concurrent = max(stats.max_concurrent, stats.in_flight)
+        self._last_request += 1
+        return self._last_request
+
+    def _end(self, request: Request, number: int, finished: bool) -> None:
+        stats = self.stats
+        stats.in_flight -= 1
+        if finished:
+            stats.completed += 1
+        elif request.client_gone:
+            stats.cancelled += 1
+            self.log.info(f"request {number} cancelled by client")
+
+    def _next_batch(self, produced: int, wanted: int) -> int:
+        """How many tokens to wait for next: all that are left, up to a failure point."""
+        limit = wanted - produced
+        for point in (self.knobs.hang_after, self.knobs.crash_after):
+            if point is not None and point > produced:
+                limit = min(limit, point - produced)
+        return limit
+
+    async def _fail_point(self, number: int, produced: int) -> None:
+        """Crash or hang here if the knobs say so (after ``produced`` tokens)."""
+        if produced == self.knobs.crash_after:
+            self.log.error(f"request {number}: model server crashed after {produced} tokens")
+            os._exit(1)
+        if produced == self.knobs.hang_after:
+            self.log.warning(f"request {number}: hanging after {produced} tokens")
+            await trio.sleep_forever()
+
+    async def _generate(self, request: Request) -> Response:
+        admitted = self._admit(request)
+        if isinstance(admitted, Response):
+            return admitted
+        prompt, wanted, offset = admitted
+        prompt_tokens = estimate_tokens(prompt)
+        number = self._begin()
+        finished = False
+        try:
+            async with self._capacity.job(prompt_tokens + wanted) as job:
+                await job.serve(prompt_tokens)
+                produced = 0
+                while produced < wanted:
+                    await self._fail_point(number, produced)
+                    count = await job.serve_some(self._next_batch(produced, wanted))
+                    produced += count
+                    self.stats.tokens_generated += count
+                await self._fail_point(number, produced)
+            finished = True
+        finally:
+            self._end(request, number, finished)
+        words = self._words
+        text = "".join([words[(offset + i) % _TABLE_SIZE] for i in range(wanted)])
+        return Response.json(
+            {"response": text, "prompt_tokens": prompt_tokens, "generated_tokens": wanted}
+        )
+
+    async def _generate_stream(self, request: Request) -> Response | StreamResponse:
+        admitted = self._admit(request)
+        if isinstance(admitted, Response):
+            return admitted
+        prompt, wanted, offset = admitted
+        return StreamResponse(
+            chunks=self._stream(request, prompt, wanted, offset), headers=_SSE_HEADERS
+        )
+
+    async def _stream(
+        self, request: Request, prompt: str, wanted: int, offset: int
+    ) -> AsyncIterator[bytes]:
+        prompt_tokens = estimate_tokens(prompt)
+        number = self._begin()
+        finished = False
+        events = self._events
+        try:
+            async with self._capacity.job(prompt_tokens + wanted) as job:
+                await job.serve(prompt_tokens)
+                produced = 0
+                while produced < wanted:
+                    await self._fail_point(number, produced)
+                    count = await job.serve_some(self._next_batch(produced, wanted))
+                    for _ in range(count):
+                        yield events[(offset + produced) % _TABLE_SIZE]
+                        produced += 1
+                        self.stats.tokens_generated += 1
+                await self._fail_point(number, produced)
+            finished = True
+            done = {"done": True, "prompt_tokens": prompt_tokens, "generated_tokens": wanted}
+            yield b"data: " + json.dumps(done).encode() + b"\n\n"
+        finally:
+            self._end(request, number, finished)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the demo server; returns the exit status."""
+    parser = knob_parser("hello_world demo LLM server (a fake model server)", port=DEFAULT_PORT)
+    knobs = Knobs.parse(parser, argv)
+    return run_fake(lambda log: HelloWorldServer(knobs=knobs, log=log).handle, knobs)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,203 @@
+"""Start fake model servers as real subprocesses, for tests and benchmarks.
+
+A fake is a module run as ``python -m MODULE --port 0 --port-file F --log L [args]`` (see
+:mod:`backends._fakekit`). The process is owned by a task in the caller's nursery: when that
+nursery is cancelled (pytest-trio's ``nursery`` fixture is, at the end of each test) the
+process gets SIGTERM, then SIGKILL if it is still alive five seconds later. :meth:`aclose`
+does the same on demand.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from functools import partial
+from pathlib import Path
+
+import attrs
+import trio
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+START_SECONDS = 30.0
+"""How long :func:`start_fake` waits for the fake to listen."""
+_POLL_SECONDS = 0.01
+_KILL_AFTER_SECONDS = 5.0
+
+
+class FakeExitedError(RuntimeError):
+    """The fake exited before it did what was awaited."""
+
+
+@attrs.define(eq=False)
+class FakeServer:
+    """A fake model server process.
+
+    Attributes:
+        process: the running process.
+        log_path: its log file (its stdout and stderr go there too).
+        port_file: where it writes its port once listening.
+        port: the bound port, once known (see :meth:`wait_listening`).
+    """
+
+    process: trio.Process
+    log_path: Path
+    port_file: Path
+    port: int | None = None
+
+    @property
+    def url(self) -> str:
+        """``http://127.0.0.1:PORT``.
+
+        Raises:
+            RuntimeError: the port is not known yet.
+        """
+        if self.port is None:
+            raise RuntimeError("the fake is not listening yet; await wait_listening()")
+        return f"http://127.0.0.1:{self.port}"
+
+    def log_text(self) -> str:
+        """The log so far ("" if the file does not exist yet)."""
+        try:
+            return self.log_path.read_text(encoding="utf-8", errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def _read_port(self) -> int | None:
+        try:
+            text = self.port_file.read_text(encoding="ascii")
+        except FileNotFoundError:
+            return None
+        # The fake writes the file atomically, so a present file is complete.
+        return int(text)
+
+    async def wait_listening(self) -> int:
+        """Wait until the fake listens (its port file appears); returns the port.
+
+        An external process gives no other signal, so this polls the file briefly.
+
+        Raises:
+            FakeExitedError: the process exited first.
+        """
+        while True:
+            port = self._read_port()
+            if port is not None:
+                self.port = port
+                return port
+            if self.process.poll() is not None:
+                raise FakeExitedError(
+                    f"fake exited with {self.process.returncode} before listening; "
+                    f"log:\n{self.log_text()}"
+                )
+            await trio.sleep(_POLL_SECONDS)
+
+    async def wait_for_log(self, substring: str) -> str:
+        """Wait until a log line contains ``substring``; returns that line.
+
+        Raises:
+            FakeExitedError: the process exited without logging it.
+        """
+        while True:
+            exited = self.process.poll() is not None
+            for line in self.log_text().splitlines():
+                if substring in line:
+                    return line
+            if exited:
+                raise FakeExitedError(
+                    f"fake exited with {self.process.returncode} without logging "
+                    f"{substring!r}; log:\n{self.log_text()}"
+                )
+            await trio.sleep(_POLL_SECONDS)
+
+    async def wait(self) -> int:
+        """Wait for the process to exit; returns its exit status."""
+        return await self.process.wait()
+
+    async def aclose(self) -> None:
+        """Stop the process: SIGTERM, then SIGKILL if it lingers. Safe to call twice."""
+        with trio.CancelScope(shield=True):
+            if self.process.poll() is None:
+                self.process.send_signal(signal.SIGTERM)
+                with trio.move_on_after(_KILL_AFTER_SECONDS):
+                    await self.process.wait()
+                if self.process.poll() is None:
+                    self.process.kill()
+            await self.process.wait()
+
+
+def fake_command(module: str, *args: str, log_path: Path, port_file: Path) -> list[str]:
+    """The command line that runs fake ``module`` on an ephemeral port."""
+    return [
+        sys.executable,
+        "-m",
+        module,
+        "--port",
+        "0",
+        "--port-file",
+        str(port_file),
+        "--log",
+        str(log_path),
+        *args,
+    ]
+
+
+async def spawn_fake(
+    nursery: trio.Nursery, module: str, *args: str, log_path: Path | str
+) -> FakeServer:
+    """Start fake ``module`` and return at once, without waiting for it to listen.
+
+    For tests of loading, load failures and slow starts; :meth:`FakeServer.wait_listening`
+    finishes the job. The process belongs to ``nursery``: cancelling it terminates the
+    process (SIGTERM, then SIGKILL after five seconds).
+
+    Args:
+        nursery: owns the process.
+        module: the fake's module, e.g. ``"backends.hello_world.server"``.
+        *args: further command-line arguments (knobs).
+        log_path: the fake's log file; its port file is written beside it.
+    """
+    log_path = Path(log_path)
+    port_file = log_path.with_name(log_path.name + ".port")
+    port_file.unlink(missing_ok=True)
+    command = fake_command(module, *args, log_path=log_path, port_file=port_file)
+    # check=False: an exit status of 1 is often what a test waits for (fail-load, crash).
+    process: trio.Process = await nursery.start(
+        partial(
+            trio.run_process,
+            command,
+            check=False,
+            stdin=subprocess.DEVNULL,
+            cwd=REPO_ROOT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+    )
+    return FakeServer(process=process, log_path=log_path, port_file=port_file)
+
+
+async def start_fake(
+    nursery: trio.Nursery, module: str, *args: str, log_path: Path | str
+) -> FakeServer:
+    """Start fake ``module`` and wait until it listens (at most :data:`START_SECONDS`).
+
+    Args:
+        nursery: owns the process (see :func:`spawn_fake`).
+        module: the fake's module, e.g. ``"backends.hello_world.server"``.
+        *args: further command-line arguments (knobs).
+        log_path: the fake's log file.
+
+    Returns:
+        The running fake, with :attr:`FakeServer.url` set.
+
+    Raises:
+        FakeExitedError: the fake exited before listening.
+        trio.TooSlowError: it did not listen within :data:`START_SECONDS`.
+    """
+    fake = await spawn_fake(nursery, module, *args, log_path=log_path)
+    try:
+        with trio.fail_after(START_SECONDS):
+            await fake.wait_listening()
+    except BaseException:
+        await fake.aclose()
+        raise
+    return fake

@@ -1,0 +1,334 @@
+"""The hello_world demo model server, run as a real subprocess."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import signal
+import socket
+from pathlib import Path
+
+import httpx
+import pytest
+import trio
+from fakes import FakeServer, spawn_fake, start_fake
+
+from pyworker._tokens import estimate_tokens
+
+MODULE = "backends.hello_world.server"
+READY = "infer server has started"
+
+
+# Every wait below is bounded: httpx's 5 s timeouts, start_fake's own bound, and fail_after
+# around each polling loop, so a misbehaving fake fails its test instead of hanging the run.
+async def _start(nursery: trio.Nursery, tmp_path: Path, *args: str) -> FakeServer:
+    return await start_fake(
+        nursery, MODULE, "--load-delay", "0", *args, log_path=tmp_path / "hello.log"
+    )
+
+
+def _body(prompt: str = "hello world", tokens: int | None = 5) -> dict[str, object]:
+    return {"prompt": prompt, "max_response_tokens": tokens}
+
+
+async def _stats(client: httpx.AsyncClient) -> dict[str, int]:
+    response = await client.get("/stats")
+    stats: dict[str, int] = response.json()
+    return stats
+
+
+async def _wait_for_cancelled(client: httpx.AsyncClient, count: int) -> dict[str, int]:
+    """Poll ``/stats`` until ``count`` requests were cancelled (at most 5 s)."""
+    with trio.fail_after(5):
+        while True:
+            stats = await _stats(client)
+            if stats["cancelled"] >= count:
+                return stats
+            await trio.sleep(0.02)
+
+
+async def _events(response: httpx.Response) -> list[dict[str, object]]:
+    events = []
+    async for line in response.aiter_lines():
+        if line:
+            assert line.startswith("data: ")
+            events.append(json.loads(line.removeprefix("data: ")))
+    return events
+
+
+async def test_generate_answers_exactly_the_tokens_asked(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    fake = await _start(nursery, tmp_path, "--token-rate", "1000")
+    async with httpx.AsyncClient(base_url=fake.url) as client:
+        prompt = "Tell me a story about a brave little toaster."
+        response = await client.post("/generate", json=_body(prompt, 17))
+        assert response.status_code == 200
+        answer = response.json()
+        assert answer["prompt_tokens"] == estimate_tokens(prompt)
+        assert answer["generated_tokens"] == 17
+        words = answer["response"].split(" ")
+        assert words[0] == ""  # every token is " word"
+        assert len(words) == 18
+        # Deterministic per seed and prompt; the default is 256 tokens.
+        again = await client.post("/generate", json=_body(prompt, 17))
+        assert again.json() == answer
+        default = await client.post("/generate", json={"prompt": prompt})
+        assert default.json()["generated_tokens"] == 256
+        stats = await _stats(client)
+    assert stats["completed"] == 3
+    assert stats["tokens_generated"] == 17 + 17 + 256
+    assert stats["in_flight"] == 0
+
+
+async def test_generate_stream_sends_one_event_per_token(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    fake = await _start(nursery, tmp_path, "--token-rate", "1000")
+    async with httpx.AsyncClient(base_url=fake.url) as client:
+        async with client.stream("POST", "/generate_stream", json=_body("hi there", 12)) as r:
+            assert r.status_code == 200
+            assert r.headers["content-type"] == "text/event-stream"
+            events = await _events(r)
+        plain = (await client.post("/generate", json=_body("hi there", 12))).json()
+    tokens = [event["token"] for event in events[:-1]]
+    assert len(tokens) == 12
+    assert events[-1] == {"done": True, "prompt_tokens": 2, "generated_tokens": 12}
+    assert "".join(str(token) for token in tokens) == plain["response"]
+
+
+async def test_tokens_are_streamed_as_they_are_generated(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    fake = await _start(nursery, tmp_path, "--token-rate", "20")
+    async with (
+        httpx.AsyncClient(base_url=fake.url) as client,
+        client.stream("POST", "/generate_stream", json=_body("x", 6)) as response,
+    ):
+        arrivals = []
+        async for line in response.aiter_lines():
+            if line:
+                arrivals.append(trio.current_time())
+    # Prompt (1 unit) then 6 tokens at 20/s: about 50 ms apart, not all at the end.
+    gaps = [b - a for a, b in itertools.pairwise(arrivals[:6])]
+    assert all(0.02 < gap < 0.2 for gap in gaps), gaps
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "status"),
+    [
+        ("POST", "/generate", b"{not json", 400),
+        ("POST", "/generate", b'["a list"]', 422),
+        ("POST", "/generate", b'{"max_response_tokens": 3}', 422),
+        ("POST", "/generate_stream", b'{"prompt": "x", "max_response_tokens": "3"}', 422),
+        ("POST", "/generate", b'{"prompt": "x", "max_response_tokens": 0}', 422),
+        ("POST", "/nowhere", b"{}", 404),
+        ("GET", "/generate", b"", 405),
+    ],
+)
+async def test_bad_requests(
+    nursery: trio.Nursery, tmp_path: Path, method: str, path: str, body: bytes, status: int
+) -> None:
+    fake = await _start(nursery, tmp_path)
+    async with httpx.AsyncClient(base_url=fake.url) as client:
+        response = await client.request(method, path, content=body)
+        assert response.status_code == status
+        assert isinstance(response.json()["error"], str)
+        assert (await _stats(client))["errors"] == 1
+
+
+async def test_healthcheck_and_slow_health(nursery: trio.Nursery, tmp_path: Path) -> None:
+    fake = await _start(nursery, tmp_path, "--slow-health", "0.3")
+    async with httpx.AsyncClient(base_url=fake.url) as client:
+        started = trio.current_time()
+        response = await client.get("/healthcheck")
+        assert response.json() == {"status": "ok"}
+        assert trio.current_time() - started >= 0.3
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+async def _accepts(port: int) -> bool:
+    try:
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+    except OSError:
+        return False
+    await stream.aclose()
+    return True
+
+
+async def test_refuses_connections_until_loaded_then_announces(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    port = _free_port()
+    log_path = tmp_path / "hello.log"
+    fake = await spawn_fake(
+        nursery, MODULE, "--load-delay", "0.6", "--port", str(port), log_path=log_path
+    )
+    refused_while_loading = 0
+    with trio.fail_after(10):
+        while True:
+            # Read the log first: a ready line seen now must mean the port accepts now.
+            announced = READY in fake.log_text()
+            accepts = await _accepts(port)
+            if announced:
+                assert accepts
+                break
+            if not accepts:
+                refused_while_loading += 1
+            await trio.sleep(0.02)
+    assert refused_while_loading > 5
+    log = fake.log_text()
+    assert "INFO loading model: 40%" in log
+    assert log.index("loading model: 100%") < log.index(READY)
+    assert f"{READY} on http://127.0.0.1:{port}" in log
+
+
+async def test_fail_load_exits_1_with_the_reason(nursery: trio.Nursery, tmp_path: Path) -> None:
+    fake = await spawn_fake(
+        nursery,
+        MODULE,
+        "--load-delay",
+        "0.1",
+        "--fail-load",
+        "corrupted weights",
+        log_path=tmp_path / "hello.log",
+    )
+    with trio.fail_after(10):
+        assert await fake.wait() == 1
+    assert "ERROR Error: model failed to load: corrupted weights" in fake.log_text()
+    assert READY not in fake.log_text()
+    assert not fake.port_file.exists()
+
+
+async def test_sigterm_exits_0(nursery: trio.Nursery, tmp_path: Path) -> None:
+    fake = await _start(nursery, tmp_path)
+    await fake.aclose()
+    assert fake.process.returncode == 0
+    assert "INFO received SIGTERM, shutting down" in fake.log_text()
+
+
+async def test_sigint_while_loading_exits_0(nursery: trio.Nursery, tmp_path: Path) -> None:
+    fake = await spawn_fake(nursery, MODULE, "--load-delay", "30", log_path=tmp_path / "h.log")
+    with trio.fail_after(10):
+        await fake.wait_for_log("loading model: 0%")
+        fake.process.send_signal(signal.SIGINT)
+        assert await fake.wait() == 0
+    assert "INFO received SIGINT, shutting down" in fake.log_text()
+
+
+async def test_client_disconnect_cancels_generation(nursery: trio.Nursery, tmp_path: Path) -> None:
+    fake = await _start(nursery, tmp_path, "--token-rate", "50", "--max-parallel", "1")
+    async with httpx.AsyncClient(base_url=fake.url) as client:
+        # Drop the stream after its first token. (Cancelling, not breaking out of the loop:
+        # a break leaves httpx's nested async generators to the garbage collector.)
+        with trio.CancelScope() as drop:
+            async with client.stream("POST", "/generate_stream", json=_body("x", 1000)) as r:
+                async for line in r.aiter_lines():
+                    if line:
+                        drop.cancel()
+        with trio.move_on_after(0.2):
+            await client.post("/generate", json=_body("x", 1000))
+        stats = await _wait_for_cancelled(client, 2)
+        assert stats["in_flight"] == 0
+        assert stats["completed"] == 0
+        # The single slot is free again: a short request is served at once.
+        started = trio.current_time()
+        response = await client.post("/generate", json=_body("x", 5))
+        assert response.json()["generated_tokens"] == 5
+        assert trio.current_time() - started < 1.0
+    assert "request 1 cancelled by client" in fake.log_text()
+    assert "request 2 cancelled by client" in fake.log_text()
+
+
+async def test_crash_after(nursery: trio.Nursery, tmp_path: Path) -> None:
+    fake = await _start(nursery, tmp_path, "--token-rate", "1000", "--crash-after", "3")
+    lines: list[str] = []
+
+    async def read_stream() -> None:
+        async with (
+            httpx.AsyncClient(base_url=fake.url) as client,
+            client.stream("POST", "/generate_stream", json=_body("x", 10)) as response,
+        ):
+            async for line in response.aiter_lines():
+                lines.append(line)
+
+    # The connection dies mid-stream (no final chunk).
+    with pytest.raises(httpx.RemoteProtocolError):
+        await read_stream()
+    assert sum(line.startswith("data: ") for line in lines) == 3
+    with trio.fail_after(10):
+        assert await fake.wait() == 1
+    assert "model server crashed after 3 tokens" in fake.log_text()
+
+
+async def test_hang_after(nursery: trio.Nursery, tmp_path: Path) -> None:
+    fake = await _start(nursery, tmp_path, "--token-rate", "1000", "--hang-after", "4")
+    tokens = 0
+    async with httpx.AsyncClient(base_url=fake.url) as client:
+        with trio.move_on_after(0.5) as stream_scope:
+            async with client.stream("POST", "/generate_stream", json=_body("x", 10)) as r:
+                async for line in r.aiter_lines():
+                    tokens += line.startswith("data: ")
+        with trio.move_on_after(0.3) as plain_scope:
+            await client.post("/generate", json=_body("x", 10))
+        assert stream_scope.cancelled_caught
+        assert plain_scope.cancelled_caught
+        assert tokens == 4
+        await _wait_for_cancelled(client, 2)
+
+
+async def test_error_rate(nursery: trio.Nursery, tmp_path: Path) -> None:
+    fake = await _start(nursery, tmp_path, "--error-rate", "0.5", "--token-rate", "10000")
+    async with httpx.AsyncClient(base_url=fake.url) as client:
+        statuses = [(await client.post("/generate", json=_body())).status_code for _ in range(40)]
+        failed = await client.post("/generate_stream", json=_body())
+        while failed.status_code != 500:
+            failed = await client.post("/generate_stream", json=_body())
+    assert failed.json() == {"error": "injected failure"}
+    assert set(statuses) == {200, 500}
+    assert 8 <= statuses.count(500) <= 32
+
+
+async def _load(url: str, requests: int, tokens: int) -> float:
+    """Send ``requests`` at once; return the time until the last answer."""
+    started = trio.current_time()
+    limits = httpx.Limits(max_connections=requests)
+    async with httpx.AsyncClient(base_url=url, limits=limits) as client:
+
+        async def one() -> None:
+            response = await client.post("/generate", json=_body("hello world", tokens))
+            assert response.json()["generated_tokens"] == tokens
+
+        async with trio.open_nursery() as nursery:
+            for _ in range(requests):
+                nursery.start_soon(one)
+    return trio.current_time() - started
+
+
+@pytest.mark.parametrize(
+    ("knobs", "truth"),
+    [
+        # capacity-bound: min(600, 8 * 200) = 600 units/s
+        (["--token-rate", "200", "--capacity", "600", "--max-parallel", "8"], 600),
+        # parallelism-bound: min(inf, 3 * 100) = 300 units/s
+        (["--token-rate", "100", "--max-parallel", "3"], 300),
+    ],
+)
+async def test_throughput_follows_the_capacity_truth(
+    nursery: trio.Nursery, tmp_path: Path, knobs: list[str], truth: float
+) -> None:
+    fake = await _start(nursery, tmp_path, *knobs)
+    requests, tokens = 12, 28
+    units = requests * (estimate_tokens("hello world") + tokens)
+    elapsed = await _load(fake.url, requests, tokens)
+    assert units / elapsed == pytest.approx(truth, rel=0.35)
+    async with httpx.AsyncClient(base_url=fake.url) as client:
+        stats = await _stats(client)
+    assert stats["completed"] == requests
+    assert stats["max_concurrent"] == requests  # all in flight; the model queued the rest

@@ -1,0 +1,353 @@
+"""The fake-server kit in-process: HTTP serving, the capacity model, knobs and the log."""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import pytest
+import trio
+import trio.testing
+
+from backends._fakekit import (
+    CapacityModel,
+    HTTPServer,
+    Knobs,
+    LogWriter,
+    Request,
+    Response,
+    StreamResponse,
+    knob_parser,
+)
+
+# --- HTTP server -------------------------------------------------------------------------
+
+
+async def _start(nursery: trio.Nursery, server: HTTPServer) -> str:
+    await nursery.start(server.serve)
+    return server.url
+
+
+async def _echo(request: Request) -> Response:
+    return Response.json(
+        {"method": request.method, "path": request.path, "size": len(request.body)}
+    )
+
+
+async def test_keep_alive_reuses_one_connection(nursery: trio.Nursery) -> None:
+    server = HTTPServer(_echo)
+    url = await _start(nursery, server)
+    async with httpx.AsyncClient(base_url=url) as client:
+        for size in (0, 10, 100_000):
+            response = await client.post("/x?y=1", content=b"a" * size)
+            assert response.status_code == 200
+            assert response.json() == {"method": "POST", "path": "/x", "size": size}
+            assert response.headers["content-length"] == str(len(response.content))
+    assert server.requests == 3
+    assert server.connections == 1
+
+
+async def test_stream_is_delivered_chunk_by_chunk(nursery: trio.Nursery) -> None:
+    proceed = trio.Event()
+
+    async def chunks() -> AsyncIterator[bytes]:
+        yield b"first"
+        # The second chunk exists only once the client has seen the first: no buffering.
+        await proceed.wait()
+        yield b"second"
+
+    async def handler(request: Request) -> StreamResponse:
+        return StreamResponse(chunks=chunks(), content_type=b"text/plain")
+
+    url = await _start(nursery, HTTPServer(handler))
+    async with httpx.AsyncClient(base_url=url) as client, client.stream("GET", "/") as response:
+        assert response.headers["transfer-encoding"] == "chunked"
+        assert response.headers["content-type"] == "text/plain"
+        received = response.aiter_raw()
+        with trio.fail_after(5):
+            assert await anext(received) == b"first"
+        proceed.set()
+        assert [chunk async for chunk in received] == [b"second"]
+
+
+async def _raw_request(url: str, request: bytes) -> trio.SocketStream:
+    port = int(url.rsplit(":", 1)[1])
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    await stream.send_all(request)
+    return stream
+
+
+_GET = b"GET / HTTP/1.1\r\nHost: test\r\n\r\n"
+
+
+async def _read_until_closed(stream: trio.SocketStream) -> bytes:
+    received = b""
+    with trio.fail_after(5):
+        while chunk := await stream.receive_some():
+            received += chunk
+    await stream.aclose()
+    return received
+
+
+async def test_pipelined_requests_are_answered_in_order(nursery: trio.Nursery) -> None:
+    url = await _start(nursery, HTTPServer(_echo))
+    first = b"POST /one HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\n\r\nabc"
+    second = b"GET /two HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+    received = await _read_until_closed(await _raw_request(url, first + second))
+    answers = received.split(b"HTTP/1.1 200 OK\r\n")
+    assert len(answers) == 3
+    assert answers[1].endswith(b'{"method":"POST","path":"/one","size":3}')
+    assert b"connection: close\r\n" in answers[2]
+    assert answers[2].endswith(b'{"method":"GET","path":"/two","size":0}')
+
+
+async def test_http10_stream_ends_with_the_connection(nursery: trio.Nursery) -> None:
+    async def chunks() -> AsyncIterator[bytes]:
+        yield b"one "
+        yield b"two"
+
+    async def handler(request: Request) -> StreamResponse:
+        return StreamResponse(chunks=chunks())
+
+    url = await _start(nursery, HTTPServer(handler))
+    received = await _read_until_closed(await _raw_request(url, b"GET / HTTP/1.0\r\n\r\n"))
+    head, body = received.split(b"\r\n\r\n", 1)
+    assert b"transfer-encoding" not in head
+    assert b"connection: close" in head
+    assert body == b"one two"
+
+
+async def test_disconnect_cancels_a_computing_handler(nursery: trio.Nursery) -> None:
+    started = trio.Event()
+    gone: list[bool] = []
+
+    cancelled = trio.Event()
+
+    async def handler(request: Request) -> Response:
+        started.set()
+        try:
+            await trio.sleep_forever()
+        finally:
+            gone.append(request.client_gone)
+            cancelled.set()
+
+    url = await _start(nursery, HTTPServer(handler))
+    stream = await _raw_request(url, _GET)
+    with trio.fail_after(5):
+        await started.wait()
+        await stream.aclose()
+        await cancelled.wait()
+    assert gone == [True]
+
+
+async def test_disconnect_cancels_a_stream(nursery: trio.Nursery) -> None:
+    closed = trio.Event()
+    gone: list[bool] = []
+
+    async def chunks(request: Request) -> AsyncIterator[bytes]:
+        try:
+            yield b"event\n"
+            await trio.sleep_forever()
+        finally:
+            gone.append(request.client_gone)
+            closed.set()
+
+    async def handler(request: Request) -> StreamResponse:
+        return StreamResponse(chunks=chunks(request))
+
+    url = await _start(nursery, HTTPServer(handler))
+    stream = await _raw_request(url, _GET)
+    with trio.fail_after(5):
+        head = b""
+        while b"event\n" not in head:
+            head += await stream.receive_some()
+        await stream.aclose()
+        await closed.wait()
+    assert gone == [True]
+
+
+async def test_body_too_large_is_413_and_the_server_goes_on(nursery: trio.Nursery) -> None:
+    url = await _start(nursery, HTTPServer(_echo, max_body_size=1000))
+
+    async def chunked_body() -> AsyncIterator[bytes]:
+        for _ in range(10):
+            yield b"b" * 500
+
+    async with httpx.AsyncClient(base_url=url) as client:
+        response = await client.post("/", content=b"a" * 100_000)
+        assert response.status_code == 413
+        assert response.headers["connection"] == "close"
+        assert "larger than 1000" in response.json()["error"]
+        response = await client.post("/", content=chunked_body())
+        assert response.status_code == 413
+        response = await client.post("/", content=b"a" * 1000)
+        assert response.status_code == 200
+
+
+async def test_malformed_request_is_400(nursery: trio.Nursery) -> None:
+    url = await _start(nursery, HTTPServer(_echo))
+    received = await _read_until_closed(await _raw_request(url, b"NOT HTTP AT ALL\r\n\r\n"))
+    assert received.startswith(b"HTTP/1.1 400 Bad Request\r\n")
+
+
+async def test_a_failing_handler_answers_500(
+    nursery: trio.Nursery, capsys: pytest.CaptureFixture[str]
+) -> None:
+    async def handler(request: Request) -> Response:
+        raise ValueError("boom")
+
+    url = await _start(nursery, HTTPServer(handler))
+    async with httpx.AsyncClient(base_url=url) as client:
+        response = await client.get("/")
+    assert response.status_code == 500
+    assert "ValueError: boom" in capsys.readouterr().err
+
+
+# --- capacity model (virtual time: exact) --------------------------------------------------
+
+
+async def _run_job(model: CapacityModel, units: float, done: dict[str, float], name: str) -> None:
+    async with model.job(units) as job:
+        await job.serve(units)
+    done[name] = trio.current_time()
+
+
+async def _jobs(model: CapacityModel, *sizes: float) -> dict[str, float]:
+    """Start jobs together (in order); return each one's finishing time."""
+    done: dict[str, float] = {}
+    start = trio.current_time()
+    async with trio.open_nursery() as nursery:
+        for index, size in enumerate(sizes):
+            nursery.start_soon(_run_job, model, size, done, str(index))
+            # trio runs new tasks in random order; arrivals must be in this order (FIFO).
+            await trio.testing.wait_all_tasks_blocked()
+    return {name: round(at - start, 6) for name, at in sorted(done.items())}
+
+
+async def test_one_job_is_served_at_token_rate(autojump_clock: trio.testing.MockClock) -> None:
+    assert await _jobs(CapacityModel(token_rate=100), 250) == {"0": 2.5}
+
+
+async def test_capacity_is_shared_equally(autojump_clock: trio.testing.MockClock) -> None:
+    # Both at 50/s until the small one ends at 1.0; the big one then runs alone at 100/s.
+    model = CapacityModel(token_rate=1000, capacity=100)
+    assert await _jobs(model, 50, 150) == {"0": 1.0, "1": 2.0}
+
+
+async def test_token_rate_caps_each_job(autojump_clock: trio.testing.MockClock) -> None:
+    model = CapacityModel(token_rate=10, capacity=100)
+    assert await _jobs(model, 10, 10, 10) == {"0": 1.0, "1": 1.0, "2": 1.0}
+
+
+async def test_max_parallel_queues_fifo(autojump_clock: trio.testing.MockClock) -> None:
+    model = CapacityModel(token_rate=100, max_parallel=2)
+    assert await _jobs(model, 50, 100, 50, 10) == {"0": 0.5, "1": 1.0, "2": 1.0, "3": 1.1}
+
+
+async def test_throughput_follows_the_truth(autojump_clock: trio.testing.MockClock) -> None:
+    for model in (
+        CapacityModel(token_rate=100, capacity=300, max_parallel=8),
+        CapacityModel(token_rate=100, capacity=3000, max_parallel=4),
+    ):
+        finished = await _jobs(model, *[37] * 40)
+        throughput = 37 * 40 / max(finished.values())
+        assert throughput == pytest.approx(model.throughput_limit)
+
+
+async def test_leaving_early_frees_capacity(autojump_clock: trio.testing.MockClock) -> None:
+    model = CapacityModel(token_rate=1000, capacity=100, max_parallel=2)
+    done: dict[str, float] = {}
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_run_job, model, 100, done, "a")
+        with trio.move_on_after(0.5):
+            await _run_job(model, 100, done, "b")
+        # b left: a has 25 units and shares with c at 50/s each until c's 50 are done at
+        # 1.5 s; a has 75 by then and does its last 25 alone at 100/s.
+        nursery.start_soon(_run_job, model, 50, done, "c")
+    assert done == {"a": pytest.approx(1.75), "c": pytest.approx(1.5)}
+    assert model.active == 0
+
+
+async def test_cancelled_while_queued_gives_up_the_place(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    model = CapacityModel(token_rate=100, max_parallel=1)
+    done: dict[str, float] = {}
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_run_job, model, 100, done, "a")
+        await trio.testing.wait_all_tasks_blocked()
+        with trio.move_on_after(0.5):
+            await _run_job(model, 100, done, "b")
+        assert model.queued == 0
+        nursery.start_soon(_run_job, model, 100, done, "c")
+    assert done == {"a": pytest.approx(1.0), "c": pytest.approx(2.0)}
+
+
+async def test_serve_some_emits_each_unit_on_time(autojump_clock: trio.testing.MockClock) -> None:
+    model = CapacityModel(token_rate=20)
+    times = []
+    async with model.job(5) as job:
+        while count := await job.serve_some(5):
+            times.extend([trio.current_time()] * count)
+    assert times == pytest.approx([0.05, 0.10, 0.15, 0.20, 0.25])
+
+
+async def test_serve_some_batches_at_high_rates(autojump_clock: trio.testing.MockClock) -> None:
+    model = CapacityModel(token_rate=10_000, quantum=0.005)
+    counts = []
+    async with model.job(1000) as job:
+        while count := await job.serve_some(1000):
+            counts.append(count)
+            # Each unit is late by less than one quantum.
+            assert trio.current_time() - job.consumed / 10_000 < 0.005 + 1e-9
+    assert sum(counts) == 1000
+    assert len(counts) == pytest.approx(20, abs=2)
+
+
+def test_throughput_limit() -> None:
+    assert CapacityModel(token_rate=10).throughput_limit == math.inf
+    assert CapacityModel(token_rate=10, max_parallel=3).throughput_limit == 30
+    assert CapacityModel(token_rate=10, max_parallel=3, capacity=25).throughput_limit == 25
+    assert CapacityModel(token_rate=10, capacity=25).throughput_limit == 25
+
+
+# --- knobs and log -----------------------------------------------------------------------
+
+
+def test_knobs_parse() -> None:
+    parser = knob_parser("test", port=1234)
+    assert Knobs.parse(parser, []) == Knobs(port=1234)
+    knobs = Knobs.parse(
+        parser, ["--capacity", "500", "--max-parallel", "4", "--hang-after", "0", "--seed", "3"]
+    )
+    assert (knobs.capacity, knobs.max_parallel, knobs.hang_after, knobs.seed) == (500, 4, 0, 3)
+    model = knobs.capacity_model()
+    assert model.throughput_limit == 400
+
+
+@pytest.mark.parametrize(
+    "argv", [["--token-rate", "0"], ["--error-rate", "1.5"], ["--max-parallel", "0"]]
+)
+def test_knobs_reject_nonsense(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        Knobs.parse(knob_parser("test", port=1), argv)
+    assert "must be" in capsys.readouterr().err
+
+
+def test_log_lines_are_timestamped_and_appended(tmp_path: Path) -> None:
+    path = tmp_path / "fake.log"
+    path.write_text("earlier line\n")
+    log = LogWriter.open(path)
+    log.info("loading model: 40%")
+    # Flushed per line: visible before the writer is closed.
+    assert path.read_text().endswith(" INFO loading model: 40%\n")
+    log.error("Error: model failed to load: x")
+    log.close()
+    lines = path.read_text().splitlines()
+    assert lines[0] == "earlier line"
+    stamp = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z"
+    assert re.fullmatch(stamp + r" INFO loading model: 40%", lines[1])
+    assert re.fullmatch(stamp + r" ERROR Error: model failed to load: x", lines[2])
