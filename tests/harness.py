@@ -60,9 +60,9 @@ class Stack:
         """The worker's base URL."""
         return self.info.bound_urls[0]
 
-    async def wait_state(self, *states: State, timeout: float = 30.0) -> State:
-        """Wait (bounded) until the worker's lifecycle is in one of ``states``."""
-        with trio.fail_after(timeout):
+    async def wait_state(self, *states: State) -> State:
+        """Wait (at most 30 s) until the worker's lifecycle is in one of ``states``."""
+        with trio.fail_after(30):
             return await self.worker.watch.wait_state(*states)
 
     def auth_data(self, *, cost: object = 100, endpoint: object = "test") -> dict[str, Any]:
