@@ -44,6 +44,8 @@ logger = logging.getLogger("pyworker.auth")
 # An RSA-8192 signature is 1366 base64 characters; anything much longer is not a signature, and
 # refusing it early keeps a hostile client from making us decode megabytes.
 _MAX_SIGNATURE_CHARS = 1400
+_MAX_CACHED_2025 = 64
+"""Verified 2025 signatures remembered (one per router key and worker URL in practice)."""
 
 DEFAULT_BACKOFF: tuple[float, ...] = (1.0, 2.0, 4.0, 8.0, 16.0)
 """Seconds between rounds of key fetching; the last value repeats (as Vast's 2025 worker does)."""
@@ -242,6 +244,7 @@ class Authenticator:
     public_key: rsa.RSAPublicKey | None = None
     replay: ReplayGuard = attrs.Factory(ReplayGuard)
     _key_known: trio.Event = attrs.field(factory=trio.Event, init=False)
+    _good_2025: dict[bytes, bytes] = attrs.field(factory=dict, init=False, repr=False)
 
     def __attrs_post_init__(self) -> None:
         if self.unsecured:
@@ -264,6 +267,7 @@ class Authenticator:
             ValueError: ``pem`` is not an RSA public key in PEM.
         """
         self.public_key = load_public_key(pem)
+        self._good_2025.clear()
         self._key_known.set()
 
     async def wait_for_key(self) -> None:
@@ -289,16 +293,34 @@ class Authenticator:
             raise AuthError(401, "auth_data.url is not this worker's URL")
         signature = _decode_signature(auth.signature)
         message = message_2024(auth)
-        if not _verifies(key, signature, message) and not (
-            self.accept_2025 and _verifies(key, signature, message_2025(auth))
-        ):
-            raise AuthError(401, "invalid signature")
         # The 2025 message is the same for every request to this worker, so replays are tracked
-        # on the full auth_data whichever message was signed.
+        # on the full auth_data whichever message was signed; checked first, as it is cheap.
         problem = self.replay.problem(auth, message)
         if problem is not None:
             raise AuthError(401, problem)
+        if not self._signature_ok(key, signature, message, auth):
+            raise AuthError(401, "invalid signature")
         self.replay.record(auth, message)
+
+    def _signature_ok(
+        self, key: rsa.RSAPublicKey, signature: bytes, message: bytes, auth: AuthData
+    ) -> bool:
+        # A 2025 signature covers only the URL, so a client reuses it for every request:
+        # remember the ones already verified and skip the RSA work on later requests
+        # (verification is a pure function of key, message and signature; set_public_key
+        # clears the memory). 2024 signatures differ per request, so they are not cached.
+        if not self.accept_2025:
+            return _verifies(key, signature, message)
+        message_25 = message_2025(auth)
+        known = self._good_2025
+        if known.get(signature) == message_25 or _verifies(key, signature, message):
+            return True
+        if not _verifies(key, signature, message_25):
+            return False
+        if len(known) >= _MAX_CACHED_2025:
+            known.clear()
+        known[signature] = message_25
+        return True
 
 
 def _decode_signature(text: str) -> bytes:

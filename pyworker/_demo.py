@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import shlex
+import sys
 from functools import partial
 from pathlib import Path
 
@@ -45,8 +46,11 @@ def example_command(autoscaler_url: str, backend: Backend) -> str:
         import random
 
         example = endpoint.benchmark_payload(random.Random(0))
+    python = os.path.relpath(sys.executable)
+    if python.startswith(".."):
+        python = sys.executable
     return (
-        f"python -m pyworker.client --autoscaler {autoscaler_url} "
+        f"{shlex.quote(python)} -m pyworker.client --autoscaler {autoscaler_url} "
         f"{endpoint.route} {shlex.quote(json.dumps(example))}"
     )
 

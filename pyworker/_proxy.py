@@ -232,7 +232,15 @@ class Proxy:
 
     async def _answer(self, endpoint: Endpoint, job: Job, relay: _Relay, ticket: Ticket) -> None:
         if endpoint.run is not None:
-            reply = await endpoint.run(job, self.run_context)
+            try:
+                reply = await endpoint.run(job, self.run_context)
+            except Exception as exc:
+                # A backend procedure failing (model server gone mid-way, malformed answer)
+                # is the model server's failure, not a crash of the worker.
+                log.warning("request %d: %s", ticket.id, exc, exc_info=True)
+                await relay.whole(502, _JSON, _json_bytes({"error": f"model server: {exc}"}))
+                relay.completed = False
+                return
             await relay.whole(
                 reply.status, [(b"content-type", reply.content_type.encode())], reply.body
             )

@@ -482,3 +482,16 @@ async def test_key_loader_fetches_nothing_when_unsecured() -> None:
         await nursery.start(
             partial(run_key_loader, authenticator, urls=["http://router/pubkey/"], http=http)
         )
+
+
+def test_remembered_2025_signature_still_binds_the_url_and_the_key(
+    signer: RouterSigner, other_signer: RouterSigner
+) -> None:
+    authenticator = make_auth(signer, own_url=None)
+    reused = signer.sign_2025(URL)
+    for reqnum in range(1, 4):  # the first verifies with RSA, the others hit the memory
+        authenticator.check(AuthData.parse({**reused, "reqnum": reqnum}))
+    other_url = {**reused, "reqnum": 10, "url": "http://10.9.8.7:4000"}
+    assert refusal(authenticator, AuthData.parse(other_url)).status == 401
+    authenticator.set_public_key(other_signer.public_pem())
+    assert refusal(authenticator, AuthData.parse({**reused, "reqnum": 11})).status == 401
