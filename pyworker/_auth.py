@@ -109,6 +109,9 @@ class AuthData:
         return cls(signature=signature, cost=cost, endpoint=endpoint, reqnum=reqnum, url=url)
 
 
+_dumps = json.dumps
+
+
 def message_2024(auth: AuthData) -> bytes:
     """The message the 2024 router signs: the unsigned fields, in order, as ``json.dumps`` writes.
 
@@ -118,13 +121,13 @@ def message_2024(auth: AuthData) -> bytes:
     Returns:
         ``json.dumps({"cost", "endpoint", "reqnum", "url"}, indent=4)`` as bytes (ASCII-escaped).
     """
-    unsigned = {
-        "cost": auth.cost,
-        "endpoint": auth.endpoint,
-        "reqnum": auth.reqnum,
-        "url": auth.url,
-    }
-    return json.dumps(unsigned, indent=4).encode("ascii")
+    # The fields are scalars (AuthData.parse sees to it), so the indented layout can be put
+    # together around the C encoder's output: byte for byte what json.dumps(indent=4) writes,
+    # at a fraction of its cost (indent forces the pure-Python encoder).
+    return (
+        f'{{\n    "cost": {_dumps(auth.cost)},\n    "endpoint": {_dumps(auth.endpoint)},\n'
+        f'    "reqnum": {_dumps(auth.reqnum)},\n    "url": {_dumps(auth.url)}\n}}'
+    ).encode("ascii")
 
 
 def message_2025(auth: AuthData) -> bytes:
@@ -132,7 +135,7 @@ def message_2025(auth: AuthData) -> bytes:
 
     It binds nothing but the worker's URL, so one captured signature serves any request to it.
     """
-    return json.dumps({"url": auth.url}, indent=4).encode("ascii")
+    return f'{{\n    "url": {_dumps(auth.url)}\n}}'.encode("ascii")
 
 
 def load_public_key(pem: bytes) -> rsa.RSAPublicKey:

@@ -17,6 +17,8 @@ import trio
 import trio.testing
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from hypothesis import given
+from hypothesis import strategies as st
 
 from pyworker._auth import (
     AuthData,
@@ -495,3 +497,22 @@ def test_remembered_2025_signature_still_binds_the_url_and_the_key(
     assert refusal(authenticator, AuthData.parse(other_url)).status == 401
     authenticator.set_public_key(other_signer.public_pem())
     assert refusal(authenticator, AuthData.parse({**reused, "reqnum": 11})).status == 401
+
+
+scalars = st.one_of(
+    st.text(),
+    st.integers(min_value=-(10**30), max_value=10**30),
+    st.floats(allow_nan=False, allow_infinity=False),
+)
+
+
+@given(
+    cost=scalars, endpoint=scalars, reqnum=st.integers(min_value=0, max_value=2**63), url=st.text()
+)
+def test_messages_match_json_dumps_indent_4_for_any_scalars(
+    cost: object, endpoint: object, reqnum: int, url: str
+) -> None:
+    auth = AuthData(signature="", cost=cost, endpoint=endpoint, reqnum=reqnum, url=url)
+    fields = {"cost": cost, "endpoint": endpoint, "reqnum": reqnum, "url": url}
+    assert message_2024(auth) == json.dumps(fields, indent=4).encode("ascii")
+    assert message_2025(auth) == json.dumps({"url": url}, indent=4).encode("ascii")
