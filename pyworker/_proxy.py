@@ -265,6 +265,10 @@ class Proxy:
                         seen = observe(chunk)
                         if seen is not None:
                             relay.actual = seen
+                    if response.at_end():
+                        # The usual JSON answer: one chunk, sent with the end of the response.
+                        await relay.last(chunk)
+                        return
                     await relay.chunk(chunk)
             except UpstreamError as exc:
                 # Headers are gone already: all we can do is cut the response short, so the
@@ -298,6 +302,10 @@ class _Relay:
         # http.disconnect to our watcher, from inside this very call.
         self.completed = True
         await self.send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    async def last(self, data: bytes) -> None:
+        self.completed = True  # before the send: see end()
+        await self.send({"type": "http.response.body", "body": data, "more_body": False})
 
     async def whole(self, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
         await self.start(status, [*headers, (b"content-length", str(len(body)).encode())])

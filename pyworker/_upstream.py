@@ -55,6 +55,7 @@ class UpstreamResponse:
     headers: list[tuple[bytes, bytes]]
     _pool: UpstreamPool
     _conn: _Connection | None
+    _peeked: object = None
 
     async def receive(self) -> bytes:
         """The next chunk of the body as it arrives; ``b""`` at the end.
@@ -67,7 +68,10 @@ class UpstreamResponse:
         if conn is None:
             return b""
         while True:
-            event = await self._pool._next_event(conn)
+            if self._peeked is not None:
+                event, self._peeked = self._peeked, None
+            else:
+                event = await self._pool._next_event(conn)
             if type(event) is h11.Data:
                 if event.data:
                     return bytes(event.data)
@@ -77,6 +81,28 @@ class UpstreamResponse:
                 return b""
             else:
                 raise UpstreamError(f"unexpected {type(event).__name__} in response body")
+
+    def at_end(self) -> bool:
+        """Whether the body is known to be complete, from data already received (no I/O).
+
+        Lets a relay send its last chunk together with the end of the response.
+        """
+        conn = self._conn
+        if conn is None:
+            return True
+        if self._peeked is None:
+            try:
+                event = conn.h11.next_event()
+            except h11.RemoteProtocolError:
+                return False  # receive() will raise it
+            if event is h11.NEED_DATA:
+                return False
+            if type(event) is h11.EndOfMessage:
+                self._conn = None
+                self._pool._release(conn)
+                return True
+            self._peeked = event
+        return False
 
     async def read(self, limit: int | None = None) -> bytes:
         """The whole remaining body (at most ``limit`` bytes, else UpstreamError)."""
