@@ -30,6 +30,10 @@ class UpstreamTimeout(UpstreamError):
     """The model server did not answer within the timeout."""
 
 
+class _StaleConnection(Exception):
+    """A reused keep-alive connection broke before any byte of a response arrived."""
+
+
 @attrs.define(eq=False)
 class _Connection:
     stream: trio.SocketStream
@@ -191,15 +195,10 @@ class UpstreamPool:
             conn = self._idle.pop() if self._idle else await self._connect()
             try:
                 return await self._exchange(conn, method, target, head, body)
-            except UpstreamTimeout:
+            except _StaleConnection:
+                # The server closed the idle connection (its keep-alive timeout) before it
+                # read our request, so it never started on it: safe to send again.
                 await conn.aclose()
-                raise
-            except UpstreamError:
-                await conn.aclose()
-                # Retry only when the server cannot have started on it: a reused connection
-                # that broke before any byte of a response was parsed.
-                if not conn.reused or conn.h11.their_state is not h11.SEND_RESPONSE:
-                    raise
                 log.debug("stale keep-alive connection; retrying on a new one")
             except BaseException:
                 await conn.aclose()
@@ -221,9 +220,20 @@ class UpstreamPool:
         try:
             await conn.stream.send_all(data)
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            if conn.reused:
+                raise _StaleConnection from exc
             raise UpstreamError(f"model server closed the connection: {exc}") from None
+        informational = False
         while True:
-            event = await self._next_event(conn)
+            try:
+                event = await self._next_event(conn)
+            except UpstreamTimeout:
+                raise
+            except UpstreamError as exc:
+                # Stale only if the server said nothing at all: no 1xx, no partial head.
+                if conn.reused and not informational and not conn.h11.trailing_data[0]:
+                    raise _StaleConnection from exc
+                raise
             if type(event) is h11.Response:
                 return UpstreamResponse(
                     status=event.status_code,
@@ -232,6 +242,7 @@ class UpstreamPool:
                     conn=conn,
                 )
             if type(event) is h11.InformationalResponse:
+                informational = True
                 continue
             raise UpstreamError(f"unexpected {type(event).__name__} before the response")
 

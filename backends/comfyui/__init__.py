@@ -1,0 +1,108 @@
+"""comfyui: image generation through ComfyUI's own HTTP API.
+
+One proxied route, ``POST /generate``, takes either payload form (see :mod:`._workflow`):
+
+* text to image: ``{"prompt": str, "width": 512, "height": 512, "steps": 20, "seed": int,
+  "negative_prompt": str, "cfg": 7.0, "sampler_name": "euler", "scheduler": "normal",
+  "batch_size": 1}`` (only ``prompt`` is required; width and height 16-16384 in steps of 8,
+  steps 1-1000, seed 0..2^64-1, random when absent), run with the checkpoint named by
+  ``COMFY_MODEL``;
+* a custom workflow: ``{"workflow": {node_id: {"class_type": str, "inputs": {...}}}}`` in
+  ComfyUI's API format.
+
+and answers ``{"prompt_id", "images": [{"filename", "subfolder", "type", "content_type",
+"data"}], "timings": {"queued_s", "run_s", "total_s"}}`` with each image base64-encoded
+(see :mod:`._run` for the errors, the timeout and what happens when the client leaves early).
+
+Workload: pixels and sampler steps, normalised so that a 1024 x 1024, 28-step image weighs 200
+units (:func:`image_workload`). ComfyUI runs one prompt at a time, so the worker sends it one
+request at a time. Its readiness is the ``To see the GUI go to:`` log line; its health route is
+``GET /system_stats`` (ComfyUI has no ``/health``). The demo model server is the fake in
+:mod:`backends.comfyui.fake`.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Mapping
+
+from pyworker import Backend, DemoServer, Endpoint, LogAction, LogRule
+
+from ._run import RunSettings, run_prompt
+from ._workflow import (
+    DEFAULT_CHECKPOINT,
+    STANDARD_WORKLOAD,
+    PromptJob,
+    benchmark_payload,
+    checkpoint,
+    image_workload,
+    parse_generate,
+    text_to_image_workflow,
+    workflow_workload,
+)
+
+__all__ = [
+    "BACKEND",
+    "DEFAULT_CHECKPOINT",
+    "STANDARD_WORKLOAD",
+    "PromptJob",
+    "RunSettings",
+    "benchmark_payload",
+    "image_workload",
+    "parse_generate",
+    "run_prompt",
+    "text_to_image_workflow",
+    "workflow_workload",
+]
+
+DEFAULT_PORT = 8188
+
+
+def _model_id(env: Mapping[str, str]) -> str:
+    return checkpoint(env)
+
+
+def _demo_argv(port: int, log_path: str) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "backends.comfyui.fake",
+        "--port",
+        str(port),
+        "--log",
+        log_path,
+    ]
+
+
+BACKEND = Backend(
+    name="comfyui",
+    model_server_url=f"http://127.0.0.1:{DEFAULT_PORT}",
+    endpoints=(
+        Endpoint(
+            route="/generate",
+            parse=parse_generate,
+            benchmark_payload=benchmark_payload,
+            run=run_prompt,
+        ),
+    ),
+    benchmark_route="/generate",
+    log_rules=(
+        LogRule(action=LogAction.MODEL_LOADED, substring="To see the GUI go to:"),
+        # Fatal at start-up: the port is taken (current wording, then the older traceback's),
+        # or torch has no usable GPU.
+        LogRule(action=LogAction.MODEL_ERROR, substring="is already in use on address"),
+        LogRule(action=LogAction.MODEL_ERROR, substring="OSError: [Errno 98]"),
+        LogRule(
+            action=LogAction.MODEL_ERROR,
+            substring="AssertionError: Torch not compiled with CUDA enabled",
+        ),
+        LogRule(action=LogAction.MODEL_ERROR, substring="Found no NVIDIA driver on your system"),
+        # Per prompt, not fatal: the prompt's own answer carries the error; the server goes on.
+        LogRule(action=LogAction.INFO, substring="!!! Exception during processing !!!"),
+        LogRule(action=LogAction.INFO, substring="(IMPORT FAILED)"),
+    ),
+    allow_parallel_requests=False,
+    health_path="/system_stats",
+    model_id=_model_id,
+    demo=DemoServer(argv=_demo_argv),
+)

@@ -1,0 +1,579 @@
+"""The comfyui backend's ``run``: submit a prompt, follow it to the end, fetch its images.
+
+ComfyUI is not request/response: ``POST /prompt`` only queues a graph. This module
+
+1. opens ``/ws?clientId=<fresh id>`` (best effort) so the end of the prompt wakes it at once;
+2. submits ``{"prompt", "client_id", "prompt_id"}`` with a fresh UUID4 ``prompt_id`` (older
+   builds mint their own, which the answer carries);
+3. polls ``GET /history/{prompt_id}`` — the reliable completion signal (an entry appears only
+   once the prompt has finished) — every 100 ms, backing off to 250 ms, and at once when the
+   websocket says the prompt ended; bounded by an overall timeout;
+4. fetches every output image with ``GET /view`` and answers
+   ``{"prompt_id", "images": [{"filename", "subfolder", "type", "content_type", "data"}],
+   "timings": {"queued_s", "run_s", "total_s"}}`` (``data`` is base64; ``seed`` is added for
+   the default workflow), refusing to return more than a bounded total of image bytes.
+
+A client that disconnects (or the timeout) leaves a prompt ComfyUI would otherwise run to the
+end, since closing an HTTP connection to ComfyUI cancels nothing. So every exit that did not see
+the prompt finish withdraws it, shielded and within a few seconds: ``POST /queue {"delete"}``
+while it is pending, ``POST /interrupt {"prompt_id"}`` while it runs (``GET /queue`` tells which),
+until ComfyUI no longer holds it. Cancellation itself is always re-raised.
+
+Settings come from the environment (read per request): ``COMFY_PROMPT_TIMEOUT`` (seconds, default
+600), ``COMFY_MAX_OUTPUT_BYTES`` (default 32 MiB of image bytes, before base64),
+``COMFY_USE_WEBSOCKET`` (``false`` to poll only).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import math
+import os
+import time
+import uuid
+from collections.abc import AsyncGenerator, Mapping
+from contextlib import aclosing
+from typing import Any, cast
+
+import attrs
+import httpx
+import trio
+
+from pyworker import Job, Reply, RunContext
+
+from ._workflow import PromptJob
+from ._ws import WebSocketError, connect_websocket
+
+log = logging.getLogger("backends.comfyui")
+
+DEFAULT_TIMEOUT = 600.0
+DEFAULT_MAX_OUTPUT_BYTES = 32 * 1024 * 1024
+_CALL_TIMEOUT = httpx.Timeout(10.0)
+"""Each small control call (queue, history, interrupt); image downloads use the client's own."""
+_POLL_FAILURES = 3
+"""Consecutive failed history polls tolerated before giving up on ComfyUI."""
+_WS_CONNECT_TIMEOUT = 1.0
+_WS_RETRY_AFTER = 60.0
+"""After the websocket failed to open, poll only for this long before trying it again."""
+_ws_unavailable_until: dict[str, float] = {}
+_DETAIL_CHARS = 2000
+_TERMINAL_EVENTS = frozenset({"execution_success", "execution_error", "execution_interrupted"})
+
+
+@attrs.frozen(kw_only=True)
+class RunSettings:
+    """How ``run`` follows a prompt.
+
+    Attributes:
+        timeout: seconds from submission to the answer before giving up (504) and withdrawing
+            the prompt.
+        poll_interval: the first interval between history polls.
+        max_poll_interval: the interval grows (x1.25 per poll) up to this.
+        max_output_bytes: the most image bytes one answer may carry (before base64).
+        cleanup_timeout: seconds the withdrawal of an abandoned prompt may take.
+        use_websocket: follow ``/ws`` events to learn of the end without waiting for a poll.
+    """
+
+    timeout: float = DEFAULT_TIMEOUT
+    poll_interval: float = 0.1
+    max_poll_interval: float = 0.25
+    max_output_bytes: int = DEFAULT_MAX_OUTPUT_BYTES
+    cleanup_timeout: float = 5.0
+    use_websocket: bool = True
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> RunSettings:
+        """Settings from ``COMFY_PROMPT_TIMEOUT``, ``COMFY_MAX_OUTPUT_BYTES``,
+        ``COMFY_USE_WEBSOCKET``; a malformed value keeps the default (and is logged)."""
+        settings = cls()
+        changes: dict[str, Any] = {}
+        for variable, field, convert in (
+            ("COMFY_PROMPT_TIMEOUT", "timeout", float),
+            ("COMFY_MAX_OUTPUT_BYTES", "max_output_bytes", int),
+        ):
+            text = env.get(variable)
+            if not text:
+                continue
+            try:
+                value = convert(text)
+            except ValueError:
+                value = 0
+            if value > 0:
+                changes[field] = value
+            else:
+                log.warning("ignoring %s=%r: not a positive number", variable, text)
+        if env.get("COMFY_USE_WEBSOCKET", "").strip().lower() in {"0", "false", "no"}:
+            changes["use_websocket"] = False
+        return attrs.evolve(settings, **changes)
+
+
+class _Failure(Exception):
+    """Ends a run with an error reply."""
+
+    def __init__(self, status: int, body: dict[str, Any]) -> None:
+        super().__init__(status, body)
+        self.reply = Reply.json(body, status=status)
+
+
+async def run_prompt(job: Job, context: RunContext) -> Reply:
+    """Run ``job`` (its ``detail`` is a :class:`~backends.comfyui._workflow.PromptJob`) on
+    ComfyUI and answer with its images.
+
+    Returns:
+        200 with the images; 422 with ComfyUI's ``node_errors`` when it rejects the workflow;
+        500 when the prompt failed or was interrupted in ComfyUI (with its exception message);
+        502 when ComfyUI is unreachable, answers something unexpected, or the images exceed
+        the size bound; 504 after the overall timeout.
+    """
+    detail = job.detail
+    assert isinstance(detail, PromptJob), "the comfyui route's parse makes a PromptJob"
+    follower = _Prompt(
+        context=context,
+        prompt=detail,
+        settings=RunSettings.from_env(os.environ),
+    )
+    return await follower.run()
+
+
+def _url(base: str, path: str) -> str:
+    return base.rstrip("/") + path
+
+
+def _snippet(response: httpx.Response) -> str:
+    return response.text[:_DETAIL_CHARS]
+
+
+def _ws_url(base: str, client_id: str) -> str | None:
+    if not base.startswith("http://"):
+        return None  # the small client speaks no TLS; polling alone still works
+    return "ws://" + base.removeprefix("http://").rstrip("/") + f"/ws?clientId={client_id}"
+
+
+@attrs.define(eq=False)
+class _Prompt:
+    """One prompt's journey through ComfyUI."""
+
+    context: RunContext
+    prompt: PromptJob
+    settings: RunSettings
+    prompt_id: str = attrs.field(factory=lambda: str(uuid.uuid4()))
+    client_id: str = attrs.field(factory=lambda: uuid.uuid4().hex)
+    submitted: bool = False
+    """ComfyUI may hold the prompt (the submission was at least sent)."""
+    acknowledged: bool = False
+    """ComfyUI answered the submission with 200: the prompt is queued."""
+    settled: bool = False
+    """Nothing to withdraw: the prompt finished, or was never queued."""
+    _hint: trio.Event = attrs.field(factory=trio.Event)
+    """Set when the websocket says the prompt ended (a poll then confirms)."""
+
+    @property
+    def base(self) -> str:
+        return self.context.model_server_url
+
+    async def run(self) -> Reply:
+        started = trio.current_time()
+        try:
+            with trio.move_on_after(self.settings.timeout) as timer:
+                async with trio.open_nursery() as nursery:
+                    if self.settings.use_websocket:
+                        await nursery.start(self._watch_events)
+                    try:
+                        reply = await self._submit_and_follow(started)
+                    except _Failure as failure:
+                        reply = failure.reply
+                    nursery.cancel_scope.cancel()
+            if timer.cancelled_caught:
+                reply = Reply.json(
+                    {
+                        "error": f"ComfyUI did not finish the prompt within "
+                        f"{self.settings.timeout:g} s",
+                        "prompt_id": self.prompt_id,
+                    },
+                    status=504,
+                )
+            return reply
+        finally:
+            # Runs on cancellation (client gone) and timeouts alike, then lets them propagate.
+            if self.submitted and not self.settled:
+                await self._withdraw()
+
+    # -- submit and follow ------------------------------------------------------------------
+    async def _submit_and_follow(self, started: float) -> Reply:
+        submitted_at = time.time()
+        body = {
+            "prompt": self.prompt.workflow,
+            "client_id": self.client_id,
+            "prompt_id": self.prompt_id,
+        }
+        self.submitted = True
+        try:
+            response = await self.context.http.post(_url(self.base, "/prompt"), json=body)
+        except httpx.ConnectError as exc:
+            self.submitted = False  # never reached ComfyUI
+            raise _Failure(502, {"error": f"cannot reach ComfyUI: {exc}"}) from None
+        except httpx.HTTPError as exc:
+            raise _Failure(
+                502, {"error": f"submitting the prompt to ComfyUI failed: {exc}"}
+            ) from None
+        accepted = self._accepted(response)
+        entry = await self._wait_for_history()
+        self.settled = True
+        status = entry.get("status")
+        status = status if isinstance(status, dict) else {}
+        messages = _messages(status)
+        if status.get("status_str") == "error":
+            return self._execution_failure(messages)
+        images = await self._fetch_images(entry.get("outputs"))
+        answer: dict[str, Any] = {
+            "prompt_id": self.prompt_id,
+            "images": images,
+            "timings": _timings(messages, submitted_at, trio.current_time() - started),
+        }
+        if self.prompt.seed is not None:
+            answer["seed"] = self.prompt.seed
+        node_errors = accepted.get("node_errors")
+        if node_errors:
+            # Outputs ComfyUI dropped while running the valid rest of the graph.
+            answer["node_errors"] = node_errors
+        return Reply.json(answer)
+
+    def _accepted(self, response: httpx.Response) -> dict[str, Any]:
+        """The answer to ``POST /prompt``, or a :class:`_Failure`."""
+        try:
+            data = response.json()
+        except ValueError:
+            data = None
+        if response.status_code == 400:
+            self.submitted = False  # rejected by validation: nothing was queued
+            raise _Failure(422, _rejection(data, response))
+        if response.status_code != 200 or not isinstance(data, dict):
+            raise _Failure(
+                502,
+                {
+                    "error": f"ComfyUI answered POST /prompt with HTTP {response.status_code}",
+                    "detail": _snippet(response),
+                },
+            )
+        self.acknowledged = True
+        # Builds without client-chosen ids mint their own; theirs is the one to follow.
+        their_id = data.get("prompt_id")
+        if isinstance(their_id, str) and their_id:
+            self.prompt_id = their_id
+        return data
+
+    async def _wait_for_history(self) -> dict[str, Any]:
+        interval = self.settings.poll_interval
+        failures = 0
+        path = f"/history/{self.prompt_id}"
+        while True:
+            try:
+                response = await self.context.http.get(_url(self.base, path), timeout=_CALL_TIMEOUT)
+                history = response.json() if response.status_code == 200 else None
+            except (httpx.HTTPError, ValueError) as exc:
+                history = None
+                reason = str(exc) or type(exc).__name__
+            else:
+                reason = f"HTTP {response.status_code}"
+            if isinstance(history, dict):
+                failures = 0
+                entry = history.get(self.prompt_id)
+                if isinstance(entry, dict):
+                    return entry
+            else:
+                failures += 1
+                if failures >= _POLL_FAILURES:
+                    raise _Failure(
+                        502,
+                        {
+                            "error": f"lost track of the prompt: GET {path} failed: {reason}",
+                            "prompt_id": self.prompt_id,
+                        },
+                    )
+            with trio.move_on_after(interval):
+                await self._hint.wait()
+            if self._hint.is_set():
+                # The websocket saw the end; the history entry may lag a moment behind it.
+                self._hint = trio.Event()
+                interval = self.settings.poll_interval / 4
+            else:
+                interval = min(interval * 1.25, self.settings.max_poll_interval)
+
+    def _execution_failure(self, messages: list[tuple[str, dict[str, Any]]]) -> Reply:
+        body: dict[str, Any] = {"prompt_id": self.prompt_id}
+        for event, data in reversed(messages):
+            if event == "execution_error":
+                body["error"] = (
+                    f"ComfyUI failed running node {data.get('node_id')} "
+                    f"({data.get('node_type')}): {str(data.get('exception_message', '')).strip()}"
+                )
+                for key in ("node_id", "node_type", "exception_type", "exception_message"):
+                    if key in data:
+                        body[key] = data[key]
+                break
+            if event == "execution_interrupted":
+                body["error"] = (
+                    f"the prompt was interrupted in ComfyUI at node {data.get('node_id')} "
+                    f"({data.get('node_type')})"
+                )
+                body["interrupted"] = True
+                break
+        else:
+            body["error"] = "ComfyUI reports the prompt failed"
+        return Reply.json(body, status=500)
+
+    # -- images ---------------------------------------------------------------------------
+    async def _fetch_images(self, outputs: object) -> list[dict[str, Any]]:
+        found = _output_images(outputs)
+        images: list[dict[str, Any]] = []
+        budget = self.settings.max_output_bytes
+        for image in found:
+            data, content_type = await self._fetch_image(image, budget, found)
+            budget -= len(data)
+            images.append(
+                {
+                    **image,
+                    "content_type": content_type,
+                    "data": base64.b64encode(data).decode("ascii"),
+                }
+            )
+        return images
+
+    async def _fetch_image(
+        self, image: dict[str, str], budget: int, found: list[dict[str, str]]
+    ) -> tuple[bytes, str]:
+        def too_big() -> _Failure:
+            return _Failure(
+                502,
+                {
+                    "error": f"the output images exceed {self.settings.max_output_bytes} bytes",
+                    "prompt_id": self.prompt_id,
+                    "images": found,
+                },
+            )
+
+        try:
+            async with self.context.http.stream(
+                "GET", _url(self.base, "/view"), params=image
+            ) as response:
+                if response.status_code != 200:
+                    raise _Failure(
+                        502,
+                        {
+                            "error": f"ComfyUI could not serve output image "
+                            f"{image['filename']!r}: HTTP {response.status_code}",
+                            "prompt_id": self.prompt_id,
+                        },
+                    )
+                declared = response.headers.get("content-length", "")
+                if declared.isdigit() and int(declared) > budget:
+                    raise too_big()
+                parts: list[bytes] = []
+                size = 0
+                # Closed at once when we stop early, not left to the garbage collector.
+                stream = cast("AsyncGenerator[bytes, None]", response.aiter_bytes())
+                async with aclosing(stream) as chunks:
+                    async for chunk in chunks:
+                        size += len(chunk)
+                        if size > budget:
+                            raise too_big()
+                        parts.append(chunk)
+                content_type = response.headers.get("content-type", "application/octet-stream")
+        except httpx.HTTPError as exc:
+            raise _Failure(
+                502,
+                {
+                    "error": f"fetching output image {image['filename']!r} failed: {exc}",
+                    "prompt_id": self.prompt_id,
+                },
+            ) from None
+        return b"".join(parts), content_type.split(";")[0].strip()
+
+    # -- websocket hints --------------------------------------------------------------------
+    async def _watch_events(self, *, task_status: trio.TaskStatus[None]) -> None:
+        """Set the hint when ComfyUI says our prompt ended; any failure just means polling.
+
+        Started before the submission (``task_status`` once connected, or once given up) so
+        no event of the prompt can be missed.
+        """
+        url = _ws_url(self.base, self.client_id)
+        started = False
+        if url is not None and time.monotonic() >= _ws_unavailable_until.get(self.base, 0.0):
+            try:
+                with trio.CancelScope(
+                    deadline=trio.current_time() + _WS_CONNECT_TIMEOUT
+                ) as connecting:
+                    async with connect_websocket(url) as websocket:
+                        connecting.deadline = math.inf
+                        task_status.started()
+                        started = True
+                        while True:
+                            message = await websocket.receive()
+                            if isinstance(message, str) and self._ends_prompt(message):
+                                self._hint.set()
+            except (OSError, ValueError, WebSocketError) as exc:
+                log.debug("ComfyUI websocket: %s; following the prompt by polling", exc)
+            if not started:
+                # It could not open (or not in time): do not pay for that on every request.
+                _ws_unavailable_until[self.base] = time.monotonic() + _WS_RETRY_AFTER
+        if not started:
+            task_status.started()
+
+    def _ends_prompt(self, message: str) -> bool:
+        try:
+            event = json.loads(message)
+        except ValueError:
+            return False
+        if not isinstance(event, dict) or not isinstance(event.get("data"), dict):
+            return False
+        kind, data = event.get("type"), event["data"]
+        if data.get("prompt_id") != self.prompt_id:
+            return False
+        if kind == "executing":
+            return data.get("node") is None
+        return kind in _TERMINAL_EVENTS
+
+    # -- withdrawal -------------------------------------------------------------------------
+    async def _withdraw(self) -> None:
+        """Make sure ComfyUI no longer holds the prompt: delete it if pending, interrupt it if
+        running. Shielded (it runs while the request is being cancelled), and bounded."""
+        http, prompt_id = self.context.http, self.prompt_id
+        interrupted_at = deleted_at = absent_since = -1.0
+        with trio.move_on_after(self.settings.cleanup_timeout, shield=True) as scope:
+            try:
+                while True:
+                    now = trio.current_time()
+                    where = await self._where()
+                    if where == "running":
+                        # Once, then again only if it is still running a second later.
+                        if now - interrupted_at > 1.0:
+                            log.info("prompt %s abandoned: interrupting it in ComfyUI", prompt_id)
+                            await http.post(
+                                _url(self.base, "/interrupt"),
+                                json={"prompt_id": prompt_id},
+                                timeout=_CALL_TIMEOUT,
+                            )
+                            interrupted_at = now
+                    elif where == "pending":
+                        if now - deleted_at > 1.0:
+                            log.info(
+                                "prompt %s abandoned: deleting it from ComfyUI's queue", prompt_id
+                            )
+                            await http.post(
+                                _url(self.base, "/queue"),
+                                json={"delete": [prompt_id]},
+                                timeout=_CALL_TIMEOUT,
+                            )
+                            deleted_at = now
+                    elif self.acknowledged:
+                        return
+                    else:
+                        # The submission may still be on its way into the queue.
+                        if absent_since < 0:
+                            absent_since = now
+                        elif now - absent_since > 0.5:
+                            return
+                    await trio.sleep(0.05)
+            except httpx.HTTPError as exc:
+                log.warning("could not withdraw prompt %s from ComfyUI: %s", prompt_id, exc)
+                return
+        if scope.cancelled_caught:
+            log.warning(
+                "prompt %s: ComfyUI still holds it %g s after it was abandoned",
+                prompt_id,
+                self.settings.cleanup_timeout,
+            )
+
+    async def _where(self) -> str | None:
+        """``"running"``, ``"pending"``, or None (not in ComfyUI's queue)."""
+        response = await self.context.http.get(_url(self.base, "/queue"), timeout=_CALL_TIMEOUT)
+        try:
+            queue = response.json()
+        except ValueError:
+            queue = None
+        if not isinstance(queue, dict):
+            raise httpx.HTTPError(f"GET /queue answered HTTP {response.status_code}")
+        for where, key in (("running", "queue_running"), ("pending", "queue_pending")):
+            items = queue.get(key)
+            if isinstance(items, list) and any(
+                isinstance(item, list) and len(item) > 1 and item[1] == self.prompt_id
+                for item in items
+            ):
+                return where
+        return None
+
+
+# -- reading ComfyUI's answers --------------------------------------------------------------
+def _rejection(data: object, response: httpx.Response) -> dict[str, Any]:
+    """The 422 body for a workflow ComfyUI's validation refused."""
+    if not isinstance(data, dict):
+        return {"error": "ComfyUI rejected the workflow", "detail": _snippet(response)}
+    error = data.get("error")
+    body: dict[str, Any] = {}
+    if isinstance(error, dict):
+        message = str(error.get("message") or "invalid workflow")
+        body["type"] = error.get("type")
+        if error.get("details"):
+            body["details"] = error["details"]
+    else:
+        # Builds before ~2024 sent a plain string.
+        message = str(error or "invalid workflow")
+    body["error"] = f"ComfyUI rejected the workflow: {message}"
+    node_errors = data.get("node_errors")
+    body["node_errors"] = node_errors if isinstance(node_errors, dict) else {}
+    return body
+
+
+def _messages(status: Mapping[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    messages = status.get("messages")
+    if not isinstance(messages, list):
+        return []
+    return [
+        (m[0], m[1])
+        for m in messages
+        if isinstance(m, list) and len(m) == 2 and isinstance(m[0], str) and isinstance(m[1], dict)
+    ]
+
+
+def _timestamp(messages: list[tuple[str, dict[str, Any]]], events: set[str]) -> float | None:
+    for event, data in messages:
+        stamp = data.get("timestamp")
+        if event in events and isinstance(stamp, int | float) and not isinstance(stamp, bool):
+            return stamp / 1000.0
+    return None
+
+
+def _timings(
+    messages: list[tuple[str, dict[str, Any]]], submitted_at: float, total: float
+) -> dict[str, float | None]:
+    """Queue wait and run time from ComfyUI's own timestamps (same host, same clock)."""
+    start = _timestamp(messages, {"execution_start"})
+    end = _timestamp(messages, set(_TERMINAL_EVENTS))
+    return {
+        "queued_s": None if start is None else round(max(start - submitted_at, 0.0), 3),
+        "run_s": None if start is None or end is None else round(max(end - start, 0.0), 3),
+        "total_s": round(total, 3),
+    }
+
+
+def _output_images(outputs: object) -> list[dict[str, str]]:
+    """The ``{"filename", "subfolder", "type"}`` of every image in a history entry's outputs."""
+    images: list[dict[str, str]] = []
+    if not isinstance(outputs, dict):
+        return images
+    for node_output in outputs.values():
+        items = node_output.get("images") if isinstance(node_output, dict) else None
+        if not isinstance(items, list):
+            continue
+        for item in items:
+            if isinstance(item, dict) and isinstance(item.get("filename"), str):
+                images.append(
+                    {
+                        "filename": item["filename"],
+                        "subfolder": str(item.get("subfolder") or ""),
+                        "type": str(item.get("type") or "output"),
+                    }
+                )
+    return images
