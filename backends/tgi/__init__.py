@@ -1,0 +1,192 @@
+"""tgi: Hugging Face Text Generation Inference (``text-generation-launcher``).
+
+Routes ``POST /generate`` (JSON) and ``POST /generate_stream`` (server-sent events), relayed to
+TGI's routes of the same names. Both take TGI's body, ``{"inputs": str, "parameters": {...}}``,
+checked field by field against TGI's own rules (a 422 names each bad field, those of
+``parameters`` nested under it) and forwarded exactly as sent, unknown fields included.
+
+Workload is in tokens: the prompt's estimated tokens plus ``max_new_tokens`` (see
+:class:`~backends.tgi._payload.Settings` for the default when it is absent or null). A stream
+that asked for ``details`` ends with TGI's real counts (``input_length`` + ``generated_tokens``),
+which then replace the estimate as the request's actual workload.
+
+TGI reports errors inside a stream as an event under HTTP 200
+(``data:{"error":…,"error_type":…}``); they are relayed as they are, like every other event.
+
+Readiness comes from TGI's log (with or without ``--json-output``); a fatal ``Error: <Variant>``
+line marks the worker errored with that line as the reason.
+
+Environment:
+
+``TGI_DEFAULT_MAX_NEW_TOKENS``
+    tokens charged for a request without ``max_new_tokens`` (default 100).
+``MAX_STOP_SEQUENCES``, ``MAX_BEST_OF``, ``MAX_TOP_N_TOKENS``, ``MAX_INPUT_TOKENS``, …
+    TGI's own launcher settings (``MAX_TOTAL_TOKENS`` too), read to check requests against
+    the limits the model server runs with.
+``MODEL_NAME`` / ``HF_MODEL_ID`` / ``MODEL_ID``
+    names the model for the benchmark cache.
+``TGI_FAKE_ARGS``
+    knobs for the demo's fake TGI (``--demo`` only), e.g. ``--token-rate 50 --capacity 800``
+    (``python -m backends.tgi.fake --help`` lists them).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shlex
+import sys
+from collections.abc import Callable, Mapping
+
+from pyworker import Backend, DemoServer, Endpoint, Job, LogAction, LogRule
+
+from ._payload import Settings, observe_stream, parse_generate
+
+__all__ = [
+    "BACKEND",
+    "LOG_RULES",
+    "Settings",
+    "benchmark_payload",
+    "make_backend",
+    "observe_stream",
+    "parse_generate",
+]
+
+DEFAULT_PORT = 3000
+"""TGI's own default ``--port`` (the Docker image sets 80; ``MODEL_SERVER_URL`` says which)."""
+
+BENCHMARK_MAX_NEW_TOKENS = 128
+
+# -- log lines -------------------------------------------------------------------------------
+# The launcher's fatal exits: the Rust error enum printed on stderr, exit status 1.
+_FATAL = (
+    "Error: DownloadError",
+    "Error: ShardCannotStart",
+    "Error: ShardFailed",
+    "Error: WebserverFailed",
+    "Error: WebserverCannotStart",
+    "Error: ArgumentValidation",
+    "Error: NotEnoughCUDADevices",
+)
+# The router's "Connected", logged just before it binds its port:
+# * --json-output (Vast's templates): no closing quote after the target, because TGI <= 2.0
+#   logged it from `text_generation_router` and TGI >= 2.1 from `text_generation_router::server`;
+# * plain text: `… text_generation_router::server: router/src/server.rs:2302: Connected`, where
+#   the router colours its output by default (LOG_COLORIZE), which puts an ANSI reset between
+#   the line number's colon and the message.
+_READY = (
+    '"message":"Connected","target":"text_generation_router',
+    ": Connected",
+    ":\x1b[0m Connected",
+)
+_PROGRESS = (
+    "Starting check and download process",
+    '"message":"Download',
+    "Successfully downloaded weights",
+    "Files are already present on the host",
+    "Shard ready in",
+)
+
+LOG_RULES: tuple[LogRule, ...] = (
+    *(LogRule(action=LogAction.MODEL_ERROR, substring=s) for s in _FATAL),
+    *(LogRule(action=LogAction.MODEL_LOADED, substring=s) for s in _READY),
+    *(LogRule(action=LogAction.INFO, substring=s) for s in _PROGRESS),
+)
+"""What TGI's log lines mean; fatal lines first, since the first matching rule wins."""
+
+# -- benchmark -------------------------------------------------------------------------------
+_TOPICS = (
+    "a lighthouse keeper",
+    "a river that changes course",
+    "the first city on the moon",
+    "a clockmaker's apprentice",
+    "a library that never closes",
+    "a storm over the northern sea",
+    "a garden grown in the desert",
+    "an old bridge and the town around it",
+)
+_DETAILS = (
+    "the people who live there",
+    "the weather and the seasons",
+    "what changes over a hundred years",
+    "a mystery nobody solves",
+    "the sounds at night",
+    "a letter found in a wall",
+    "the work done by hand",
+    "an argument between two friends",
+)
+
+
+def benchmark_payload(rng: random.Random) -> dict[str, object]:
+    """A typical request: a ~60-word instruction asking for a long story, 128 new tokens.
+
+    TGI has no way to ignore the end-of-sequence token, so the prompt asks for more text than
+    the answer may hold: the model then generates all 128 tokens and the benchmark's workload
+    is the work done.
+    """
+    details = ", ".join(rng.sample(_DETAILS, k=4))
+    prompt = (
+        f"Write a long, detailed story of at least ten paragraphs about {rng.choice(_TOPICS)}. "
+        f"Describe {details}. Use vivid language, give every character a name and a history, "
+        "and do not stop before the story is complete.\n\nStory:"
+    )
+    return {"inputs": prompt, "parameters": {"max_new_tokens": BENCHMARK_MAX_NEW_TOKENS}}
+
+
+# -- the backend -----------------------------------------------------------------------------
+def _model_id(env: Mapping[str, str]) -> str:
+    # TGI's launcher reads MODEL_ID; Vast templates set MODEL_NAME or HF_MODEL_ID.
+    return env.get("MODEL_NAME") or env.get("HF_MODEL_ID") or env.get("MODEL_ID") or "tgi-demo"
+
+
+def _demo_argv(port: int, log_path: str) -> list[str]:
+    knobs = shlex.split(os.environ.get("TGI_FAKE_ARGS", ""))
+    return [
+        sys.executable,
+        "-m",
+        "backends.tgi.fake",
+        "--port",
+        str(port),
+        "--log",
+        log_path,
+        *knobs,
+    ]
+
+
+def _parser(settings: Settings, *, stream: bool) -> Callable[[object], Job]:
+    def parse(payload: object) -> Job:
+        return parse_generate(payload, settings, stream=stream)
+
+    return parse
+
+
+def make_backend(settings: Settings) -> Backend:
+    """The backend for ``settings`` (``BACKEND`` is this, from the environment)."""
+    return Backend(
+        name="tgi",
+        model_server_url=f"http://127.0.0.1:{DEFAULT_PORT}",
+        endpoints=(
+            # No observe here: TGI's JSON answer counts generated tokens (with details) but not
+            # the prompt's, and a count of one without the other would be in other units.
+            Endpoint(
+                route="/generate",
+                parse=_parser(settings, stream=False),
+                benchmark_payload=benchmark_payload,
+            ),
+            Endpoint(
+                route="/generate_stream",
+                parse=_parser(settings, stream=True),
+                benchmark_payload=benchmark_payload,
+                observe=observe_stream,
+            ),
+        ),
+        benchmark_route="/generate",
+        log_rules=LOG_RULES,
+        allow_parallel_requests=True,  # TGI batches continuously
+        health_path="/health",
+        model_id=_model_id,
+        demo=DemoServer(argv=_demo_argv),
+    )
+
+
+BACKEND = make_backend(Settings.from_env(os.environ))

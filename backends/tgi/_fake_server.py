@@ -1,0 +1,575 @@
+"""The fake TGI's routes: generation (JSON and server-sent events), health, info, metrics.
+
+Generation follows TGI's order: axum reads the body (plain-text 4xx), the handler counts the
+request, a stream refuses ``best_of`` and ``decoder_input_details``, a request beyond
+``max_concurrent_requests`` is refused as overloaded, TGI validates, and only then does the
+model generate. A stream answers HTTP 200 whatever happens: its errors are one event.
+
+A request costs ``best_of * (input_length + max_new_tokens)`` units of the capacity model, the
+workload the tgi backend computes: the prompt's units are served first (prefill), then one unit
+per token and sequence; a request that stops early (end-of-sequence, stop sequence) gives its
+remaining units back.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import random
+import zlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import attrs
+import trio
+
+from backends._fakekit import (
+    CapacityModel,
+    Job,
+    Knobs,
+    Request,
+    Response,
+    StreamResponse,
+)
+
+from ._fake_api import (
+    PLAIN,
+    Generation,
+    Limits,
+    Parsed,
+    PlainError,
+    TGIError,
+    check_best_of,
+    check_stream,
+    decode,
+    deserialize,
+    overloaded,
+    validate,
+)
+from ._fake_log import TGILog
+
+VERSION = "3.3.4"
+COMPUTE_TYPE = "1-fake-gpu"
+EOS_ID = 2
+EOS_TEXT = "</s>"
+
+_VOCABULARY_TEXT = (
+    "the a model server token stream answer prompt worker load request queue batch light "
+    "river stone cloud garden window paper music quiet bright swift gentle ancient green "
+    "blue golden silver morning evening winter summer story bridge mountain ocean forest "
+    "city road friend voice dream idea number letter signal engine circuit"
+)
+_VOCABULARY = tuple(_VOCABULARY_TEXT.split())
+# Generated text walks this seed-dependent table from an offset that depends on the prompt:
+# deterministic per (--seed, prompt), and no random draws per token.
+_TABLE_SIZE = 4096
+_Route = Callable[[Request], Awaitable[Response | StreamResponse]]
+_FAILURE_KINDS = ("overloaded", "validation", "generation", "incomplete", "dropped")
+_SSE_HEADERS = (
+    (b"cache-control", b"no-cache"),
+    (b"x-accel-buffering", b"no"),
+    (b"x-compute-type", COMPUTE_TYPE.encode()),
+)
+
+
+def _dumps(obj: object) -> bytes:
+    # serde_json: compact, non-ASCII as is.
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def _event(obj: object) -> bytes:
+    # axum's Sse writes "data:" with no space after the colon.
+    return b"data:" + _dumps(obj) + b"\n\n"
+
+
+@attrs.frozen
+class Token:
+    """A generated token, with its JSON pre-encoded (a streamed token costs no serialising)."""
+
+    id: int
+    text: str
+    logprob: float
+    special: bool = False
+    json: bytes = b""
+
+    @classmethod
+    def make(cls, token_id: int, text: str, logprob: float, special: bool = False) -> Token:
+        """A token and its JSON ``{"id","text","logprob","special"}``."""
+        record = {"id": token_id, "text": text, "logprob": logprob, "special": special}
+        return cls(token_id, text, logprob, special, _dumps(record))
+
+    def record(self) -> dict[str, object]:
+        """The token as TGI's JSON object."""
+        return {"id": self.id, "text": self.text, "logprob": self.logprob, "special": self.special}
+
+
+EOS = Token.make(EOS_ID, EOS_TEXT, -0.01, special=True)
+
+
+@attrs.define(kw_only=True)
+class Stats:
+    """Counters served by the fake-only ``GET /stats``, for tests.
+
+    Attributes:
+        in_flight: generation requests being served now.
+        completed: generation requests that finished generating.
+        cancelled: generation requests stopped because the client went away.
+        errors: answers with an error status, and streams that carried an error event.
+        max_concurrent: the most generation requests in flight at once.
+        tokens_generated: tokens produced, by finished and unfinished requests alike.
+    """
+
+    in_flight: int = 0
+    completed: int = 0
+    cancelled: int = 0
+    errors: int = 0
+    max_concurrent: int = 0
+    tokens_generated: int = 0
+
+
+@attrs.define(eq=False)
+class _Run:
+    """One sequence being generated: its tokens so far and why it stopped."""
+
+    gen: Generation
+    table: tuple[Token, ...]
+    offset: int
+    eos_after: int | None
+    tokens: list[Token] = attrs.field(factory=list)
+    finish: str | None = None
+    admitted_at: float = 0.0
+    job: Job | None = None
+    _tail: str = ""
+    _stop_window: int = 0
+
+    def __attrs_post_init__(self) -> None:
+        self._stop_window = max((len(s) for s in self.gen.stop), default=0)
+        if self.gen.max_new_tokens == 0:
+            self.finish = "length"
+
+    @property
+    def done(self) -> bool:
+        """Whether the sequence has ended (:attr:`finish` says why)."""
+        return self.finish is not None
+
+    @property
+    def produced(self) -> int:
+        """Tokens generated so far."""
+        return len(self.tokens)
+
+    def step(self) -> Token:
+        """Generate the next token (the caller checks :attr:`finish` first)."""
+        count = len(self.tokens) + 1
+        if count == self.eos_after:
+            token = EOS
+            self.finish = "eos_token"
+        else:
+            token = self.table[(self.offset + count - 1) % _TABLE_SIZE]
+            if self._stop_window:
+                self._tail = (self._tail + token.text)[-self._stop_window :]
+                if any(self._tail.endswith(stop) for stop in self.gen.stop):
+                    self.finish = "stop_sequence"
+            if self.finish is None and count == self.gen.max_new_tokens:
+                self.finish = "length"
+        self.tokens.append(token)
+        return token
+
+    def text(self) -> str:
+        """The generated text (special tokens left out, the prompt first if asked)."""
+        text = "".join(t.text for t in self.tokens if not t.special)
+        return self.gen.inputs + text if self.gen.return_full_text else text
+
+
+@attrs.define(eq=False)
+class TGIFakeServer:
+    """The fake TGI's request handling (:meth:`handle`), state and counters.
+
+    Attributes:
+        knobs: rates, limits and failure injection shared by every fake.
+        limits: TGI's router limits.
+        log: where the router's and launcher's lines go.
+        model_id: the model it pretends to serve.
+        eos_after: end every generation with the end-of-sequence token after this many tokens.
+        unhealthy_after: seconds after :meth:`listening` from which ``/health`` fails.
+        stats: the counters served by ``GET /stats``.
+    """
+
+    knobs: Knobs
+    limits: Limits
+    log: TGILog
+    model_id: str = "bigscience/bloom-560m"
+    eos_after: int | None = None
+    unhealthy_after: float | None = None
+    stats: Stats = attrs.field(init=False, factory=Stats)
+    _failures: dict[str, int] = attrs.field(init=False)
+    _requests: int = attrs.field(init=False, default=0)
+    _successes: int = attrs.field(init=False, default=0)
+    _ready_at: float | None = attrs.field(init=False, default=None)
+    _capacity: CapacityModel = attrs.field(init=False)
+    _table: tuple[Token, ...] = attrs.field(init=False)
+    _error_rng: random.Random = attrs.field(init=False)
+    _seed_rng: random.Random = attrs.field(init=False)
+    _last_request: int = attrs.field(init=False, default=0)
+    _routes: dict[str, dict[str, _Route]] = attrs.field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        self._failures = dict.fromkeys(_FAILURE_KINDS, 0)
+        self._capacity = self.knobs.capacity_model()
+        rng = random.Random(self.knobs.seed)
+        self._table = tuple(
+            Token.make(100 + index, " " + _VOCABULARY[index], -round(rng.uniform(0.01, 3), 4))
+            for index in (rng.randrange(len(_VOCABULARY)) for _ in range(_TABLE_SIZE))
+        )
+        self._error_rng = random.Random(f"errors:{self.knobs.seed}")
+        self._seed_rng = random.Random(f"seeds:{self.knobs.seed}")
+        health: dict[str, _Route] = {"GET": self._health}
+        self._routes = {
+            "/": {"GET": self._health, "POST": self._compat},  # POST: "stream" decides
+            "/health": health,
+            "/ping": health,
+            "/info": {"GET": self._info},
+            "/v1/models": {"GET": self._models},
+            "/metrics": {"GET": self._metrics},
+            "/generate": {"POST": self._generate},
+            "/generate_stream": {"POST": self._generate_stream},
+            "/stats": {"GET": self._stats},
+        }
+
+    def listening(self) -> None:
+        """Note that the port accepts connections (the clock of ``unhealthy_after``)."""
+        self._ready_at = trio.current_time()
+
+    async def handle(self, request: Request) -> Response | StreamResponse:
+        """Answer one request (the kit's :data:`~backends._fakekit.Handler`)."""
+        methods = self._routes.get(request.path)
+        if methods is None:
+            response: Response | StreamResponse = Response(status=404, content_type=PLAIN)
+        elif request.method not in methods:
+            allow = ",".join(methods).encode()
+            response = Response(status=405, content_type=PLAIN, headers=((b"allow", allow),))
+        else:
+            response = await methods[request.method](request)
+        if response.status >= 400:
+            self.stats.errors += 1
+        return response
+
+    # -- small routes ------------------------------------------------------------------------
+    def _unhealthy(self) -> bool:
+        after, ready_at = self.unhealthy_after, self._ready_at
+        return (
+            after is not None and ready_at is not None and trio.current_time() >= ready_at + after
+        )
+
+    async def _health(self, request: Request) -> Response:
+        if self.knobs.slow_health:
+            await trio.sleep(self.knobs.slow_health)
+        if self._unhealthy():
+            body = {"error": "unhealthy", "error_type": "healthcheck"}
+            return Response(status=503, body=_dumps(body))
+        return Response(status=200, content_type=PLAIN)
+
+    async def _info(self, request: Request) -> Response:
+        limits = self.limits
+        info = {
+            "model_id": self.model_id,
+            "model_sha": None,
+            "model_pipeline_tag": "text-generation",
+            "max_concurrent_requests": limits.max_concurrent_requests,
+            "max_best_of": limits.max_best_of,
+            "max_stop_sequences": limits.max_stop_sequences,
+            "max_input_tokens": limits.max_input_tokens,
+            "max_total_tokens": limits.max_total_tokens,
+            "validation_workers": 2,
+            "max_client_batch_size": 4,
+            "router": "text-generation-router",
+            "version": VERSION,
+            "sha": None,
+            "docker_label": None,
+        }
+        return Response(body=_dumps(info))
+
+    async def _models(self, request: Request) -> Response:
+        model = {"id": self.model_id, "object": "model", "created": 0, "owned_by": self.model_id}
+        return Response(body=_dumps({"object": "list", "data": [model]}))
+
+    async def _metrics(self, request: Request) -> Response:
+        capacity = self._capacity
+        lines = [
+            "# TYPE tgi_queue_size gauge",
+            f"tgi_queue_size {capacity.queued}",
+            "# TYPE tgi_batch_current_size gauge",
+            f"tgi_batch_current_size {capacity.active}",
+            "# TYPE tgi_request_count counter",
+            f"tgi_request_count {self._requests}",
+            "# TYPE tgi_request_success counter",
+            f"tgi_request_success {self._successes}",
+            "# TYPE tgi_request_failure counter",
+            *(f'tgi_request_failure{{err="{k}"}} {n}' for k, n in self._failures.items()),
+        ]
+        body = "\n".join(lines).encode() + b"\n"
+        return Response(body=body, content_type=b"text/plain; version=0.0.4")
+
+    async def _stats(self, request: Request) -> Response:
+        return Response(body=_dumps(attrs.asdict(self.stats)))
+
+    # -- generation routes -------------------------------------------------------------------
+    async def _generate(self, request: Request) -> Response:
+        try:
+            parsed = deserialize(decode(request, self.limits))
+        except PlainError as exc:
+            return Response(status=exc.status, body=exc.message.encode(), content_type=PLAIN)
+        return await self._answer(request, parsed)
+
+    async def _generate_stream(self, request: Request) -> Response | StreamResponse:
+        try:
+            parsed = deserialize(decode(request, self.limits))
+        except PlainError as exc:
+            return Response(status=exc.status, body=exc.message.encode(), content_type=PLAIN)
+        return self._stream(request, parsed)
+
+    async def _compat(self, request: Request) -> Response | StreamResponse:
+        try:
+            parsed = deserialize(decode(request, self.limits), compat=True)
+        except PlainError as exc:
+            return Response(status=exc.status, body=exc.message.encode(), content_type=PLAIN)
+        if parsed.stream:
+            return self._stream(request, parsed)
+        return await self._answer(request, parsed)
+
+    def _admit(self, parsed: Parsed, *, stream: bool) -> Generation:
+        """TGI's checks before generating, in its order.
+
+        Raises:
+            TGIError: what TGI answers instead.
+        """
+        self._requests += 1
+        if stream:
+            check_stream(parsed)
+        else:
+            check_best_of(parsed, self.limits)
+        if self.stats.in_flight >= self.limits.max_concurrent_requests:
+            raise overloaded()
+        gen = validate(parsed, self.limits)
+        if self.knobs.error_rate and self._error_rng.random() < self.knobs.error_rate:
+            raise TGIError(
+                424,
+                "Request failed during generation: Server error: CUDA out of memory "
+                "(injected by --fail-request-rate)",
+                "generation",
+            )
+        return gen
+
+    def _refused(self, exc: TGIError) -> None:
+        self._failures[exc.error_type] += 1
+        self.log.router("ERROR", exc.message, line=1508)
+
+    def _seed(self, gen: Generation) -> int | None:
+        if not gen.sampling:
+            return None
+        return gen.seed if gen.seed is not None else self._seed_rng.getrandbits(64)
+
+    async def _answer(self, request: Request, parsed: Parsed) -> Response:
+        started = trio.current_time()
+        try:
+            gen = self._admit(parsed, stream=False)
+        except TGIError as exc:
+            self._refused(exc)
+            return Response(status=exc.status, body=_dumps(exc.body()))
+        validated = trio.current_time()
+        async with self._running(request, gen) as run:
+            while not run.done:
+                await self._advance(run)
+        done = trio.current_time()
+        body: dict[str, object] = {"generated_text": run.text()}
+        if gen.details:
+            body["details"] = self._details(run)
+        self._succeeded()
+        total, queue = done - started, run.admitted_at - validated
+        inference = done - run.admitted_at
+        headers = {
+            "x-compute-type": COMPUTE_TYPE,
+            "x-compute-time": f"{total:.6f}",
+            "x-compute-characters": str(len(gen.inputs)),
+            "x-total-time": str(int(total * 1000)),
+            "x-validation-time": str(int((validated - started) * 1000)),
+            "x-queue-time": str(int(queue * 1000)),
+            "x-inference-time": str(int(inference * 1000)),
+            "x-time-per-token": str(int(inference * 1000 / max(run.produced, 1))),
+            "x-prompt-tokens": str(gen.input_length),
+            "x-generated-tokens": str(run.produced),
+        }
+        return Response(
+            body=_dumps(body),
+            headers=tuple((k.encode(), v.encode()) for k, v in headers.items()),
+        )
+
+    def _details(self, run: _Run) -> dict[str, object]:
+        gen = run.gen
+        details: dict[str, object] = {
+            "finish_reason": run.finish,
+            "generated_tokens": run.produced,
+            "seed": self._seed(gen),
+            "prefill": self._prefill(run) if gen.decoder_input_details else [],
+            "tokens": [t.record() for t in run.tokens],
+        }
+        if gen.top_n_tokens:
+            details["top_tokens"] = [self._top_tokens(run, i) for i in range(run.produced)]
+        if gen.best_of > 1:
+            details["best_of_sequences"] = [
+                self._other_sequence(run, k) for k in range(1, gen.best_of)
+            ]
+        return details
+
+    def _prefill(self, run: _Run) -> list[dict[str, object]]:
+        table = self._table
+        first = (run.offset + _TABLE_SIZE // 2) % _TABLE_SIZE
+        tokens = [table[(first + i) % _TABLE_SIZE] for i in range(run.gen.input_length)]
+        return [
+            {"id": t.id, "text": t.text, "logprob": None if i == 0 else t.logprob}
+            for i, t in enumerate(tokens)
+        ]
+
+    def _top_tokens(self, run: _Run, position: int) -> list[dict[str, object]]:
+        table = self._table
+        start = run.offset + position
+        return [table[(start + k) % _TABLE_SIZE].record() for k in range(run.gen.top_n_tokens)]
+
+    def _other_sequence(self, run: _Run, k: int) -> dict[str, object]:
+        # The other sequences best_of generated (already paid for): same length, other words.
+        other = _Run(run.gen, self._table, (run.offset + 7919 * k) % _TABLE_SIZE, None)
+        while other.finish is None and other.produced < run.produced:
+            other.step()
+        return {
+            "generated_text": other.text(),
+            "finish_reason": other.finish or run.finish,
+            "generated_tokens": other.produced,
+            "seed": self._seed(run.gen),
+            "prefill": self._prefill(run) if run.gen.decoder_input_details else [],
+            "tokens": [t.record() for t in other.tokens],
+        }
+
+    def _stream(self, request: Request, parsed: Parsed) -> StreamResponse:
+        try:
+            gen = self._admit(parsed, stream=True)
+        except TGIError as exc:
+            self._refused(exc)
+            self.stats.errors += 1
+            return StreamResponse(chunks=_once(_event(exc.body())), headers=_SSE_HEADERS)
+        return StreamResponse(chunks=self._events(request, gen), headers=_SSE_HEADERS)
+
+    async def _events(self, request: Request, gen: Generation) -> AsyncIterator[bytes]:
+        head = b'data:{"index":%d,"token":'
+        middle = b',"top_tokens":%s' if gen.top_n_tokens else b""
+        tail = b',"generated_text":null,"details":null}\n\n'
+        async with self._running(request, gen) as run:
+            done = run.done
+            while not done:
+                tokens = await self._advance(run)
+                done = run.done
+                last = run.produced if done else 0  # the last event carries the answer
+                for index, token in enumerate(tokens, run.produced - len(tokens) + 1):
+                    if index == last:
+                        break
+                    top = middle % _dumps(self._top_tokens(run, index - 1)) if middle else b""
+                    yield head % index + token.json + top + tail
+            yield self._last_event(run)
+        self._succeeded()
+
+    def _last_event(self, run: _Run) -> bytes:
+        gen = run.gen
+        event: dict[str, object] = {"index": run.produced, "token": run.tokens[-1].record()}
+        if gen.top_n_tokens:
+            event["top_tokens"] = self._top_tokens(run, run.produced - 1)
+        event["generated_text"] = run.text()
+        event["details"] = (
+            {
+                "finish_reason": run.finish,
+                "generated_tokens": run.produced,
+                "seed": self._seed(gen),
+                "input_length": gen.input_length,
+            }
+            if gen.details
+            else None
+        )
+        return _event(event)
+
+    def _succeeded(self) -> None:
+        self._successes += 1
+        self.log.router("INFO", "Success", line=493)
+
+    # -- the generation loop -----------------------------------------------------------------
+    @contextlib.asynccontextmanager
+    async def _running(self, request: Request, gen: Generation) -> AsyncIterator[_Run]:
+        """Count the request in flight, wait for a batch slot, serve its prefill."""
+        stats = self.stats
+        stats.in_flight += 1
+        stats.max_concurrent = max(stats.max_concurrent, stats.in_flight)
+        self._last_request += 1
+        number = self._last_request
+        offset = zlib.crc32(gen.inputs.encode("utf-8", "surrogatepass")) % _TABLE_SIZE
+        run = _Run(gen, self._table, offset, self.eos_after)
+        units = (gen.input_length + gen.max_new_tokens) * gen.best_of
+        try:
+            async with self._capacity.job(units) as job:
+                run.job = job
+                run.admitted_at = trio.current_time()
+                await job.serve(gen.input_length * gen.best_of)
+                yield run
+        finally:
+            stats.in_flight -= 1
+            if run.finish is not None:
+                stats.completed += 1
+            elif request.client_gone:
+                stats.cancelled += 1
+                self._failures["dropped"] += 1
+                self.log.router("INFO", f"request {number} dropped: the client went away")
+            run.job = None
+
+    async def _advance(self, run: _Run) -> list[Token]:
+        """Wait for the next tokens of ``run`` and return them (at least one)."""
+        job = run.job
+        assert job is not None
+        gen = run.gen
+        await self._fail_point(run.produced)
+        if gen.best_of > 1:
+            # Several sequences in lockstep: no streaming (TGI refuses it), so in one go.
+            await job.serve(job.total)
+            count = gen.max_new_tokens - run.produced
+        else:
+            count = await job.serve_some(self._next_batch(run.produced, gen.max_new_tokens))
+        tokens = []
+        for _ in range(count):
+            tokens.append(run.step())
+            if run.finish is not None:
+                break
+        self.stats.tokens_generated += len(tokens)
+        if run.finish is not None:
+            await self._fail_point(run.produced)
+        return tokens
+
+    def _next_batch(self, produced: int, wanted: int) -> int:
+        """How many tokens to wait for next: all that are left, up to a failure point."""
+        limit = wanted - produced
+        for point in (self.knobs.hang_after, self.knobs.crash_after):
+            if point is not None and point > produced:
+                limit = min(limit, point - produced)
+        return limit
+
+    async def _fail_point(self, produced: int) -> None:
+        """Crash or hang here if the knobs say so (after ``produced`` tokens)."""
+        if produced == self.knobs.crash_after:
+            log = self.log
+            log.error("Shard 0 crashed")
+            log.info("Terminating webserver")
+            log.info("Waiting for webserver to gracefully shutdown")
+            log.info("webserver terminated")
+            log.info("Shutting down shards")
+            log.fatal("ShardFailed")
+            os._exit(1)
+        if produced == self.knobs.hang_after:
+            self.log.warning(f"hanging after {produced} tokens (--hang-after)")
+            await trio.sleep_forever()
+
+
+async def _once(chunk: bytes) -> AsyncIterator[bytes]:
+    yield chunk

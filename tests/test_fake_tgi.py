@@ -1,0 +1,452 @@
+"""The fake TGI server's wire fidelity, run as a real subprocess (see spec §1 and §6)."""
+
+from __future__ import annotations
+
+import io
+import json
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import trio
+from fakes import FakeServer, spawn_fake, start_fake
+
+from backends.tgi import BACKEND
+from backends.tgi._fake_log import TGILog
+from backends.tgi.fake import VARIANTS, parse, run
+from pyworker import LogAction
+from pyworker._process import free_port
+from pyworker._tokens import estimate_tokens
+
+MODULE = "backends.tgi.fake"
+PROMPT = "What is deep learning?"
+
+
+# Every wait is bounded: httpx's timeouts, start_fake's own bound, fail_after around polls.
+async def _start(nursery: trio.Nursery, tmp_path: Path, *args: str) -> FakeServer:
+    return await start_fake(
+        nursery, MODULE, "--load-delay", "0", *args, log_path=tmp_path / "tgi.log"
+    )
+
+
+def _client(fake: FakeServer) -> httpx.AsyncClient:
+    return httpx.AsyncClient(base_url=fake.url, timeout=10.0, trust_env=False)
+
+
+def _body(max_new_tokens: int | None = 5, **parameters: Any) -> dict[str, Any]:
+    return {"inputs": PROMPT, "parameters": {"max_new_tokens": max_new_tokens, **parameters}}
+
+
+def _events(raw: bytes) -> list[dict[str, Any]]:
+    """Split an SSE body, checking TGI's framing: ``data:`` without a space, blank lines."""
+    assert raw.endswith(b"\n\n")
+    events = []
+    for block in raw[:-2].split(b"\n\n"):
+        assert block.startswith(b"data:{"), block
+        assert b"\n" not in block
+        events.append(json.loads(block.removeprefix(b"data:")))
+    return events
+
+
+async def _stats(client: httpx.AsyncClient) -> dict[str, int]:
+    stats: dict[str, int] = (await client.get("/stats")).json()
+    return stats
+
+
+async def _poll_stats(client: httpx.AsyncClient, name: str, at_least: int) -> dict[str, int]:
+    with trio.fail_after(5):
+        while True:
+            stats = await _stats(client)
+            if stats[name] >= at_least:
+                return stats
+            await trio.sleep(0.02)
+
+
+# -- start and stop ----------------------------------------------------------------------------
+async def test_start_logs_tgi_json_and_refuses_connections_until_connected(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    port = free_port()
+    log_path = tmp_path / "tgi.log"
+    fake = await spawn_fake(
+        nursery, MODULE, "--load-delay", "0.6", "--port", str(port), log_path=log_path
+    )
+    with trio.fail_after(10):
+        await fake.wait_for_log("Starting check and download process")
+    # Loading: nothing listens, as with TGI (no "loading" 503).
+    with pytest.raises(OSError, match="connect"):
+        await trio.open_tcp_stream("127.0.0.1", port)
+    with trio.fail_after(10):
+        connected = await fake.wait_for_log('"message":"Connected"')
+        await fake.wait_listening()
+    assert BACKEND.classify(connected) is not None
+    assert BACKEND.classify(connected).action is LogAction.MODEL_LOADED  # type: ignore[union-attr]
+    record = json.loads(connected)
+    assert record["target"] == "text_generation_router::server"
+    assert record["filename"] == "router/src/server.rs"
+    assert record["level"] == "INFO"
+    lines = [json.loads(line) for line in fake.log_text().splitlines()]
+    messages = [r["fields"]["message"] if "fields" in r else r["message"] for r in lines]
+    assert messages[0].startswith("Args {\n    model_id: ")
+    order = [
+        "Starting check and download process for bigscience/bloom-560m",
+        "Successfully downloaded weights for bigscience/bloom-560m",
+        "Starting shard",
+        "Starting Webserver",
+        "Warming up model",
+        "Connected",
+    ]
+    assert [m for m in messages if m in order] == order
+    launcher = [r for r in lines if r["target"] == "text_generation_launcher"]
+    assert all(set(r) >= {"timestamp", "level", "fields"} for r in launcher)
+    shard = next(r for r in lines if r.get("fields", {}).get("message") == "Starting shard")
+    assert shard["span"] == {"rank": 0, "name": "shard-manager"}
+    download = [line for line in fake.log_text().splitlines() if "Download" in line]
+    assert all(BACKEND.classify(line) is not None for line in download)
+    # SIGTERM: the router's and launcher's shutdown lines, exit status 0.
+    await fake.aclose()
+    assert fake.process.returncode == 0
+    assert "Shutting down shards" in fake.log_text().splitlines()[-1]
+
+
+async def test_fail_load_prints_the_launcher_error_and_exits_1(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    reasons = ("DownloadError", "torch.OutOfMemoryError: CUDA out of memory.")
+    fakes = [
+        await spawn_fake(
+            nursery,
+            MODULE,
+            "--load-delay",
+            "0",
+            "--fail-load",
+            reason,
+            log_path=tmp_path / f"fake{n}.log",
+        )
+        for n, reason in enumerate(reasons)
+    ]
+    with trio.fail_after(20):
+        codes = [await fake.wait() for fake in fakes]
+    assert codes == [1, 1]
+    download, shard = (fake.log_text().splitlines() for fake in fakes)
+    assert download[-1] == "Error: DownloadError"
+    assert "Download encountered an error" in download[-2]
+    assert shard[-1] == "Error: ShardCannotStart"
+    assert "torch.OutOfMemoryError: CUDA out of memory." in "".join(shard)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+async def test_each_fatal_variant_logs_tgi_lines_then_its_error(variant: str) -> None:
+    knobs, options = parse(["--load-delay", "0", "--fail-load", variant])
+    out = io.StringIO()
+    with trio.fail_after(5):
+        code = await run(knobs, options, TGILog(out))
+    assert code == 1
+    lines = out.getvalue().splitlines()
+    assert lines[-1].startswith(f"Error: {variant}")
+    assert not any('"Connected"' in line for line in lines)
+    rule = BACKEND.classify(lines[-1])
+    assert rule is not None
+    assert rule.action is LogAction.MODEL_ERROR
+    for line in lines[:-1]:
+        json.loads(line)  # everything before it is TGI's JSON
+
+
+async def test_impossible_limits_are_an_argument_validation_error(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    fake = await spawn_fake(
+        nursery,
+        MODULE,
+        "--max-input-tokens",
+        "4096",
+        "--max-total-tokens",
+        "4096",
+        log_path=tmp_path / "tgi.log",
+    )
+    with trio.fail_after(10):
+        assert await fake.wait() == 1
+    assert fake.log_text().splitlines()[-1].startswith("Error: ArgumentValidation(")
+
+
+# -- JSON generation -------------------------------------------------------------------------
+async def test_generate_answers_generated_text_with_details_only_when_asked(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    fake = await _start(nursery, tmp_path, "--token-rate", "5000", "--max-total-tokens", "300")
+    async with _client(fake) as client:
+        plain = await client.post("/generate", json=_body(7))
+        assert plain.status_code == 200
+        assert plain.headers["content-type"] == "application/json"
+        assert list(plain.json()) == ["generated_text"]
+        assert plain.headers["x-generated-tokens"] == "7"
+        assert plain.headers["x-prompt-tokens"] == str(estimate_tokens(PROMPT))
+        assert plain.headers["x-compute-characters"] == str(len(PROMPT))
+        for header in ("x-compute-type", "x-compute-time", "x-total-time", "x-queue-time"):
+            assert header in plain.headers
+        detailed = (await client.post("/generate", json=_body(7, details=True))).json()
+        assert detailed["generated_text"] == plain.json()["generated_text"]  # deterministic
+        details = detailed["details"]
+        assert details["finish_reason"] == "length"
+        assert details["generated_tokens"] == 7
+        assert details["seed"] is None
+        assert details["prefill"] == []
+        assert len(details["tokens"]) == 7
+        assert set(details["tokens"][0]) == {"id", "text", "logprob", "special"}
+        assert "".join(t["text"] for t in details["tokens"]) == detailed["generated_text"]
+        full = (await client.post("/generate", json=_body(3, return_full_text=True))).json()
+        assert full["generated_text"].startswith(PROMPT)
+        prefill = await client.post(
+            "/generate",
+            json=_body(
+                2, details=True, decoder_input_details=True, top_n_tokens=2, seed=5, do_sample=True
+            ),
+        )
+        details = prefill.json()["details"]
+        assert details["seed"] == 5
+        assert len(details["prefill"]) == estimate_tokens(PROMPT)
+        assert details["prefill"][0]["logprob"] is None
+        assert [len(top) for top in details["top_tokens"]] == [2, 2]
+        # No max_new_tokens: recent TGI generates up to the rest of the context window.
+        window = await client.post(
+            "/generate",
+            json={"inputs": PROMPT, "parameters": {"details": True}},
+        )
+        assert window.json()["details"]["generated_tokens"] == 300 - estimate_tokens(PROMPT)
+
+
+async def test_eos_and_stop_sequences_end_generation_early(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    fake = await _start(nursery, tmp_path, "--token-rate", "2000", "--eos-after", "4")
+    async with _client(fake) as client:
+        eos = (await client.post("/generate", json=_body(50, details=True))).json()
+        assert eos["details"]["finish_reason"] == "eos_token"
+        assert eos["details"]["generated_tokens"] == 4
+        assert eos["details"]["tokens"][-1] == {
+            "id": 2,
+            "text": "</s>",
+            "logprob": -0.01,
+            "special": True,
+        }
+        assert "</s>" not in eos["generated_text"]
+        second_word = eos["details"]["tokens"][1]["text"]
+        stop = await client.post("/generate", json=_body(50, details=True, stop=[second_word]))
+        details = stop.json()["details"]
+        assert details["finish_reason"] == "stop_sequence"
+        assert details["generated_tokens"] == 2
+        stats = await _stats(client)
+    assert stats["tokens_generated"] == 6
+
+
+# -- streaming -------------------------------------------------------------------------------
+async def test_stream_is_tgi_sse_without_done(nursery: trio.Nursery, tmp_path: Path) -> None:
+    fake = await _start(nursery, tmp_path, "--token-rate", "2000")
+    async with _client(fake) as client:
+        response = await client.post("/generate_stream", json=_body(4))
+        assert response.status_code == 200
+        assert response.headers["content-type"] == "text/event-stream"
+        assert response.headers["x-accel-buffering"] == "no"
+        assert b"[DONE]" not in response.content
+        events = _events(response.content)
+        assert [e["index"] for e in events] == [1, 2, 3, 4]
+        assert all(list(e) == ["index", "token", "generated_text", "details"] for e in events)
+        assert all(e["generated_text"] is None and e["details"] is None for e in events[:-1])
+        assert set(events[0]["token"]) == {"id", "text", "logprob", "special"}
+        last = events[-1]
+        assert last["generated_text"] == "".join(e["token"]["text"] for e in events)
+        assert last["details"] is None
+        detailed = _events(
+            (await client.post("/generate_stream", json=_body(3, details=True))).content
+        )
+        assert detailed[-1]["details"] == {
+            "finish_reason": "length",
+            "generated_tokens": 3,
+            "seed": None,
+            "input_length": estimate_tokens(PROMPT),
+        }
+        top = _events(
+            (await client.post("/generate_stream", json=_body(2, top_n_tokens=3))).content
+        )
+        assert [len(e["top_tokens"]) for e in top] == [3, 3]
+        # The compat route: "stream" picks the answer's kind.
+        compat = await client.post("/", json={**_body(2), "stream": True})
+        assert len(_events(compat.content)) == 2
+        compat_json = await client.post("/", json=_body(2))
+        assert "generated_text" in compat_json.json()
+
+
+async def test_stream_errors_are_one_event_under_200(nursery: trio.Nursery, tmp_path: Path) -> None:
+    fake = await _start(nursery, tmp_path, "--token-rate", "2000")
+    async with _client(fake) as client:
+        cases = {
+            "validation": _body(5, temperature=0),
+            "best_of": _body(5, best_of=2, do_sample=True),
+            "too long": _body(5000),
+        }
+        for name, body in cases.items():
+            response = await client.post("/generate_stream", json=body)
+            assert response.status_code == 200, name
+            events = _events(response.content)
+            assert len(events) == 1, name
+            assert set(events[0]) == {"error", "error_type"}
+            assert events[0]["error_type"] == "validation"
+            assert events[0]["error"].startswith("Input validation error: ")
+        assert (
+            "best_of"
+            in _events((await client.post("/generate_stream", json=cases["best_of"])).content)[0][
+                "error"
+            ]
+        )
+        assert (await _stats(client))["errors"] == 4
+
+
+async def test_errors_have_tgi_shapes(nursery: trio.Nursery, tmp_path: Path) -> None:
+    fake = await _start(nursery, tmp_path, "--token-rate", "2000")
+    async with _client(fake) as client:
+        invalid = await client.post("/generate", json=_body(5, top_p=1.0))
+        assert invalid.status_code == 422
+        assert invalid.json() == {
+            "error": "Input validation error: `top_p` must be > 0.0 and < 1.0",
+            "error_type": "validation",
+        }
+        stops = await client.post("/generate", json=_body(5, stop=["a", "b", "c", "d", "e"]))
+        assert stops.json()["error"].endswith("`stop` supports up to 4 stop sequences. Given: 5")
+        empty = await client.post("/generate", json={"inputs": ""})
+        assert empty.json()["error"] == "Input validation error: `inputs` cannot be empty"
+        # axum rejects bodies before TGI sees them, in plain text.
+        malformed = await client.post(
+            "/generate", content=b'{"inputs": ', headers={"content-type": "application/json"}
+        )
+        assert malformed.status_code == 400
+        assert malformed.headers["content-type"].startswith("text/plain")
+        assert malformed.text.startswith("Failed to parse the request body as JSON: ")
+        missing = await client.post("/generate", json={"prompt": "hi"})
+        assert missing.status_code == 422
+        assert missing.text == (
+            "Failed to deserialize the JSON body into the target type: missing field `inputs`"
+        )
+        mistyped = await client.post("/generate", json=_body("many"))  # type: ignore[arg-type]
+        assert mistyped.status_code == 422
+        assert mistyped.text.endswith(
+            'parameters.max_new_tokens: invalid type: string "many", expected u32'
+        )
+        wrong_type = await client.post("/generate", content=b"{}", headers={})
+        assert wrong_type.status_code == 415
+        assert (await client.get("/nowhere")).status_code == 404
+        assert (await client.get("/generate")).status_code == 405
+
+
+async def _hold_stream(
+    client: httpx.AsyncClient,
+    body: dict[str, Any],
+    *,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Keep a stream open, reading, until cancelled; started once its first chunk arrived.
+
+    Cancelling it while it waits inside httpx's iterators unwinds them cleanly (abandoning
+    them half-way would leave them to the garbage collector).
+    """
+    async with client.stream("POST", "/generate_stream", json=body) as response:
+        started = False
+        async for _ in response.aiter_raw():
+            if not started:
+                started = True
+                task_status.started()
+
+
+async def test_overload_is_429_json_or_an_event(nursery: trio.Nursery, tmp_path: Path) -> None:
+    fake = await _start(nursery, tmp_path, "--max-concurrent-requests", "1", "--hang-after", "1")
+    async with _client(fake) as client, trio.open_nursery() as holders:
+        # The first token: the request is in flight, then hangs.
+        await holders.start(partial(_hold_stream, client, _body(5)))
+        refused = await client.post("/generate", json=_body(5))
+        assert refused.status_code == 429
+        assert refused.json() == {"error": "Model is overloaded", "error_type": "overloaded"}
+        streamed = await client.post("/generate_stream", json=_body(5))
+        assert streamed.status_code == 200
+        assert _events(streamed.content) == [
+            {"error": "Model is overloaded", "error_type": "overloaded"}
+        ]
+        metrics = (await client.get("/metrics")).text
+        holders.cancel_scope.cancel()
+    assert 'tgi_request_failure{err="overloaded"} 2' in metrics
+
+
+async def test_generation_failures_are_424_or_an_event(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    fake = await _start(nursery, tmp_path, "--fail-request-rate", "1")
+    async with _client(fake) as client:
+        failed = await client.post("/generate", json=_body(5))
+        assert failed.status_code == 424
+        assert failed.json()["error_type"] == "generation"
+        assert failed.json()["error"].startswith("Request failed during generation: ")
+        streamed = await client.post("/generate_stream", json=_body(5))
+        assert streamed.status_code == 200
+        [event] = _events(streamed.content)
+        assert event["error_type"] == "generation"
+
+
+# -- health, info, metrics, disconnects, crashes ---------------------------------------------
+async def test_health_info_models_and_metrics(nursery: trio.Nursery, tmp_path: Path) -> None:
+    fake = await _start(nursery, tmp_path, "--model-id", "org/model-7b")
+    async with _client(fake) as client:
+        for path in ("/health", "/", "/ping"):
+            health = await client.get(path)
+            assert health.status_code == 200
+            assert health.content == b""
+        info = (await client.get("/info")).json()
+        assert info["model_id"] == "org/model-7b"
+        assert info["max_concurrent_requests"] == 128
+        assert info["max_total_tokens"] == 4096
+        assert info["router"] == "text-generation-router"
+        models = (await client.get("/v1/models")).json()
+        assert models == {
+            "object": "list",
+            "data": [
+                {"id": "org/model-7b", "object": "model", "created": 0, "owned_by": "org/model-7b"}
+            ],
+        }
+        await client.post("/generate", json=_body(1))
+        metrics = (await client.get("/metrics")).text
+    for name in ("tgi_queue_size 0", "tgi_batch_current_size 0", "tgi_request_count 1"):
+        assert name in metrics
+    assert "tgi_request_success 1" in metrics
+
+
+async def test_unhealthy_health_is_503_json(nursery: trio.Nursery, tmp_path: Path) -> None:
+    fake = await _start(nursery, tmp_path, "--unhealthy-after", "0")
+    async with _client(fake) as client:
+        health = await client.get("/health")
+    assert health.status_code == 503
+    assert health.json() == {"error": "unhealthy", "error_type": "healthcheck"}
+
+
+async def test_client_disconnect_stops_generation(nursery: trio.Nursery, tmp_path: Path) -> None:
+    fake = await _start(nursery, tmp_path, "--token-rate", "20")
+    async with _client(fake) as client:
+        with trio.CancelScope() as drop:
+            async with client.stream("POST", "/generate_stream", json=_body(1000)) as response:
+                async for _ in response.aiter_raw():
+                    drop.cancel()  # after the first token
+        stats = await _poll_stats(client, "cancelled", 1)
+        assert stats["in_flight"] == 0
+        assert stats["tokens_generated"] < 1000
+        metrics = (await client.get("/metrics")).text
+    assert 'tgi_request_failure{err="dropped"} 1' in metrics
+
+
+async def test_crash_mid_stream_logs_shard_failed(nursery: trio.Nursery, tmp_path: Path) -> None:
+    fake = await _start(nursery, tmp_path, "--crash-after", "2")
+    async with _client(fake) as client:
+        with pytest.raises(httpx.HTTPError):
+            await client.post("/generate_stream", json=_body(10))
+    with trio.fail_after(10):
+        assert await fake.wait() == 1
+    lines = fake.log_text().splitlines()
+    assert lines[-1] == "Error: ShardFailed"
+    assert any('"Shard 0 crashed"' in line for line in lines)
