@@ -1,0 +1,531 @@
+"""openai: OpenAI-compatible model servers (vLLM, SGLang, llama.cpp, llama-cpp-python).
+
+Routes ``POST /v1/completions`` and ``POST /v1/chat/completions``, JSON or streamed (server-sent
+events ending in ``data: [DONE]``, relayed as they arrive). The client's OpenAI body is checked
+field by field (a 422 names each bad field) and then forwarded as it is: fields this backend does
+not know (``top_k``, ``ignore_eos``, ``chat_template_kwargs``, …) pass through untouched, and
+nothing is added.
+
+Workload is in tokens: the prompt's estimated tokens plus the tokens the request may generate
+(``max_tokens``, or ``max_completion_tokens`` for chat) for each of its ``n`` choices. When the
+model server reports ``usage`` (always in a JSON answer; in a stream only if the client asked for
+it with ``stream_options.include_usage``), the worker records that actual figure, ``prompt_tokens
++ completion_tokens``, as the finished request's workload instead. The backend never asks for
+usage on the client's behalf: adding ``include_usage`` would add an event the client did not ask
+for, and stripping it again would mean rewriting the stream.
+
+Environment:
+
+``OPENAI_SERVER``
+    ``auto`` (default), ``vllm``, ``sglang``, ``llamacpp`` or ``llama-cpp-python``: which log
+    lines mean ready, the health route, and whether requests may run in parallel. ``auto``
+    knows vLLM's and llama.cpp's ready lines exactly; for SGLang it takes uvicorn's
+    ``Application startup complete.``, which SGLang prints *before* its warm-up request ends
+    (SGLang already serves requests then, but the benchmark may pay for the warm-up); set
+    ``sglang`` to wait for ``The server is fired up and ready to roll!``. ``llama-cpp-python``
+    has no ``/health`` (``GET /v1/models`` is polled instead) and serves one request at a time.
+``OPENAI_DEFAULT_MAX_TOKENS``
+    tokens assumed for a completion without ``max_tokens`` (default 16, vLLM's and OpenAI's
+    default).
+``OPENAI_DEFAULT_CHAT_MAX_TOKENS``
+    tokens assumed for a chat completion without a limit (default 256). The servers' own default
+    is "the rest of the context window", which is no estimate at all; the actual usage replaces
+    this guess once the answer reports it.
+``MODEL_NAME`` / ``MODEL_ID``
+    names the model for the benchmark cache.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+import sys
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import attrs
+
+from pyworker import (
+    Backend,
+    DemoServer,
+    Endpoint,
+    Fields,
+    Job,
+    LogAction,
+    LogRule,
+    estimate_tokens,
+    json_body,
+)
+
+__all__ = [
+    "BACKEND",
+    "DEFAULT_SETTINGS",
+    "SERVERS",
+    "Settings",
+    "log_rules",
+    "make_backend",
+    "observe_usage",
+    "parse_chat",
+    "parse_completion",
+]
+
+SERVERS = ("auto", "vllm", "sglang", "llamacpp", "llama-cpp-python")
+"""The values of ``OPENAI_SERVER``."""
+
+COMPLETIONS = "/v1/completions"
+CHAT_COMPLETIONS = "/v1/chat/completions"
+
+# Chat templates wrap each message in role markers (Llama 3: 5 tokens, ChatML: 4) and prime the
+# answer with an assistant header; the estimate charges a typical amount for both.
+CHAT_TOKENS_PER_MESSAGE = 4
+CHAT_TOKENS_PER_REPLY = 3
+# An image or audio part costs the model hundreds of tokens (LLaVA 1.5: 576 per image), none of
+# which can be counted without the model's processor; charge a middling flat amount.
+NON_TEXT_PART_TOKENS = 256
+
+_DEFAULT_PORTS = {
+    "auto": 8000,
+    "vllm": 8000,
+    "sglang": 30000,
+    "llamacpp": 8080,
+    "llama-cpp-python": 8000,
+}
+_FAKE_FLAVORS = {"auto": "vllm", "vllm": "vllm", "sglang": "sglang", "llamacpp": "llamacpp"}
+
+
+@attrs.frozen(kw_only=True)
+class Settings:
+    """What the environment configures (see the module docstring).
+
+    Attributes:
+        server: which model server runs behind the worker, one of :data:`SERVERS`.
+        default_max_tokens: tokens assumed for a completion without ``max_tokens``.
+        default_chat_max_tokens: tokens assumed for a chat completion without a limit.
+    """
+
+    server: str = attrs.field(default="auto", validator=attrs.validators.in_(SERVERS))
+    default_max_tokens: int = attrs.field(default=16, validator=attrs.validators.ge(1))
+    default_chat_max_tokens: int = attrs.field(default=256, validator=attrs.validators.ge(1))
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> Settings:
+        """Read the settings from ``env``.
+
+        Raises:
+            ValueError: a variable has an impossible value (the message names it).
+        """
+        server = env.get("OPENAI_SERVER", "").strip().lower() or "auto"
+        if server not in SERVERS:
+            raise ValueError(f"OPENAI_SERVER must be one of {', '.join(SERVERS)}, not {server!r}")
+        return cls(
+            server=server,
+            default_max_tokens=_positive_env(env, "OPENAI_DEFAULT_MAX_TOKENS", 16),
+            default_chat_max_tokens=_positive_env(env, "OPENAI_DEFAULT_CHAT_MAX_TOKENS", 256),
+        )
+
+
+DEFAULT_SETTINGS = Settings()
+
+
+def _positive_env(env: Mapping[str, str], name: str, default: int) -> int:
+    text = env.get(name, "").strip()
+    if not text:
+        return default
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise ValueError(f"{name} must be a positive integer, not {text!r}")
+    return value
+
+
+# -- validation ------------------------------------------------------------------------------
+def _type_name(value: object) -> str:
+    return {
+        bool: "boolean",
+        int: "integer",
+        float: "number",
+        str: "string",
+        list: "array",
+        dict: "object",
+        type(None): "null",
+    }.get(type(value), type(value).__name__)
+
+
+def _is_token_id(value: object) -> bool:
+    return type(value) is int and value >= 0
+
+
+_PROMPT_SHAPES = "a string, a list of strings, a list of token ids or a list of token id lists"
+
+
+def _prompt_tokens(prompt: object) -> tuple[int, int] | str:
+    """(estimated prompt tokens, number of prompts) of a completions ``prompt``, or an error.
+
+    A list of strings or of token id lists is a batch: each element is its own prompt.
+    """
+    if isinstance(prompt, str):
+        return estimate_tokens(prompt), 1
+    if not isinstance(prompt, list):
+        return f"must be {_PROMPT_SHAPES}, not {_type_name(prompt)}"
+    if not prompt:
+        return "must not be empty"
+    first = prompt[0]
+    if isinstance(first, str):
+        if all(isinstance(p, str) for p in prompt):
+            return sum(estimate_tokens(p) for p in prompt), len(prompt)
+    elif isinstance(first, list):
+        total = 0
+        for ids in prompt:
+            if not isinstance(ids, list) or not all(_is_token_id(t) for t in ids):
+                break
+            if not ids:
+                return "must not contain an empty token id list"
+            total += len(ids)
+        else:
+            return total, len(prompt)
+    elif all(_is_token_id(t) for t in prompt):
+        return len(prompt), 1
+    return f"must be {_PROMPT_SHAPES} (token ids are non-negative integers)"
+
+
+def _content_tokens(content: object) -> int | str:
+    """Estimated tokens of a message's ``content``, or an error."""
+    if isinstance(content, str):
+        return estimate_tokens(content)
+    if content is None:
+        return 0  # an assistant message that only carries tool calls
+    if not isinstance(content, list):
+        return f"must be a string or a list of content parts, not {_type_name(content)}"
+    total = 0
+    for index, part in enumerate(content):
+        if not isinstance(part, dict) or not isinstance(part.get("type"), str):
+            return f"part {index} must be an object with a string 'type'"
+        if part["type"] == "text":
+            text = part.get("text")
+            if not isinstance(text, str):
+                return f"part {index} is a text part without a string 'text'"
+            total += estimate_tokens(text)
+        else:
+            total += NON_TEXT_PART_TOKENS
+    return total
+
+
+def _messages_tokens(fields: Fields) -> int:
+    """Estimated prompt tokens of ``messages``, recording errors per message and field."""
+    messages = fields.data.get("messages")
+    if messages is None:
+        fields.errors["messages"] = "missing parameter"
+        return 0
+    if not isinstance(messages, list):
+        fields.errors["messages"] = f"must be a list of messages, not {_type_name(messages)}"
+        return 0
+    if not messages:
+        fields.errors["messages"] = "must contain at least one message"
+        return 0
+    total = CHAT_TOKENS_PER_REPLY
+    errors: dict[str, Any] = {}
+    for index, message in enumerate(messages):
+        if not isinstance(message, dict):
+            errors[str(index)] = f"must be an object, not {_type_name(message)}"
+            continue
+        problems: dict[str, str] = {}
+        role = message.get("role")
+        if role is None:
+            problems["role"] = "missing parameter"
+        elif not isinstance(role, str):
+            problems["role"] = f"must be a string, not {_type_name(role)}"
+        if "content" not in message and "tool_calls" not in message:
+            problems["content"] = "missing parameter"
+        else:
+            counted = _content_tokens(message.get("content"))
+            if isinstance(counted, str):
+                problems["content"] = counted
+            else:
+                total += CHAT_TOKENS_PER_MESSAGE + counted
+        if problems:
+            errors[str(index)] = problems
+        elif "tool_calls" in message:
+            total += estimate_tokens(json_body(message["tool_calls"]).decode())
+    fields.nested("messages", errors)
+    return total
+
+
+def _check_common(fields: Fields) -> tuple[int, bool]:
+    """The sampling fields both routes share; returns (n, stream)."""
+    fields.string("model", default=None)
+    fields.number("temperature", default=None, minimum=0)
+    top_p = fields.number("top_p", default=None, maximum=1)
+    if isinstance(top_p, int | float) and not isinstance(top_p, bool) and top_p <= 0:
+        fields.errors["top_p"] = "must be greater than 0"
+    n = fields.integer("n", default=1, minimum=1)
+    stream = fields.boolean("stream", default=False)
+    options = fields.obj("stream_options", default=None)
+    if isinstance(options, dict):
+        if stream is not True:
+            fields.errors["stream_options"] = "only allowed when stream is true"
+        else:
+            nested = Fields(options)
+            nested.boolean("include_usage", default=None)
+            nested.boolean("continuous_usage_stats", default=None)
+            fields.nested("stream_options", nested.errors)
+    stop = fields.data.get("stop")
+    if stop is not None and not (
+        isinstance(stop, str) or (isinstance(stop, list) and all(isinstance(s, str) for s in stop))
+    ):
+        fields.errors["stop"] = "must be a string or a list of strings"
+    return (n if isinstance(n, int) and not isinstance(n, bool) else 1), stream is True
+
+
+def _limit(fields: Fields, name: str) -> int | None:
+    value = fields.integer(name, default=None, minimum=1)
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def parse_completion(payload: object, settings: Settings = DEFAULT_SETTINGS) -> Job:
+    """Validate a ``/v1/completions`` body and weigh it.
+
+    Workload: the prompts' estimated tokens (token id prompts: their count) plus ``max_tokens``
+    for each of the ``n`` choices of each prompt.
+
+    Raises:
+        PayloadError: a field is missing or wrong (each one named).
+    """
+    fields = Fields(payload)
+    fields.check()  # not an object: nothing else to say
+    prompt_tokens, prompts = 0, 1
+    prompt = fields.data.get("prompt")
+    if prompt is None:
+        fields.errors["prompt"] = "missing parameter"
+    else:
+        counted = _prompt_tokens(prompt)
+        if isinstance(counted, str):
+            fields.errors["prompt"] = counted
+        else:
+            prompt_tokens, prompts = counted
+    max_tokens = _limit(fields, "max_tokens")
+    n, _ = _check_common(fields)
+    fields.check()
+    wanted = max_tokens or settings.default_max_tokens
+    return Job(
+        workload=prompt_tokens + prompts * n * wanted,
+        body=json_body(payload),
+        upstream_path=COMPLETIONS,
+    )
+
+
+def parse_chat(payload: object, settings: Settings = DEFAULT_SETTINGS) -> Job:
+    """Validate a ``/v1/chat/completions`` body and weigh it.
+
+    Workload: the messages' estimated tokens plus a template overhead per message, plus
+    ``max_completion_tokens`` (or ``max_tokens``) for each of the ``n`` choices.
+
+    Raises:
+        PayloadError: a field is missing or wrong (each one named).
+    """
+    fields = Fields(payload)
+    fields.check()  # not an object: nothing else to say
+    prompt_tokens = _messages_tokens(fields)
+    max_tokens = _limit(fields, "max_tokens")
+    # The newer name wins when both are given, as in vLLM and OpenAI.
+    max_completion_tokens = _limit(fields, "max_completion_tokens")
+    n, _ = _check_common(fields)
+    tools = fields.data.get("tools")
+    if tools is not None:
+        if isinstance(tools, list):
+            # Templates render tool definitions into the prompt.
+            prompt_tokens += estimate_tokens(json_body(tools).decode())
+        else:
+            fields.errors["tools"] = f"must be a list, not {_type_name(tools)}"
+    fields.check()
+    wanted = max_completion_tokens or max_tokens or settings.default_chat_max_tokens
+    return Job(
+        workload=prompt_tokens + n * wanted,
+        body=json_body(payload),
+        upstream_path=CHAT_COMPLETIONS,
+    )
+
+
+# -- actual usage ----------------------------------------------------------------------------
+_PROMPT_TOKENS = re.compile(rb'"prompt_tokens"\s*:\s*(\d+)')
+_COMPLETION_TOKENS = re.compile(rb'"completion_tokens"\s*:\s*(\d+)')
+
+
+def observe_usage(chunk: bytes) -> float | None:
+    """The actual tokens (``prompt_tokens + completion_tokens``) a response chunk reports.
+
+    Runs on every chunk relayed, so it only searches bytes: most chunks are one token's event
+    and fail the first ``in`` test. The last ``usage`` object in the chunk counts (with
+    ``continuous_usage_stats`` every event carries the running total). A ``"usage"`` inside
+    generated text is JSON-escaped (``\\"usage\\"``) and so never matches.
+
+    Limit: the object must arrive within one chunk. Streams send each event in one piece, so
+    that holds there; a large JSON answer can be split across reads, and if the split falls
+    inside ``usage`` this returns None and the estimate stands.
+    """
+    if b'"usage"' not in chunk:
+        return None
+    tail = chunk[chunk.rindex(b'"usage"') :]
+    prompt = _PROMPT_TOKENS.search(tail)
+    completion = _COMPLETION_TOKENS.search(tail)
+    if prompt is None or completion is None:
+        return None  # "usage": null, or the object continues in the next chunk
+    return float(int(prompt.group(1)) + int(completion.group(1)))
+
+
+# -- benchmark -------------------------------------------------------------------------------
+_WORDS_TEXT = (
+    "the quick model reads a long question about rivers mountains and cities then answers "
+    "with care while the worker counts tokens reports load and keeps every request safe from "
+    "loss so that clients see steady latency even when many arrive at once"
+)
+_WORDS = tuple(_WORDS_TEXT.split())
+
+
+def benchmark_payload(rng: random.Random) -> dict[str, object]:
+    """A typical chat request: a system line, a ~100-word question, a 128-token answer.
+
+    ``ignore_eos`` (honoured by vLLM, SGLang and llama.cpp, ignored by llama-cpp-python) makes
+    the server generate every token asked for, so the benchmark's workload is the work done.
+    """
+    question = " ".join(rng.choices(_WORDS, k=100))
+    return {
+        "messages": [
+            {"role": "system", "content": "You are a helpful assistant."},
+            {"role": "user", "content": question},
+        ],
+        "max_tokens": 128,
+        "ignore_eos": True,
+    }
+
+
+def completion_benchmark_payload(rng: random.Random) -> dict[str, object]:
+    """A typical completion request: a ~100-word prompt, a 128-token answer."""
+    return {"prompt": " ".join(rng.choices(_WORDS, k=100)), "max_tokens": 128, "ignore_eos": True}
+
+
+# -- log lines -------------------------------------------------------------------------------
+def _rules(action: LogAction, *substrings: str) -> tuple[LogRule, ...]:
+    return tuple(LogRule(action=action, substring=s) for s in substrings)
+
+
+# Fatal lines first: the first matching rule wins.
+_ERRORS = _rules(
+    LogAction.MODEL_ERROR,
+    # vLLM (and anything on PyTorch)
+    "torch.OutOfMemoryError",
+    "CUDA out of memory",
+    "Engine core initialization failed",
+    "EngineDeadError",
+    "No available memory for the cache blocks",
+    "larger than the maximum number of tokens that can be stored in KV cache",
+    "is not a local folder and is not a valid model identifier",
+    "You are trying to access a gated repo",
+    # SGLang
+    "Initialization failed. warmup error",
+    "Scheduler hit an exception",
+    "Not enough memory. Please try to increase --mem-fraction-static",
+    # llama.cpp
+    "exiting due to model loading error",
+    "exiting due to HTTP server error",
+    # llama-cpp-python
+    "Failed to load model from file",
+    # the port (vLLM raises, uvicorn and llama.cpp log it)
+    "Address already in use",
+    "error while attempting to bind on address",
+)
+_VLLM_READY = _rules(LogAction.MODEL_LOADED, "Application startup complete.", "Uvicorn running on")
+_SGLANG_READY = _rules(LogAction.MODEL_LOADED, "The server is fired up and ready to roll!")
+# 2024 llama.cpp builds logged JSON, and their "HTTP server listening" came *before* the model
+# loaded; only "model loaded" meant ready there.
+_LLAMACPP_READY = _rules(LogAction.MODEL_LOADED, "server is listening on", '"msg":"model loaded"')
+_PROGRESS = _rules(
+    LogAction.INFO,
+    "Loading weights took",
+    "Model loading took",
+    "GPU KV cache size",
+    "Load weight end",
+    "KV Cache is allocated",
+    "Capture cuda graph end",
+    "load_model: loading model",
+    "HTTP server listening",
+)
+
+_READY_RULES = {
+    # SGLang's uvicorn lines come before its warm-up ends; "auto" takes them (see above).
+    "auto": _VLLM_READY + _LLAMACPP_READY + _SGLANG_READY,
+    "vllm": _VLLM_READY,
+    "sglang": _SGLANG_READY,
+    "llamacpp": _LLAMACPP_READY,
+    "llama-cpp-python": _rules(LogAction.MODEL_LOADED, "Uvicorn running on"),
+}
+
+
+def log_rules(server: str) -> tuple[LogRule, ...]:
+    """The log rules for ``server`` (one of :data:`SERVERS`)."""
+    return _ERRORS + _READY_RULES[server] + _PROGRESS
+
+
+# -- the backend -----------------------------------------------------------------------------
+def _demo_argv(flavor: str) -> Callable[[int, str], list[str]]:
+    def argv(port: int, log_path: str) -> list[str]:
+        return [
+            sys.executable,
+            "-m",
+            "backends.openai.fake",
+            "--port",
+            str(port),
+            "--log",
+            log_path,
+            "--flavor",
+            flavor,
+        ]
+
+    return argv
+
+
+def _model_id(server: str) -> Callable[[Mapping[str, str]], str]:
+    def model_id(env: Mapping[str, str]) -> str:
+        name = env.get("MODEL_NAME") or env.get("MODEL_ID") or "openai-demo"
+        # The same model serves at a different speed on another server.
+        return f"{name} ({server})"
+
+    return model_id
+
+
+def make_backend(settings: Settings) -> Backend:
+    """The backend for ``settings`` (``BACKEND`` is this, from the environment)."""
+    server = settings.server
+    one_at_a_time = server == "llama-cpp-python"
+    flavor = _FAKE_FLAVORS.get(server)
+    return Backend(
+        name="openai",
+        model_server_url=f"http://127.0.0.1:{_DEFAULT_PORTS[server]}",
+        endpoints=(
+            Endpoint(
+                route=COMPLETIONS,
+                parse=lambda payload: parse_completion(payload, settings),
+                benchmark_payload=completion_benchmark_payload,
+                observe=observe_usage,
+            ),
+            Endpoint(
+                route=CHAT_COMPLETIONS,
+                parse=lambda payload: parse_chat(payload, settings),
+                benchmark_payload=benchmark_payload,
+                observe=observe_usage,
+            ),
+        ),
+        benchmark_route=CHAT_COMPLETIONS,
+        log_rules=log_rules(server),
+        allow_parallel_requests=not one_at_a_time,
+        # llama-cpp-python has no /health; listing the models is its cheapest answer.
+        health_path="/v1/models" if one_at_a_time else "/health",
+        model_id=_model_id(server),
+        # No fake imitates llama-cpp-python: its demo is the real server (see the tests).
+        demo=DemoServer(argv=_demo_argv(flavor)) if flavor is not None else None,
+    )
+
+
+BACKEND = make_backend(Settings.from_env(os.environ))

@@ -1,0 +1,445 @@
+"""The fake OpenAI-compatible servers (vLLM, SGLang, llama.cpp flavors), run as subprocesses."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import trio
+from fakes import FakeServer, spawn_fake, start_fake
+
+from pyworker._process import free_port
+from pyworker._tokens import estimate_tokens
+
+MODULE = "backends.openai.fake"
+MODEL = "fake-org/Fake-Llama-3-8B-Instruct"
+CHAT = {"messages": [{"role": "user", "content": "Say hello to the world."}], "max_tokens": 4}
+
+
+# Every wait is bounded (httpx timeouts, start_fake's own bound, fail_after around polling),
+# so a misbehaving fake fails its test instead of hanging the run.
+async def _start(
+    nursery: trio.Nursery, tmp_path: Path, flavor: str, *args: str
+) -> tuple[FakeServer, httpx.AsyncClient]:
+    fake = await start_fake(
+        nursery,
+        MODULE,
+        "--flavor",
+        flavor,
+        "--load-delay",
+        "0",
+        "--warmup",
+        "0",
+        "--token-rate",
+        "2000",
+        *args,
+        log_path=tmp_path / f"{flavor}.log",
+    )
+    if flavor != "vllm":
+        # SGLang warms up and llama.cpp loads after listening: wait for the ready line.
+        await fake.wait_for_log("ready to roll" if flavor == "sglang" else "listening on")
+    client = httpx.AsyncClient(base_url=fake.url, timeout=5.0, trust_env=False)
+    nursery.start_soon(_close_at_end, client)
+    return fake, client
+
+
+async def _close_at_end(client: httpx.AsyncClient) -> None:
+    try:
+        await trio.sleep_forever()
+    finally:
+        with trio.CancelScope(shield=True):
+            await client.aclose()
+
+
+def _events(raw: bytes) -> list[bytes]:
+    """The ``data:`` payloads of an SSE body, checking each event's exact framing."""
+    events = raw.split(b"\n\n")
+    assert events[-1] == b"", "the stream must end with a complete event"
+    payloads = []
+    for event in events[:-1]:
+        assert event.startswith(b"data: "), event  # with a space, as the real servers
+        payloads.append(event.removeprefix(b"data: "))
+    return payloads
+
+
+async def _stats(client: httpx.AsyncClient) -> dict[str, int]:
+    stats: dict[str, int] = (await client.get("/stats")).json()
+    return stats
+
+
+async def _wait_for_cancelled(client: httpx.AsyncClient, count: int) -> dict[str, int]:
+    with trio.fail_after(5):
+        while True:
+            stats = await _stats(client)
+            if stats["cancelled"] >= count:
+                return stats
+            await trio.sleep(0.02)
+
+
+# -- vLLM --------------------------------------------------------------------------------------
+async def test_vllm_refuses_until_ready_then_logs_startup_complete(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    port = free_port()
+    fake = await spawn_fake(
+        nursery,
+        MODULE,
+        "--port",
+        str(port),
+        "--flavor",
+        "vllm",
+        "--load-delay",
+        "1.0",
+        log_path=tmp_path / "vllm.log",
+    )
+    with trio.fail_after(10):
+        await fake.wait_for_log("Starting to load model")
+    with pytest.raises(OSError, match="connect"):
+        await trio.open_tcp_stream("127.0.0.1", port)  # loading: refused
+    with trio.fail_after(10):
+        await fake.wait_for_log("Application startup complete.")
+    async with httpx.AsyncClient(trust_env=False) as client:
+        health = await client.get(f"http://127.0.0.1:{port}/health")
+        assert health.status_code == 200
+        assert health.content == b""
+        models = (await client.get(f"http://127.0.0.1:{port}/v1/models")).json()
+        version = (await client.get(f"http://127.0.0.1:{port}/version")).json()
+    assert models["object"] == "list"
+    assert models["data"][0]["id"] == MODEL
+    assert models["data"][0]["owned_by"] == "vllm"
+    assert version == {"version": "0.11.0"}
+    lines = fake.log_text().splitlines()
+    assert re.match(r"^INFO \d\d-\d\d \d\d:\d\d:\d\d \[[\w.]+:\d+\] vLLM API server", lines[0])
+    assert "INFO:     Application startup complete." in lines
+    # uvicorn's lifecycle lines come after vLLM's own, once the routes are listed.
+    assert lines.index("INFO:     Application startup complete.") > max(
+        i for i, line in enumerate(lines) if "Route: " in line
+    )
+
+
+async def test_vllm_json_answers(nursery: trio.Nursery, tmp_path: Path) -> None:
+    _, client = await _start(nursery, tmp_path, "vllm")
+    prompt = "The capital of France is"
+    completion = (await client.post("/v1/completions", json={"prompt": prompt})).json()
+    assert completion["id"].startswith("cmpl-")
+    assert completion["object"] == "text_completion"
+    assert completion["model"] == MODEL
+    choice = completion["choices"][0]
+    assert choice["finish_reason"] == "length"
+    assert choice["stop_reason"] is None
+    assert len(choice["text"].split()) == 16  # vLLM's completions default
+    # The fake's tokenizer adds a BOS token to the estimate.
+    assert completion["usage"] == {
+        "prompt_tokens": estimate_tokens(prompt) + 1,
+        "total_tokens": estimate_tokens(prompt) + 17,
+        "completion_tokens": 16,
+        "prompt_tokens_details": None,
+    }
+    chat = (await client.post("/v1/chat/completions", json={**CHAT, "n": 2})).json()
+    assert chat["id"].startswith("chatcmpl-")
+    assert chat["object"] == "chat.completion"
+    assert [c["index"] for c in chat["choices"]] == [0, 1]
+    message = chat["choices"][0]["message"]
+    assert message["role"] == "assistant"
+    assert len(message["content"].split()) == 4
+    usage = chat["usage"]
+    # BOS + assistant header (5) + one message of 5 template tokens + its text.
+    assert usage["prompt_tokens"] == 5 + 5 + estimate_tokens("Say hello to the world.")
+    assert usage["completion_tokens"] == 8  # n=2 choices of 4
+    tokens = await client.post("/v1/completions", json={"prompt": [[1, 2, 3], [4, 5]], "n": 2})
+    assert tokens.json()["usage"]["prompt_tokens"] == 5
+    assert tokens.json()["usage"]["completion_tokens"] == 2 * 2 * 16
+
+
+async def test_vllm_streams(nursery: trio.Nursery, tmp_path: Path) -> None:
+    _, client = await _start(nursery, tmp_path, "vllm")
+    body = {**CHAT, "stream": True, "stream_options": {"include_usage": True}}
+    response = await client.post("/v1/chat/completions", json=body)
+    assert response.headers["content-type"] == "text/event-stream"
+    payloads = _events(response.content)
+    assert payloads[-1] == b"[DONE]"
+    chunks = [json.loads(p) for p in payloads[:-1]]
+    assert all(c["object"] == "chat.completion.chunk" for c in chunks)
+    assert len({c["id"] for c in chunks}) == 1
+    assert chunks[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+    tokens = [c["choices"][0]["delta"]["content"] for c in chunks[1:5]]
+    assert all(t.startswith(" ") for t in tokens)
+    finish = chunks[5]["choices"][0]
+    assert finish["finish_reason"] == "length"
+    assert finish["delta"] == {"content": ""}
+    assert chunks[6]["choices"] == []
+    assert chunks[6]["usage"]["completion_tokens"] == 4
+    assert len(chunks) == 7
+    # No usage event unless asked for; completions stream text.
+    plain = await client.post(
+        "/v1/completions", json={"prompt": "hi", "max_tokens": 3, "stream": True}
+    )
+    chunks = [json.loads(p) for p in _events(plain.content)[:-1]]
+    assert [c["object"] for c in chunks] == ["text_completion"] * 4
+    assert all("usage" not in c for c in chunks)
+    assert chunks[-1]["choices"][0]["finish_reason"] == "length"
+    # continuous_usage_stats: the running usage on every event.
+    options = {"include_usage": True, "continuous_usage_stats": True}
+    running = await client.post(
+        "/v1/completions",
+        json={"prompt": "hi", "max_tokens": 3, "stream": True, "stream_options": options},
+    )
+    chunks = [json.loads(p) for p in _events(running.content)[:-1]]
+    assert [c["usage"]["completion_tokens"] for c in chunks] == [1, 2, 3, 3, 3]
+
+
+async def test_vllm_errors(nursery: trio.Nursery, tmp_path: Path) -> None:
+    _, client = await _start(nursery, tmp_path, "vllm", "--max-model-len", "64")
+    bad = await client.post("/v1/chat/completions", json={**CHAT, "max_tokens": 0})
+    assert bad.status_code == 400
+    error = bad.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert (error["type"], error["code"]) == ("BadRequestError", 400)
+    unknown = await client.post("/v1/completions", json={"prompt": "x", "model": "other"})
+    assert unknown.status_code == 404
+    assert unknown.json()["error"]["type"] == "NotFoundError"
+    assert "`other` does not exist" in unknown.json()["error"]["message"]
+    options = await client.post(
+        "/v1/completions", json={"prompt": "x", "stream_options": {"include_usage": True}}
+    )
+    assert options.status_code == 400
+    too_long = await client.post("/v1/completions", json={"prompt": "x", "max_tokens": 100})
+    assert too_long.status_code == 400
+    assert "maximum context length is 64 tokens" in too_long.json()["error"]["message"]
+    not_json = await client.post("/v1/completions", content=b"{nope")
+    assert not_json.status_code == 400
+    missing = await client.get("/nowhere")
+    assert missing.status_code == 404
+
+
+async def test_vllm_fail_load(nursery: trio.Nursery, tmp_path: Path) -> None:
+    fake = await spawn_fake(
+        nursery,
+        MODULE,
+        "--flavor",
+        "vllm",
+        "--load-delay",
+        "0",
+        "--fail-load",
+        "boom",
+        log_path=tmp_path / "vllm.log",
+    )
+    with trio.fail_after(10):
+        assert await fake.wait() == 1
+    log = fake.log_text()
+    assert "torch.OutOfMemoryError: CUDA out of memory." in log
+    assert "RuntimeError: Engine core initialization failed." in log
+    assert "Application startup complete." not in log
+
+
+@pytest.mark.parametrize("flavor", ["vllm", "sglang", "llamacpp"])
+async def test_disconnect_aborts_generation(
+    nursery: trio.Nursery, tmp_path: Path, flavor: str
+) -> None:
+    fake, client = await _start(nursery, tmp_path, flavor, "--token-rate", "50")
+    body = {**CHAT, "max_tokens": 1000, "stream": True}
+    seen = 0
+    # Cancelling, not breaking out of the loop: a break leaves httpx's nested async
+    # generators to the garbage collector.
+    with trio.CancelScope() as drop:
+        async with client.stream("POST", "/v1/chat/completions", json=body) as response:
+            async for line in response.aiter_lines():
+                seen += line.startswith("data: ")
+                if seen == 3:
+                    drop.cancel()
+    # A JSON answer is abandoned the same way.
+    with trio.move_on_after(0.2):
+        await client.post("/v1/completions", json={"prompt": "x", "max_tokens": 1000})
+    stats = await _wait_for_cancelled(client, 2)
+    assert stats["in_flight"] == 0
+    assert stats["completed"] == 0
+    assert stats["tokens_generated"] < 1000
+    abort = {
+        "vllm": "Aborted request chatcmpl-",
+        "sglang": "Abort request",
+        "llamacpp": "cancel task",
+    }
+    assert abort[flavor] in fake.log_text()
+
+
+@pytest.mark.parametrize("flavor", ["vllm", "sglang", "llamacpp"])
+async def test_injected_errors_use_the_flavors_shape(
+    nursery: trio.Nursery, tmp_path: Path, flavor: str
+) -> None:
+    _, client = await _start(nursery, tmp_path, flavor, "--error-rate", "1")
+    response = await client.post("/v1/chat/completions", json=CHAT)
+    assert response.status_code == 500
+    body: dict[str, Any] = response.json()
+    if flavor == "vllm":
+        assert body["error"]["type"] == "InternalServerError"
+    elif flavor == "sglang":
+        assert body["object"] == "error"
+        assert body["code"] == 500
+    else:
+        assert body["error"] == {"code": 500, "message": "injected failure", "type": "server_error"}
+
+
+async def test_hang_after_keeps_the_connection_open(nursery: trio.Nursery, tmp_path: Path) -> None:
+    _, client = await _start(nursery, tmp_path, "llamacpp", "--hang-after", "3")
+    tokens = 0
+    body = {**CHAT, "max_tokens": 10, "stream": True}
+    with trio.CancelScope() as scope:
+        async with client.stream("POST", "/v1/chat/completions", json=body) as response:
+            async for line in response.aiter_lines():
+                tokens += '"content":" ' in line
+                if tokens == 3:
+                    # Three tokens, then silence on an open connection.
+                    scope.deadline = trio.current_time() + 0.3
+    assert scope.cancelled_caught
+    assert tokens == 3
+    await _wait_for_cancelled(client, 1)
+
+
+async def test_crash_after_exits(nursery: trio.Nursery, tmp_path: Path) -> None:
+    fake, client = await _start(nursery, tmp_path, "vllm", "--crash-after", "2")
+    with pytest.raises(httpx.TransportError):
+        await client.post("/v1/completions", json={"prompt": "x", "max_tokens": 5})
+    with trio.fail_after(5):
+        assert await fake.wait() == 1
+    assert "EngineDeadError" in fake.log_text()
+
+
+# -- SGLang ------------------------------------------------------------------------------------
+async def test_sglang_health_503_until_warm(nursery: trio.Nursery, tmp_path: Path) -> None:
+    fake = await start_fake(
+        nursery,
+        MODULE,
+        "--flavor",
+        "sglang",
+        "--load-delay",
+        "0",
+        "--warmup",
+        "1.0",
+        log_path=tmp_path / "sglang.log",
+    )
+    async with httpx.AsyncClient(base_url=fake.url, timeout=5.0, trust_env=False) as client:
+        # Listening, uvicorn's lines written, warm-up under way.
+        with trio.fail_after(5):
+            await fake.wait_for_log("Application startup complete.")
+        assert (await client.get("/health")).status_code == 503
+        assert (await client.get("/ping")).status_code == 200
+        with trio.fail_after(10):
+            await fake.wait_for_log("The server is fired up and ready to roll!")
+        assert (await client.get("/health")).status_code == 200
+        bad = await client.post("/v1/completions", json={"prompt": "x", "max_tokens": -1})
+        models = (await client.get("/v1/models")).json()
+        chat = (await client.post("/v1/chat/completions", json=CHAT)).json()
+    assert bad.status_code == 400
+    assert bad.json() == {
+        "object": "error",
+        "message": "max_tokens must be at least 1, got -1.",
+        "type": "Bad Request",
+        "param": None,
+        "code": 400,
+    }
+    assert models["data"][0]["owned_by"] == "sglang"
+    assert chat["object"] == "chat.completion"
+    assert chat["usage"]["completion_tokens"] == 4
+    lines = fake.log_text().splitlines()
+    stamp = r"^\[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d( TP0)?\] "
+    assert all(re.match(stamp, line) for line in lines if "ServerArgs" in line or "TP0" in line)
+    startup = next(i for i, line in enumerate(lines) if "Application startup complete." in line)
+    ready = next(i for i, line in enumerate(lines) if "fired up" in line)
+    assert startup < ready
+
+
+@pytest.mark.parametrize(
+    ("knob", "expected"),
+    [
+        ("--fail-load", "Not enough memory. Please try to increase --mem-fraction-static"),
+        ("--fail-warmup", "Initialization failed. warmup error"),
+    ],
+)
+async def test_sglang_fails(
+    nursery: trio.Nursery, tmp_path: Path, knob: str, expected: str
+) -> None:
+    fake = await spawn_fake(
+        nursery,
+        MODULE,
+        "--flavor",
+        "sglang",
+        "--load-delay",
+        "0",
+        "--warmup",
+        "0",
+        knob,
+        "out of luck",
+        log_path=tmp_path / "sglang.log",
+    )
+    with trio.fail_after(10):
+        assert await fake.wait() == 1
+    assert expected in fake.log_text()
+    assert "fired up" not in fake.log_text()
+
+
+# -- llama.cpp ---------------------------------------------------------------------------------
+async def test_llamacpp_listens_early_and_answers_503_while_loading(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    fake = await start_fake(
+        nursery,
+        MODULE,
+        "--flavor",
+        "llamacpp",
+        "--load-delay",
+        "1.0",
+        log_path=tmp_path / "llamacpp.log",
+    )
+    loading = {"error": {"code": 503, "message": "Loading model", "type": "unavailable_error"}}
+    async with httpx.AsyncClient(base_url=fake.url, timeout=5.0, trust_env=False) as client:
+        for response in (
+            await client.get("/health"),
+            await client.get("/v1/models"),
+            await client.post("/v1/chat/completions", json=CHAT),
+        ):
+            assert response.status_code == 503
+            assert response.json() == loading
+        with trio.fail_after(10):
+            line = await fake.wait_for_log("server is listening on")
+        assert line == f"srv  llama_server: server is listening on {fake.url}"
+        health = await client.get("/health")
+        assert (health.status_code, health.json()) == (200, {"status": "ok"})
+        answer = (await client.post("/v1/chat/completions", json=CHAT)).json()
+        stream = await client.post(
+            "/v1/completions", json={"prompt": "x", "stream": True, "max_tokens": 2}
+        )
+        bad = await client.post("/v1/completions", json={"max_tokens": 2})
+    assert answer["id"].startswith("chatcmpl-")
+    assert answer["system_fingerprint"]
+    assert answer["timings"]["predicted_n"] == 4
+    assert answer["usage"]["completion_tokens"] == 4
+    assert stream.headers["x-accel-buffering"] == "no"
+    chunks = _events(stream.content)
+    assert chunks[-1] == b"[DONE]"
+    assert "timings" in json.loads(chunks[-2])
+    assert bad.status_code == 400
+    assert bad.json()["error"]["type"] == "invalid_request_error"
+    assert "srv  llama_server: model loaded" in fake.log_text()
+
+
+async def test_llamacpp_fail_load(nursery: trio.Nursery, tmp_path: Path) -> None:
+    fake = await spawn_fake(
+        nursery,
+        MODULE,
+        "--flavor",
+        "llamacpp",
+        "--load-delay",
+        "0",
+        "--fail-load",
+        "tensor 'blk.0' has wrong shape",
+        log_path=tmp_path / "llamacpp.log",
+    )
+    with trio.fail_after(10):
+        assert await fake.wait() == 1
+    log = fake.log_text()
+    assert "llama_model_load: error loading model: tensor 'blk.0' has wrong shape" in log
+    assert "srv  llama_server: exiting due to model loading error" in log
