@@ -257,8 +257,12 @@ class Proxy:
             return
         async with response:
             headers = [(k, v) for k, v in response.headers if k not in _HOP_HEADERS]
+            if response.status >= 400:
+                # Refused or failed upstream: the error is relayed, but no capacity was spent
+                # on it, so it must not count as work done (cur_perf).
+                relay.actual = 0.0
             await relay.start(response.status, headers)
-            observe = endpoint.observe
+            observe = endpoint.observe if response.status < 400 else None
             try:
                 while chunk := await response.receive():
                     if observe is not None:
