@@ -22,6 +22,7 @@ from ._lifecycle import State as State
 from ._lifecycle import Trigger as Trigger
 from ._payload import Fields as Fields
 from ._payload import PayloadError as PayloadError
+from ._payload import json_type_name as json_type_name
 from ._tokens import estimate_tokens as estimate_tokens
 from ._worker import Worker as Worker
 from ._worker import WorkerInfo as WorkerInfo

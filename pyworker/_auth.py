@@ -23,7 +23,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
-from ._payload import Fields, PayloadError, _type_name
+from ._payload import Fields, PayloadError, json_type_name
 
 __all__ = [
     "AuthData",
@@ -58,7 +58,7 @@ def _string_or_number(fields: Fields, name: str) -> object:
         return None
     value = fields.data[name]
     if isinstance(value, bool) or not isinstance(value, str | int | float):
-        fields.errors[name] = f"must be a string or a number, not {_type_name(value)}"
+        fields.errors[name] = f"must be a string or a number, not {json_type_name(value)}"
     return value
 
 
@@ -98,7 +98,7 @@ class AuthData:
                 missing or of the wrong type (one message per field).
         """
         if not isinstance(obj, dict):
-            raise PayloadError({"": f"must be a JSON object, not {_type_name(obj)}"})
+            raise PayloadError({"": f"must be a JSON object, not {json_type_name(obj)}"})
         fields = Fields(obj)
         signature = fields.string("signature")
         cost = _string_or_number(fields, "cost")

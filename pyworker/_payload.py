@@ -25,7 +25,8 @@ class PayloadError(Exception):
         return json.dumps(self.errors)
 
 
-def _type_name(value: object) -> str:
+def json_type_name(value: object) -> str:
+    """The JSON name of a decoded value's type, for error messages ("integer", "array", …)."""
     return {
         bool: "boolean",
         int: "integer",
@@ -57,7 +58,7 @@ class Fields:
             self.data: dict[str, Any] = data
         else:
             self.data = {}
-            self.errors[""] = f"must be a JSON object, not {_type_name(data)}"
+            self.errors[""] = f"must be a JSON object, not {json_type_name(data)}"
 
     def _get(self, name: str, default: Any) -> Any:
         value = self.data.get(name, _MISSING)
@@ -73,7 +74,7 @@ class Fields:
         if value is _MISSING or value is default:
             return value
         if not isinstance(value, str):
-            self.errors[name] = f"must be a string, not {_type_name(value)}"
+            self.errors[name] = f"must be a string, not {json_type_name(value)}"
         elif max_length is not None and len(value) > max_length:
             self.errors[name] = f"must be at most {max_length} characters"
         return value
@@ -91,7 +92,7 @@ class Fields:
         if value is _MISSING or value is default:
             return value
         if isinstance(value, bool) or not isinstance(value, int):
-            self.errors[name] = f"must be an integer, not {_type_name(value)}"
+            self.errors[name] = f"must be an integer, not {json_type_name(value)}"
         elif minimum is not None and value < minimum:
             self.errors[name] = f"must be at least {minimum}"
         elif maximum is not None and value > maximum:
@@ -111,7 +112,7 @@ class Fields:
         if value is _MISSING or value is default:
             return value
         if isinstance(value, bool) or not isinstance(value, int | float):
-            self.errors[name] = f"must be a number, not {_type_name(value)}"
+            self.errors[name] = f"must be a number, not {json_type_name(value)}"
         elif not math.isfinite(value):
             self.errors[name] = "must be a finite number"
         elif minimum is not None and value < minimum:
@@ -126,7 +127,7 @@ class Fields:
         if value is _MISSING or value is default:
             return value
         if not isinstance(value, bool):
-            self.errors[name] = f"must be a boolean, not {_type_name(value)}"
+            self.errors[name] = f"must be a boolean, not {json_type_name(value)}"
         return value
 
     def obj(self, name: str, *, default: Any = _MISSING) -> Any:
@@ -135,7 +136,7 @@ class Fields:
         if value is _MISSING or value is default:
             return value
         if not isinstance(value, dict):
-            self.errors[name] = f"must be a JSON object, not {_type_name(value)}"
+            self.errors[name] = f"must be a JSON object, not {json_type_name(value)}"
         return value
 
     def nested(self, name: str, errors: Mapping[str, Any]) -> None:

@@ -503,6 +503,12 @@ async def test_client_disconnect_reaches_the_model_server(
         nursery, tmp_path, "openai", *FAST, "--max-model-len", "1000000", wait_ready=True
     )
     payload = {**CHAT, "max_tokens": 100_000, "stream": True}
+    async with httpx.AsyncClient(base_url=stack.fake.url, trust_env=False) as fake:
+        # The benchmark may still be winding down its abandoned requests: start from a
+        # quiet model server.
+        with trio.fail_after(5):
+            while (before := (await fake.get("/stats")).json())["in_flight"]:
+                await trio.sleep(0.01)
     with trio.CancelScope() as drop:
         envelope = stack.envelope(payload)
         async with stack.http.stream(
@@ -517,11 +523,10 @@ async def test_client_disconnect_reaches_the_model_server(
         with trio.fail_after(5):
             while True:
                 stats = (await fake.get("/stats")).json()
-                if stats["cancelled"] >= 1:
+                if stats["cancelled"] > before["cancelled"] and not stats["in_flight"]:
                     break
                 await trio.sleep(0.01)
-    assert stats["in_flight"] == 0
-    assert stats["tokens_generated"] < 100_000
+    assert stats["tokens_generated"] - before["tokens_generated"] < 100_000
     await _idle(stack)
     assert stack.worker.tracker.in_flight == 0
 

@@ -56,6 +56,7 @@ from pyworker import (
     LogRule,
     estimate_tokens,
     json_body,
+    json_type_name,
 )
 
 __all__ = [
@@ -142,18 +143,6 @@ def _positive_env(env: Mapping[str, str], name: str, default: int) -> int:
 
 
 # -- validation ------------------------------------------------------------------------------
-def _type_name(value: object) -> str:
-    return {
-        bool: "boolean",
-        int: "integer",
-        float: "number",
-        str: "string",
-        list: "array",
-        dict: "object",
-        type(None): "null",
-    }.get(type(value), type(value).__name__)
-
-
 def _is_token_id(value: object) -> bool:
     return type(value) is int and value >= 0
 
@@ -169,7 +158,7 @@ def _prompt_tokens(prompt: object) -> tuple[int, int] | str:
     if isinstance(prompt, str):
         return estimate_tokens(prompt), 1
     if not isinstance(prompt, list):
-        return f"must be {_PROMPT_SHAPES}, not {_type_name(prompt)}"
+        return f"must be {_PROMPT_SHAPES}, not {json_type_name(prompt)}"
     if not prompt:
         return "must not be empty"
     first = prompt[0]
@@ -198,7 +187,7 @@ def _content_tokens(content: object) -> int | str:
     if content is None:
         return 0  # an assistant message that only carries tool calls
     if not isinstance(content, list):
-        return f"must be a string or a list of content parts, not {_type_name(content)}"
+        return f"must be a string or a list of content parts, not {json_type_name(content)}"
     total = 0
     for index, part in enumerate(content):
         if not isinstance(part, dict) or not isinstance(part.get("type"), str):
@@ -220,7 +209,7 @@ def _messages_tokens(fields: Fields) -> int:
         fields.errors["messages"] = "missing parameter"
         return 0
     if not isinstance(messages, list):
-        fields.errors["messages"] = f"must be a list of messages, not {_type_name(messages)}"
+        fields.errors["messages"] = f"must be a list of messages, not {json_type_name(messages)}"
         return 0
     if not messages:
         fields.errors["messages"] = "must contain at least one message"
@@ -229,14 +218,14 @@ def _messages_tokens(fields: Fields) -> int:
     errors: dict[str, Any] = {}
     for index, message in enumerate(messages):
         if not isinstance(message, dict):
-            errors[str(index)] = f"must be an object, not {_type_name(message)}"
+            errors[str(index)] = f"must be an object, not {json_type_name(message)}"
             continue
         problems: dict[str, str] = {}
         role = message.get("role")
         if role is None:
             problems["role"] = "missing parameter"
         elif not isinstance(role, str):
-            problems["role"] = f"must be a string, not {_type_name(role)}"
+            problems["role"] = f"must be a string, not {json_type_name(role)}"
         if "content" not in message and "tool_calls" not in message:
             problems["content"] = "missing parameter"
         else:
@@ -338,7 +327,7 @@ def parse_chat(payload: object, settings: Settings = DEFAULT_SETTINGS) -> Job:
             # Templates render tool definitions into the prompt.
             prompt_tokens += estimate_tokens(json_body(tools).decode())
         else:
-            fields.errors["tools"] = f"must be a list, not {_type_name(tools)}"
+            fields.errors["tools"] = f"must be a list, not {json_type_name(tools)}"
     fields.check()
     wanted = max_completion_tokens or max_tokens or settings.default_chat_max_tokens
     return Job(
