@@ -10,7 +10,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import attrs
 import trio
@@ -18,7 +18,7 @@ import trio
 from ._backend import UnknownBackendError, available_backends, load_backend
 from ._config import ConfigError, WorkerConfig, default_state_dir
 from ._lifecycle import StateChange
-from ._process import port_available
+from ._process import free_port, port_available
 
 log = logging.getLogger("pyworker")
 
@@ -26,9 +26,16 @@ _VAST_VARIABLES = ("MODEL_LOG", "REPORT_ADDR")
 _HARD_STOP_MARGIN = 10.0
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, except that a bad option is one line, like every other start-up error."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"pyworker: error: {message} (see --help)\n")
+
+
 def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     """The argument parser; defaults come from the environment."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="python -m pyworker",
         description=(
             "Run the worker in front of a model server. With the Vast environment set "
@@ -294,6 +301,9 @@ def main(argv: Sequence[str] | None = None) -> None:
             parser.error(f"WORKER_PORT must be an integer, not {env['WORKER_PORT']!r}")
     try:
         config, demo = config_from_args(args, env)
+        if not demo and config.port == 0:
+            # Choose the port now: the URL in reports and signatures must name the real one.
+            config = attrs.evolve(config, port=free_port(config.host))
         backend = load_backend(config.backend)
         if demo and backend.demo is None:
             raise ConfigError(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import attrs
@@ -40,6 +41,16 @@ def _positive(_: object, attribute: attrs.Attribute[float], value: float) -> Non
         raise ConfigError(f"{attribute.name.replace('_', '-')} must be positive, not {value}")
 
 
+def _at_least_one(_: object, attribute: attrs.Attribute[Any], value: int | None) -> None:
+    if value is not None and value < 1:
+        raise ConfigError(f"{attribute.name.replace('_', '-')} must be at least 1, not {value}")
+
+
+def _port(_: object, attribute: attrs.Attribute[int], value: int) -> None:
+    if not 0 <= value <= 65535:
+        raise ConfigError(f"port {value} is out of range (0 to 65535)")
+
+
 @attrs.frozen(kw_only=True)
 class WorkerConfig:
     """Everything the worker needs to run.
@@ -50,7 +61,7 @@ class WorkerConfig:
 
     backend: str
     host: str = "0.0.0.0"
-    port: int = 3000
+    port: int = attrs.field(default=3000, validator=_port)
     public_url: str = ""
     """This worker's URL as clients see it (signed by the router); derived when empty."""
     use_ssl: bool = False
@@ -67,7 +78,7 @@ class WorkerConfig:
     """Where to fetch the router's key; empty: ``{REPORT_ADDR}/pubkey/``."""
     pubkey_file: str = ""
     pubkey_pem: str = ""
-    max_body_bytes: int = 16 * 1024 * 1024
+    max_body_bytes: int = attrs.field(default=16 * 1024 * 1024, validator=_at_least_one)
     body_timeout: float = attrs.field(default=30.0, validator=_positive)
     connect_timeout: float = attrs.field(default=10.0, validator=_positive)
     read_timeout: float = attrs.field(default=600.0, validator=_positive)
@@ -78,7 +89,7 @@ class WorkerConfig:
     health_failures: int = 3
     state_dir: Path = attrs.field(factory=default_state_dir)
     force_benchmark: bool = False
-    benchmark_runs: int | None = None
+    benchmark_runs: int | None = attrs.field(default=None, validator=_at_least_one)
     disk_path: str = "/"
     mtoken: str = ""
 

@@ -51,11 +51,17 @@ class HealthChecker:
         while True:
             await self.watch.wait_state(State.READY)
             failed = 0
-            while lifecycle.current is State.READY:
+            # A restart can pass through loading and back to ready between two checks (a fast
+            # load, a cached benchmark) without this task seeing it: the load count tells, so
+            # the old server's failures are never held against the new one.
+            load = lifecycle.loads_completed
+            while lifecycle.current is State.READY and lifecycle.loads_completed == load:
                 reason = await self.check_once()
+                if lifecycle.current is not State.READY or lifecycle.loads_completed != load:
+                    break  # the answer is about a model server that has been replaced
                 if not reason:
                     failed = 0
-                elif lifecycle.current is State.READY:
+                else:
                     failed += 1
                     log.warning(
                         "model server health check failed (%d/%d): %s",

@@ -30,6 +30,10 @@ class UpstreamTimeout(UpstreamError):
     """The model server did not answer within the timeout."""
 
 
+class _ConnectionReset(UpstreamError):
+    """The peer reset the connection (as a kernel does for data sent after a close)."""
+
+
 class _StaleConnection(Exception):
     """A reused keep-alive connection broke before any byte of a response arrived."""
 
@@ -192,7 +196,7 @@ class UpstreamPool:
             head.append((b"content-length", str(len(body)).encode()))
         head.extend(headers)
         while True:
-            conn = self._idle.pop() if self._idle else await self._connect()
+            conn = self._take_idle() or await self._connect()
             try:
                 return await self._exchange(conn, method, target, head, body)
             except _StaleConnection:
@@ -229,8 +233,10 @@ class UpstreamPool:
                 event = await self._next_event(conn)
             except UpstreamTimeout:
                 raise
-            except UpstreamError as exc:
-                # Stale only if the server said nothing at all: no 1xx, no partial head.
+            except _ConnectionReset as exc:
+                # Stale only if the server reset the connection having said nothing at all
+                # (no 1xx, no partial head). A clean close after reading the request is not
+                # retried: the server may have started on it, and a POST must not run twice.
                 if conn.reused and not informational and not conn.h11.trailing_data[0]:
                     raise _StaleConnection from exc
                 raise
@@ -265,7 +271,7 @@ class UpstreamPool:
                     f"model server sent nothing for {self.read_timeout:g} s"
                 ) from None
             except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-                raise UpstreamError(f"connection to the model server broke: {exc}") from None
+                raise _ConnectionReset(f"connection to the model server broke: {exc}") from None
             h.receive_data(data)
 
     async def _connect(self) -> _Connection:
@@ -284,6 +290,16 @@ class UpstreamPool:
                 f"{exc.strerror or exc}"
             ) from None
         return _Connection(stream=stream, h11=h11.Connection(h11.CLIENT))
+
+    def _take_idle(self) -> _Connection | None:
+        while self._idle:
+            conn = self._idle.pop()
+            # An idle connection with something to read was closed by the server (or sent
+            # garbage): never send a request on it.
+            if not conn.stream.socket.is_readable():
+                return conn
+            conn.stream.socket.close()
+        return None
 
     def _release(self, conn: _Connection) -> None:
         h = conn.h11

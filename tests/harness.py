@@ -15,6 +15,9 @@ real instance.
 from __future__ import annotations
 
 import itertools
+import os
+import time
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -24,8 +27,9 @@ import httpx
 import trio
 from fakes import FakeServer, spawn_fake
 
-from pyworker import State, load_backend
+from pyworker import Backend, State, load_backend
 from pyworker._auth import RouterSigner
+from pyworker._benchmark import BenchmarkCache, BenchmarkResult, BenchmarkSettings, cache_key
 from pyworker._config import WorkerConfig
 from pyworker._process import free_port
 from pyworker._standin import StandIn, serve_standin
@@ -53,6 +57,9 @@ class Stack:
     info: WorkerInfo
     http: httpx.AsyncClient
     shutdown: trio.Event
+    nursery: trio.Nursery | None = None
+    fake_module: str = ""
+    fake_args: tuple[str, ...] = ()
     _reqnums: itertools.count[int] = attrs.field(factory=lambda: itertools.count(1))
 
     @property
@@ -80,6 +87,86 @@ class Stack:
         """POST a signed envelope to the worker and read the whole answer."""
         return await self.http.post(self.url + route, json=self.envelope(payload), **kwargs)
 
+    async def stats(self) -> dict[str, int]:
+        """The fake model server's ``GET /stats`` counters."""
+        response = await self.http.get(self.fake.url + "/stats")
+        response.raise_for_status()
+        stats: dict[str, int] = response.json()
+        return stats
+
+    async def status(self) -> dict[str, Any]:
+        """The worker's ``GET /status``."""
+        response = await self.http.get(self.url + "/status")
+        status: dict[str, Any] = response.json()
+        return status
+
+    async def restart_fake(self, *fake_args: str) -> FakeServer:
+        """Stop the model server and start a new one on the same port and log path, as a
+        Vast start script does after a crash: the old log becomes ``MODEL_LOG.old``.
+
+        ``fake_args`` replace the knobs the stack was started with (default: the same).
+        """
+        assert self.nursery is not None
+        port = self.fake.port
+        assert port is not None
+        await self.fake.aclose()
+        log_path = self.fake.log_path
+        os.replace(log_path, log_path.with_name(log_path.name + ".old"))
+        args = fake_args or self.fake_args
+        self.fake = await spawn_fake(
+            self.nursery, self.fake_module, *args, "--port", str(port), log_path=log_path
+        )
+        self.fake.port = port
+        return self.fake
+
+
+async def eventually(
+    check: Callable[[], Any], *, what: str = "condition", poll: float = 0.01
+) -> Any:
+    """Poll ``check`` (sync or async) until it returns a truthy value, and return that value.
+
+    For state outside this process (a child's counters, its log): callers bound the wait with
+    ``trio.fail_after``; ``what`` names the condition in the error when that fires.
+    """
+    started = time.monotonic()
+    try:
+        while True:
+            value = check()
+            if hasattr(value, "__await__"):
+                value = await value
+            if value:
+                return value
+            await trio.sleep(poll)
+    except trio.Cancelled:
+        # Still raise the Cancelled; say what was awaited for whoever reads the log.
+        print(f"still waiting for {what} after {time.monotonic() - started:.1f} s")
+        raise
+
+
+def seed_benchmark(
+    state_dir: Path, backend: Backend, *, max_perf: float, runs: int | None = None
+) -> str:
+    """Write a cached benchmark result, so a worker with ``benchmark_runs=runs`` on
+    ``state_dir`` becomes ready without benchmarking, with capacity ``max_perf``.
+
+    Returns:
+        The cache key.
+    """
+    settings = BenchmarkSettings.for_backend(backend, runs)
+    key = cache_key(backend, backend.model_id(os.environ), settings)
+    cache = BenchmarkCache(directory=state_dir)
+    cache._store_sync(
+        BenchmarkResult(
+            max_perf=max_perf,
+            workload=max_perf,
+            elapsed=1.0,
+            runs=settings.runs,
+            key=key,
+            measured_at=time.time(),
+        )
+    )
+    return key
+
 
 async def start_stack(
     nursery: trio.Nursery,
@@ -88,6 +175,7 @@ async def start_stack(
     *fake_args: str,
     fake_module: str | None = None,
     wait_ready: bool = False,
+    backend: Backend | None = None,
     **config: Any,
 ) -> Stack:
     """Start a fake model server, a stand-in autoscaler and a worker.
@@ -99,9 +187,12 @@ async def start_stack(
         *fake_args: knobs for the fake model server.
         fake_module: the fake's module; default: the one the backend's demo runs.
         wait_ready: return only once the worker is ready.
+        backend: serve this backend instead of ``backend_name``'s (e.g. an ``attrs.evolve``d
+            variant); ``backend_name`` still names the fake and the configuration.
         **config: WorkerConfig fields to override (e.g. ``max_queue_time=0``).
     """
-    backend = load_backend(backend_name)
+    if backend is None:
+        backend = load_backend(backend_name)
     if fake_module is None:
         assert backend.demo is not None, f"{backend_name} has no demo model server"
         fake_module = str(backend.demo.argv(0, "")[2])
@@ -142,6 +233,9 @@ async def start_stack(
         info=info,
         http=http,
         shutdown=shutdown,
+        nursery=nursery,
+        fake_module=fake_module,
+        fake_args=fake_args,
     )
     if wait_ready:
         await stack.wait_state(State.READY)

@@ -1,0 +1,495 @@
+"""End to end over real sockets: the hello_world model server as a process, the stand-in
+autoscaler and the worker, talking HTTP. The request path: relaying, signatures, cancellation,
+serial backends, overload, model server failures, reports and the graceful drain.
+
+Most stacks start from a seeded benchmark cache (see ``harness.seed_benchmark``), so they are
+ready at once and the fake's token rate can be slow where slowness is the point;
+``test_reports_*`` runs the real benchmark.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import attrs
+import httpx
+import pytest
+import trio
+from harness import Stack, eventually, seed_benchmark, start_stack
+
+from pyworker import Backend, State, load_backend
+from pyworker._load import LoadTracker, Ticket
+
+HELLO = "hello_world"
+GUARD = 30  # seconds: the absolute bound on each test
+
+
+async def ready_stack(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    *fake_args: str,
+    max_perf: float | None = 1000.0,
+    backend: Backend | None = None,
+    **config: Any,
+) -> Stack:
+    """A stack that is ready: seeded with capacity ``max_perf`` (None: really benchmark)."""
+    config.setdefault("benchmark_runs", 2)
+    if max_perf is not None:
+        seed_benchmark(
+            tmp_path / "state",
+            backend or load_backend(HELLO),
+            max_perf=max_perf,
+            runs=config["benchmark_runs"],
+        )
+    return await start_stack(
+        nursery,
+        tmp_path,
+        HELLO,
+        "--load-delay",
+        "0.05",
+        *fake_args,
+        wait_ready=True,
+        backend=backend,
+        **config,
+    )
+
+
+def prompt(tokens: int, text: str = "hi") -> dict[str, object]:
+    return {"prompt": text, "max_response_tokens": tokens}
+
+
+@attrs.define
+class Events:
+    """Server-sent events as they arrive, with their arrival times."""
+
+    started: float
+    events: list[tuple[float, dict[str, Any]]] = attrs.Factory(list)
+    chunks: int = 0
+    _buffer: bytes = b""
+
+    def feed(self, chunk: bytes) -> list[dict[str, Any]]:
+        now = trio.current_time()
+        self.chunks += 1
+        self._buffer += chunk
+        *complete, self._buffer = self._buffer.split(b"\n\n")
+        new = [json.loads(block.removeprefix(b"data: ")) for block in complete if block]
+        self.events.extend((now, event) for event in new)
+        return new
+
+    @property
+    def tokens(self) -> list[dict[str, Any]]:
+        return [event for _, event in self.events if "token" in event]
+
+
+@attrs.define
+class Spy:
+    """Which tickets the worker's load tracker finished and cancelled."""
+
+    finished: list[int] = attrs.Factory(list)
+    cancelled: list[int] = attrs.Factory(list)
+
+
+@pytest.fixture
+def tracker_spy(monkeypatch: pytest.MonkeyPatch) -> Spy:
+    spy = Spy()
+    finished, cancelled = LoadTracker.finished, LoadTracker.cancelled
+
+    def on_finished(self: LoadTracker, ticket: Ticket, now: float, **kwargs: Any) -> None:
+        spy.finished.append(ticket.id)
+        finished(self, ticket, now, **kwargs)
+
+    def on_cancelled(self: LoadTracker, ticket: Ticket) -> None:
+        spy.cancelled.append(ticket.id)
+        cancelled(self, ticket)
+
+    monkeypatch.setattr(LoadTracker, "finished", on_finished)
+    monkeypatch.setattr(LoadTracker, "cancelled", on_cancelled)
+    return spy
+
+
+async def read_stream(stack: Stack, payload: object, events: Events) -> None:
+    """POST to /generate_stream and feed ``events`` until the stream ends."""
+    url = stack.url + "/generate_stream"
+    async with stack.http.stream("POST", url, json=stack.envelope(payload)) as stream:
+        assert stream.status_code == 200
+        assert stream.headers["content-type"].startswith("text/event-stream")
+        async for chunk in stream.aiter_raw():
+            events.feed(chunk)
+
+
+async def stats_where(stack: Stack, check: Callable[[dict[str, int]], bool]) -> dict[str, int]:
+    """Poll the fake's /stats until ``check`` holds (bounded by the test's guard)."""
+
+    async def probe() -> dict[str, int] | None:
+        stats = await stack.stats()
+        return stats if check(stats) else None
+
+    result: dict[str, int] = await eventually(probe, what="fake /stats condition")
+    return result
+
+
+# -- relaying ------------------------------------------------------------------------------------
+
+
+async def test_json_and_stream_are_relayed(nursery: trio.Nursery, tmp_path: Path) -> None:
+    with trio.fail_after(GUARD):
+        stack = await ready_stack(nursery, tmp_path, "--token-rate", "40")
+        response = await stack.post("/generate", prompt(3, "hello there"))
+        assert response.status_code == 200, response.text
+        assert response.headers["content-type"] == "application/json"
+        body = response.json()
+        assert body["generated_tokens"] == 3
+        assert body["prompt_tokens"] == 2
+        assert len(body["response"].split()) == 3
+
+        # 20 tokens at 40 per second: the first event must arrive long before the last one
+        # is generated, i.e. the worker relays events as they come.
+        events = Events(started=trio.current_time())
+        await read_stream(stack, prompt(20), events)
+        assert len(events.tokens) == 20
+        assert events.events[-1][1] == {"done": True, "prompt_tokens": 1, "generated_tokens": 20}
+        first = events.events[0][0] - events.started
+        last = events.events[-1][0] - events.started
+        assert first < last / 4, (first, last)
+        assert events.chunks >= 10  # not buffered into one or two writes
+
+        # The model server's health answer, relayed.
+        health = await stack.http.get(stack.url + "/healthcheck")
+        assert (health.status_code, health.json()) == (200, {"status": "ok"})
+
+
+async def test_model_server_errors_are_passed_through(
+    nursery: trio.Nursery, tmp_path: Path, tracker_spy: Spy
+) -> None:
+    with trio.fail_after(GUARD):
+        stack = await ready_stack(nursery, tmp_path, "--error-rate", "1")
+        response = await stack.post("/generate", prompt(2))
+        assert response.status_code == 500
+        assert response.json() == {"error": "injected failure"}
+        response = await stack.post("/generate_stream", prompt(2))
+        assert response.status_code == 500
+        await eventually(lambda: stack.worker.tracker.in_flight == 0, what="tracker idle")
+        # The model server answered: finished, not cancelled.
+        assert len(tracker_spy.finished) == 2
+        assert tracker_spy.cancelled == []
+
+
+async def test_signatures_tampering_and_replays(nursery: trio.Nursery, tmp_path: Path) -> None:
+    with trio.fail_after(GUARD):
+        stack = await ready_stack(nursery, tmp_path)
+        url = stack.url + "/generate"
+        payload = prompt(1)
+
+        async def send(auth: dict[str, Any]) -> httpx.Response:
+            return await stack.http.post(url, json={"auth_data": auth, "payload": payload})
+
+        assert (await send(stack.auth_data())).status_code == 200
+        for field, value in (("cost", 1), ("reqnum", 10_000), ("url", "http://127.0.0.1:1")):
+            auth = stack.auth_data(cost=100)
+            auth[field] = value if field != "reqnum" else auth["reqnum"] + value
+            response = await send(auth)
+            assert response.status_code == 401, (field, response.text)
+            assert response.json()["error"]
+
+        envelope = stack.envelope(payload)
+        assert (await stack.http.post(url, json=envelope)).status_code == 200
+        replayed = await stack.http.post(url, json=envelope)
+        assert replayed.status_code == 401
+        assert "replay" in replayed.json()["error"]
+
+        # The 2025 router signs the URL only, and adds fields of its own: accepted, once.
+        signer = stack.standin.signer
+        auth_2025 = signer.sign_2025(stack.info.url, cost=5, endpoint="e", reqnum=500)
+        auth_2025["request_idx"] = 500
+        assert (await send(auth_2025)).status_code == 200
+        assert (await send(auth_2025)).status_code == 401
+        # A signature over another worker's URL: refused.
+        other = stack.auth_data()
+        other["signature"] = signer.sign_2025("http://elsewhere:1", reqnum=1)["signature"]
+        assert (await send(other)).status_code == 401
+
+        # reqnum 500 was accepted: one more than 100 below it is too old, even freshly signed.
+        old = signer.sign(cost=1, endpoint="e", reqnum=399, url=stack.info.url)
+        response = await send(old)
+        assert response.status_code == 401
+        assert "too old" in response.json()["error"]
+        recent = signer.sign(cost=1, endpoint="e", reqnum=401, url=stack.info.url)
+        assert (await send(recent)).status_code == 200
+
+
+# -- cancellation --------------------------------------------------------------------------------
+
+
+async def test_client_leaving_mid_stream_cancels_upstream(
+    nursery: trio.Nursery, tmp_path: Path, tracker_spy: Spy
+) -> None:
+    with trio.fail_after(GUARD):
+        stack = await ready_stack(nursery, tmp_path, "--token-rate", "50")
+        events = Events(started=trio.current_time())
+        url = stack.url + "/generate_stream"
+        with trio.CancelScope() as scope:
+            async with stack.http.stream("POST", url, json=stack.envelope(prompt(500))) as stream:
+                async for chunk in stream.aiter_raw():
+                    if events.feed(chunk):
+                        scope.cancel()  # gone after the first event, ~490 tokens early
+        assert events.tokens
+        stats = await stats_where(stack, lambda s: s["cancelled"] == 1 and s["in_flight"] == 0)
+        assert stats["completed"] == 0
+        assert stats["tokens_generated"] < 100
+        await eventually(lambda: stack.worker.tracker.in_flight == 0, what="tracker idle")
+        assert len(tracker_spy.cancelled) == 1
+        assert tracker_spy.finished == []
+
+
+async def test_client_leaving_mid_json_request_cancels_upstream(
+    nursery: trio.Nursery, tmp_path: Path, tracker_spy: Spy
+) -> None:
+    with trio.fail_after(GUARD):
+        stack = await ready_stack(nursery, tmp_path, "--token-rate", "50")
+        async with trio.open_nursery() as clients:
+            clients.start_soon(stack.post, "/generate", prompt(500))
+            await stats_where(stack, lambda s: s["in_flight"] == 1)
+            clients.cancel_scope.cancel()
+        stats = await stats_where(stack, lambda s: s["cancelled"] == 1 and s["in_flight"] == 0)
+        assert stats["completed"] == 0
+        await eventually(lambda: stack.worker.tracker.in_flight == 0, what="tracker idle")
+        assert len(tracker_spy.cancelled) == 1
+        assert tracker_spy.finished == []
+        # The worker still serves the next client.
+        assert (await stack.post("/generate", prompt(2))).status_code == 200
+
+
+# -- admission -----------------------------------------------------------------------------------
+
+
+async def test_serial_backend_gets_one_request_at_a_time_in_order(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    serial = attrs.evolve(load_backend(HELLO), allow_parallel_requests=False)
+    with trio.fail_after(GUARD):
+        stack = await ready_stack(nursery, tmp_path, "--token-rate", "200", backend=serial)
+        done: list[int] = []
+
+        async def client(i: int) -> None:
+            response = await stack.post("/generate", prompt(40, f"request number {i}"))
+            assert response.status_code == 200, response.text
+            done.append(i)
+
+        async with trio.open_nursery() as clients:
+            for i in range(4):
+                clients.start_soon(client, i)
+                # Arrival order: each request is admitted before the next one is sent.
+                await _wait_admitted(stack, i + 1)
+            # A fifth client gives up while waiting for its turn: it never reaches the model.
+            with trio.CancelScope() as impatient:
+                clients.start_soon(_cancel_when_admitted, stack, 5, impatient)
+                await stack.post("/generate", prompt(40, "impatient"))
+        assert done == [0, 1, 2, 3]
+        stats = await stack.stats()
+        assert stats["max_concurrent"] == 1
+        assert stats["completed"] == 4
+        assert stats["cancelled"] == 0
+        await eventually(lambda: stack.worker.tracker.in_flight == 0, what="tracker idle")
+
+
+async def _wait_admitted(stack: Stack, in_flight: int) -> None:
+    await eventually(lambda: stack.worker.tracker.in_flight == in_flight, what="admitted")
+
+
+async def _cancel_when_admitted(stack: Stack, in_flight: int, scope: trio.CancelScope) -> None:
+    await _wait_admitted(stack, in_flight)
+    scope.cancel()
+
+
+async def test_overload_answers_429_and_reports_rejected_load(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    with trio.fail_after(GUARD):
+        # Capacity 100/s and a 1 s queue limit; the fake serves 100 tokens/s per request.
+        stack = await ready_stack(
+            nursery, tmp_path, "--token-rate", "100", max_perf=100.0, max_queue_time=1.0
+        )
+        async with trio.open_nursery() as clients:
+            results: dict[str, httpx.Response] = {}
+
+            async def first() -> None:
+                results["first"] = await stack.post("/generate", prompt(60))  # workload 61
+
+            clients.start_soon(first)
+            await eventually(lambda: stack.worker.tracker.in_flight == 1, what="admitted")
+            # (61 + 101) / 100 = 1.6 s expected wait > 1 s.
+            refused = await stack.post("/generate", prompt(100))
+            assert refused.status_code == 429, refused.text
+            assert int(refused.headers["retry-after"]) >= 1
+            assert "queue" in refused.json()["error"]
+            # (61 + 11) / 100 = 0.7 s: admitted alongside.
+            small = await stack.post("/generate", prompt(10))
+            assert small.status_code == 200
+        assert results["first"].status_code == 200
+        reports = stack.standin.reports
+        await eventually(lambda: any(r["rej_load"] > 0 for r in reports), what="rej_load")
+        # Once every interval is reported, only the two admitted requests count as received.
+        stack.shutdown.set()
+        await eventually(lambda: reports[-1]["state"] == "stopped", what="final report")
+        assert sum(r["num_requests_recieved"] for r in reports) == 2
+
+
+# -- model server failures -----------------------------------------------------------------------
+
+
+async def test_dead_model_server_is_502(nursery: trio.Nursery, tmp_path: Path) -> None:
+    with trio.fail_after(GUARD):
+        stack = await ready_stack(nursery, tmp_path)
+        assert (await stack.post("/generate", prompt(2))).status_code == 200
+        await stack.fake.aclose()
+        for _ in range(2):  # a stale pooled connection, then a refused one
+            response = await stack.post("/generate", prompt(2))
+            assert response.status_code == 502
+            assert response.headers["content-type"] == "application/json"
+            assert "model server" in response.json()["error"]
+        await eventually(lambda: stack.worker.tracker.in_flight == 0, what="tracker idle")
+
+
+async def test_hung_model_server_times_out(nursery: trio.Nursery, tmp_path: Path) -> None:
+    with trio.fail_after(GUARD):
+        stack = await ready_stack(nursery, tmp_path, "--hang-after", "10", read_timeout=0.5)
+        response = await stack.post("/generate", prompt(20))
+        assert response.status_code == 504
+        assert "sent nothing" in response.json()["error"]
+
+        events = Events(started=trio.current_time())
+        with pytest.raises(httpx.RemoteProtocolError):
+            await read_stream(stack, prompt(20), events)
+        assert len(events.tokens) == 10
+        assert not any(event.get("done") for _, event in events.events)
+        # Both hung requests were abandoned upstream, so the model server stopped them.
+        await stats_where(stack, lambda s: s["cancelled"] == 2 and s["in_flight"] == 0)
+        await eventually(lambda: stack.worker.tracker.in_flight == 0, what="tracker idle")
+
+
+async def test_model_server_crash_mid_stream_breaks_the_response(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    with trio.fail_after(GUARD):
+        stack = await ready_stack(nursery, tmp_path, "--crash-after", "10")
+        events = Events(started=trio.current_time())
+        with pytest.raises(httpx.RemoteProtocolError):
+            await read_stream(stack, prompt(20), events)
+        assert len(events.tokens) <= 10
+        assert not any(event.get("done") for _, event in events.events)
+        assert await stack.fake.wait() == 1
+        await eventually(lambda: stack.worker.tracker.in_flight == 0, what="tracker idle")
+        assert (await stack.post("/generate", prompt(2))).status_code == 502
+
+
+# -- reports -------------------------------------------------------------------------------------
+
+REPORT_FIELDS: dict[str, type | tuple[type, ...]] = {
+    "id": int,
+    "url": str,
+    "loadtime": (int, float),
+    "max_perf": (int, float),
+    "cur_perf": (int, float),
+    "cur_load": (int, float),
+    "error_msg": str,
+    "num_requests_working": int,
+    "num_requests_recieved": int,
+    "additional_disk_usage": (int, float),
+    "cur_capacity": int,
+    "max_capacity": int,
+    "new_load": (int, float),
+    "rej_load": (int, float),
+    "working_request_idxs": list,
+    "version": str,
+    "mtoken": str,
+}
+
+
+async def test_reports_carry_every_field_and_loadtime_once(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    with trio.fail_after(GUARD):
+        stack = await ready_stack(nursery, tmp_path, "--token-rate", "1000", max_perf=None)
+        reports = stack.standin.reports
+        await eventually(lambda: any(r["state"] == "ready" for r in reports), what="ready report")
+        response = await stack.post("/generate", prompt(50))
+        assert response.status_code == 200
+        await eventually(
+            lambda: any(r["num_requests_recieved"] for r in reports), what="load report"
+        )
+        stack.shutdown.set()
+        await eventually(lambda: reports[-1]["state"] == "stopped", what="final report")
+
+        for report in reports:
+            for field, kind in REPORT_FIELDS.items():
+                assert isinstance(report[field], kind), (field, report)
+            assert report["id"] == 7
+            assert report["url"] == stack.info.url
+            assert report["cur_capacity"] == report["max_capacity"] == 0
+            assert report["error_msg"] == ""
+            assert report["version"]
+            assert all(math.isfinite(report[f]) for f in ("cur_load", "cur_perf", "max_perf"))
+        states = [r["state"] for r in reports]
+        assert states[0] == "loading"
+        with_loadtime = [r for r in reports if r["loadtime"] > 0]
+        assert len(with_loadtime) == 1
+        first_ready = next(r for r in reports if r["state"] == "ready")
+        assert with_loadtime[0] is first_ready
+        assert 0 < first_ready["loadtime"] < GUARD
+        assert first_ready["max_perf"] == pytest.approx(stack.worker.lifecycle.max_perf)
+        assert first_ready["max_perf"] > 0
+        busy = next(r for r in reports if r["num_requests_recieved"])
+        assert busy["num_requests_recieved"] == 1
+        assert busy["new_load"] > 0
+        assert sum(r["num_requests_recieved"] for r in reports) == 1
+        assert reports[-1]["num_requests_working"] == 0
+        assert reports[-1]["working_request_idxs"] == []
+
+
+# -- graceful drain ------------------------------------------------------------------------------
+
+
+async def test_graceful_drain_finishes_requests_in_flight(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    with trio.fail_after(GUARD):
+        stack = await ready_stack(nursery, tmp_path, "--token-rate", "100")
+        results: dict[str, Any] = {}
+
+        async def json_request() -> None:
+            results["json"] = await stack.post("/generate", prompt(50))
+
+        async def stream_request() -> None:
+            events = Events(started=trio.current_time())
+            await read_stream(stack, prompt(50), events)
+            results["stream"] = events
+
+        async with trio.open_nursery() as clients:
+            clients.start_soon(json_request)
+            clients.start_soon(stream_request)
+            await stats_where(stack, lambda s: s["in_flight"] == 2)
+            stack.shutdown.set()
+            await stack.wait_state(State.DRAINING)
+            refused = await stack.post("/generate", prompt(2))
+            assert refused.status_code == 503
+            assert refused.json() == {"error": "worker is shutting down", "state": "draining"}
+        # Zero loss: both answers are whole.
+        assert results["json"].status_code == 200
+        assert results["json"].json()["generated_tokens"] == 50
+        assert len(results["stream"].tokens) == 50
+        assert results["stream"].events[-1][1]["done"] is True
+
+        await stack.wait_state(State.STOPPED)
+        reports = stack.standin.reports
+        await eventually(lambda: reports[-1]["state"] == "stopped", what="final report")
+        assert reports[-1]["num_requests_working"] == 0
+        stats = await stack.stats()
+        assert stats["completed"] == 2
+        assert stats["cancelled"] == 0
+        # The worker no longer listens.
+        with pytest.raises(httpx.ConnectError):
+            await stack.http.get(stack.url + "/ping")

@@ -1,0 +1,386 @@
+"""The h11 upstream pool against in-process model servers: keep-alive, streaming, timeouts,
+stale connections and abandoned responses."""
+
+from __future__ import annotations
+
+import socket
+import struct
+from collections.abc import AsyncIterator, Awaitable, Callable
+from functools import partial
+
+import h11
+import pytest
+import trio
+
+from backends._fakekit import HTTPServer, Request, Response, StreamResponse
+from pyworker._upstream import UpstreamError, UpstreamPool, UpstreamTimeout
+
+GUARD = 10  # seconds: the absolute bound on each test
+
+
+async def _serve(nursery: trio.Nursery, server: HTTPServer) -> UpstreamPool:
+    port: int = await nursery.start(server.serve)
+    return UpstreamPool(host="127.0.0.1", port=port, connect_timeout=2.0, read_timeout=2.0)
+
+
+async def _echo(request: Request) -> Response:
+    return Response.json({"path": request.path, "body": request.body.decode()})
+
+
+async def test_keep_alive_reuses_one_connection(nursery: trio.Nursery) -> None:
+    with trio.fail_after(GUARD):
+        server = HTTPServer(_echo)
+        async with await _serve(nursery, server) as pool:
+            for i in range(3):
+                async with await pool.request(b"POST", b"/p", f"body{i}".encode()) as response:
+                    assert response.status == 200
+                    assert await response.read() == f'{{"path":"/p","body":"body{i}"}}'.encode()
+                    assert response.complete
+            # GET without a body carries no content headers; still on the same connection.
+            async with await pool.request(b"GET", b"/g") as response:
+                assert b'"body":""' in await response.read()
+        assert server.requests == 4
+        assert server.connections == 1
+
+
+async def test_chunked_stream_arrives_chunk_by_chunk(nursery: trio.Nursery) -> None:
+    produced: list[int] = []
+    next_chunk = trio.Event()
+
+    async def chunks() -> AsyncIterator[bytes]:
+        nonlocal next_chunk
+        for i in range(3):
+            produced.append(i)
+            yield f"chunk{i};".encode()
+            # The next chunk exists only once the client has received this one.
+            await next_chunk.wait()
+            next_chunk = trio.Event()
+
+    async def handler(request: Request) -> Response | StreamResponse:
+        if request.path == "/again":
+            return Response.json({})
+        return StreamResponse(chunks=chunks(), content_type=b"text/plain")
+
+    with trio.fail_after(GUARD):
+        server = HTTPServer(handler)
+        async with await _serve(nursery, server) as pool:
+            async with await pool.request(b"POST", b"/s", b"{}") as response:
+                assert response.status == 200
+                assert (b"transfer-encoding", b"chunked") in response.headers
+                for i in range(3):
+                    assert await response.receive() == f"chunk{i};".encode()
+                    assert produced == list(range(i + 1))
+                    next_chunk.set()
+                assert await response.receive() == b""
+                assert response.complete
+            # The connection went back to the pool after the terminating chunk.
+            async with await pool.request(b"GET", b"/again") as response:
+                await response.read()
+        assert server.connections == 1
+
+
+async def test_abandoned_response_closes_the_connection(nursery: trio.Nursery) -> None:
+    gone: list[bool] = []
+    finished = trio.Event()
+
+    async def endless() -> AsyncIterator[bytes]:
+        try:
+            while True:
+                yield b"data: x\n\n"
+                await trio.sleep(0.01)
+        finally:
+            finished.set()
+
+    async def handler(request: Request) -> Response | StreamResponse:
+        if request.path == "/stream":
+            return StreamResponse(chunks=_recording(endless(), request, gone))
+        return Response.json({})
+
+    with trio.fail_after(GUARD):
+        server = HTTPServer(handler)
+        async with await _serve(nursery, server) as pool:
+            response = await pool.request(b"POST", b"/stream", b"{}")
+            assert await response.receive() == b"data: x\n\n"
+            assert not response.complete
+            await response.aclose()
+            # The model server learns at once that nobody listens any more.
+            await finished.wait()
+            assert gone == [True]
+            # Not returned to the pool: the next request needs a new connection.
+            async with await pool.request(b"GET", b"/ok") as again:
+                await again.read()
+        assert server.connections == 2
+
+
+async def _recording(
+    chunks: AsyncIterator[bytes], request: Request, gone: list[bool]
+) -> AsyncIterator[bytes]:
+    try:
+        async for chunk in chunks:
+            yield chunk
+    finally:
+        gone.append(request.client_gone)
+
+
+async def test_cancelled_request_closes_the_connection(nursery: trio.Nursery) -> None:
+    started = trio.Event()
+    stopped = trio.Event()
+    cancelled: list[bool] = []
+
+    async def handler(request: Request) -> Response:
+        started.set()
+        try:
+            await trio.sleep_forever()
+        finally:
+            cancelled.append(request.client_gone)
+            stopped.set()
+
+    with trio.fail_after(GUARD):
+        server = HTTPServer(handler)
+        async with await _serve(nursery, server) as pool:
+            with trio.CancelScope() as scope:
+                nursery.start_soon(_cancel_when, started, scope)
+                await pool.request(b"POST", b"/slow", b"{}")
+            assert scope.cancelled_caught
+            await stopped.wait()
+            assert cancelled == [True]
+
+
+async def _cancel_when(event: trio.Event, scope: trio.CancelScope) -> None:
+    await event.wait()
+    scope.cancel()
+
+
+async def test_read_timeout_before_the_status_line(nursery: trio.Nursery) -> None:
+    async def handler(request: Request) -> Response:
+        await trio.sleep_forever()
+        raise AssertionError  # pragma: no cover
+
+    with trio.fail_after(GUARD):
+        server = HTTPServer(handler)
+        port: int = await nursery.start(server.serve)
+        async with UpstreamPool(host="127.0.0.1", port=port, read_timeout=0.2) as pool:
+            started = trio.current_time()
+            with pytest.raises(UpstreamTimeout, match=r"sent nothing for 0\.2 s"):
+                await pool.request(b"POST", b"/", b"{}")
+            assert trio.current_time() - started < 2
+
+
+async def test_read_timeout_mid_body(nursery: trio.Nursery) -> None:
+    async def stalls() -> AsyncIterator[bytes]:
+        yield b"first"
+        await trio.sleep_forever()
+
+    async def handler(request: Request) -> StreamResponse:
+        return StreamResponse(chunks=stalls())
+
+    with trio.fail_after(GUARD):
+        server = HTTPServer(handler)
+        port: int = await nursery.start(server.serve)
+        async with (
+            UpstreamPool(host="127.0.0.1", port=port, read_timeout=0.2) as pool,
+            await pool.request(b"POST", b"/", b"{}") as response,
+        ):
+            assert await response.receive() == b"first"
+            with pytest.raises(UpstreamTimeout):
+                await response.receive()
+
+
+async def test_connect_timeout(monkeypatch: pytest.MonkeyPatch) -> None:
+    async def never_connects(*args: object, **kwargs: object) -> trio.SocketStream:
+        await trio.sleep_forever()
+        raise AssertionError  # pragma: no cover
+
+    monkeypatch.setattr(trio, "open_tcp_stream", never_connects)
+    with trio.fail_after(GUARD):
+        async with UpstreamPool(host="127.0.0.1", port=9, connect_timeout=0.1) as pool:
+            with pytest.raises(UpstreamTimeout, match="timed out"):
+                await pool.request(b"GET", b"/")
+
+
+async def test_refused_connection_is_an_upstream_error() -> None:
+    with trio.socket.socket() as sock:
+        await sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]  # bound, never listening: connections are refused
+        with trio.fail_after(GUARD):
+            async with UpstreamPool(host="127.0.0.1", port=port) as pool:
+                with pytest.raises(UpstreamError, match="cannot connect") as info:
+                    await pool.request(b"GET", b"/")
+                assert not isinstance(info.value, UpstreamTimeout)
+
+
+async def test_server_dying_mid_body_is_an_upstream_error(nursery: trio.Nursery) -> None:
+    async def handler(stream: trio.SocketStream) -> None:
+        await _read_request(stream)
+        await stream.send_all(
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n"
+        )
+        await stream.aclose()  # no terminating chunk: the response is incomplete
+
+    with trio.fail_after(GUARD):
+        pool = await _raw_server(nursery, handler)
+        async with pool, await pool.request(b"POST", b"/", b"{}") as response:
+            assert await response.receive() == b"hello"
+            with pytest.raises(UpstreamError):
+                await response.receive()
+            assert not response.complete
+
+
+async def test_connection_close_response_is_not_reused(nursery: trio.Nursery) -> None:
+    connections = 0
+
+    async def handler(stream: trio.SocketStream) -> None:
+        nonlocal connections
+        connections += 1
+        await _read_request(stream)
+        await stream.send_all(
+            b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 2\r\n\r\nok"
+        )
+        await stream.aclose()
+
+    with trio.fail_after(GUARD):
+        async with await _raw_server(nursery, handler) as pool:
+            for _ in range(2):
+                async with await pool.request(b"GET", b"/") as response:
+                    assert await response.read() == b"ok"
+        assert connections == 2
+
+
+async def test_stale_idle_connection_is_retried_once(nursery: trio.Nursery) -> None:
+    """A model server that closes idle keep-alive connections (uvicorn does after 5 s, so
+    vLLM and SGLang do) must not cost the next request a 502."""
+    connections = 0
+    closed = trio.Event()
+
+    async def handler(stream: trio.SocketStream) -> None:
+        nonlocal connections
+        connections += 1
+        await _read_request(stream)
+        await stream.send_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+        await stream.aclose()  # keep-alive timeout: closed while the client holds it idle
+        closed.set()
+
+    with trio.fail_after(GUARD):
+        async with await _raw_server(nursery, handler) as pool:
+            async with await pool.request(b"GET", b"/") as response:
+                assert await response.read() == b"ok"
+            await closed.wait()
+            async with await pool.request(b"GET", b"/") as response:
+                assert await response.read() == b"ok"
+        assert connections == 2
+
+
+async def test_stale_idle_connection_reset_is_retried_once(nursery: trio.Nursery) -> None:
+    """A reset before any response byte: the server closed the connection with our request
+    unread (a reset says so), so it never started on it."""
+    requests = 0
+
+    async def handler(stream: trio.SocketStream) -> None:
+        nonlocal requests
+        requests += 1
+        await _read_request(stream)
+        if requests == 1:
+            await stream.send_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+            # Once the reused connection's request arrives, reset it without answering.
+            await trio.lowlevel.wait_readable(stream.socket)
+            stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            await stream.aclose()
+            return
+        await stream.send_all(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nagain")
+        await stream.aclose()
+
+    with trio.fail_after(GUARD):
+        async with await _raw_server(nursery, handler) as pool:
+            async with await pool.request(b"GET", b"/") as response:
+                assert await response.read() == b"ok"
+            async with await pool.request(b"GET", b"/") as response:
+                assert await response.read() == b"again"
+        assert requests == 2
+
+
+async def test_request_the_server_read_is_not_sent_twice(nursery: trio.Nursery) -> None:
+    """A model server that read a request and then hung up without answering (a crash of the
+    request's handler, an OOM kill, a timeout in front of it) may have worked on it: the
+    request is not silently sent again, the caller gets the error."""
+    requests = 0
+
+    async def handler(stream: trio.SocketStream) -> None:
+        nonlocal requests
+        requests += 1
+        await _read_request(stream)
+        if requests > 1:
+            await stream.send_all(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nagain")
+            return
+        await stream.send_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+        await _read_request(stream)  # the second request, read in full: a clean close
+        await stream.aclose()
+
+    with trio.fail_after(GUARD):
+        async with await _raw_server(nursery, handler) as pool:
+            async with await pool.request(b"POST", b"/", b"{}") as response:
+                assert await response.read() == b"ok"
+            try:
+                retried = await pool.request(b"POST", b"/", b"{}")
+            except UpstreamError:
+                pass
+            else:
+                await retried.aclose()
+        assert requests == 1
+
+
+async def test_failure_on_a_fresh_connection_is_not_retried(nursery: trio.Nursery) -> None:
+    attempts = 0
+
+    async def handler(stream: trio.SocketStream) -> None:
+        nonlocal attempts
+        attempts += 1
+        await _read_request(stream)
+        await stream.aclose()  # a model server that drops the request: no blind retry
+
+    with trio.fail_after(GUARD):
+        async with await _raw_server(nursery, handler) as pool:
+            with pytest.raises(UpstreamError):
+                await pool.request(b"POST", b"/", b"{}")
+        assert attempts == 1
+
+
+async def test_closed_pool_refuses_new_connections(nursery: trio.Nursery) -> None:
+    with trio.fail_after(GUARD):
+        pool = await _serve(nursery, HTTPServer(_echo))
+        async with pool, await pool.request(b"GET", b"/") as response:
+            await response.read()
+        with pytest.raises(UpstreamError, match="closed"):
+            await pool.request(b"GET", b"/")
+
+
+# -- a raw server, for behaviour the kit's well-mannered server never shows ---------------------
+
+
+async def _raw_server(
+    nursery: trio.Nursery, handler: Callable[[trio.SocketStream], Awaitable[None]]
+) -> UpstreamPool:
+    async def guarded(stream: trio.SocketStream) -> None:
+        try:
+            await handler(stream)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        finally:
+            await trio.aclose_forcefully(stream)
+
+    listeners = await nursery.start(partial(trio.serve_tcp, guarded, 0, host="127.0.0.1"))
+    port = listeners[0].socket.getsockname()[1]
+    return UpstreamPool(host="127.0.0.1", port=port, connect_timeout=2.0, read_timeout=2.0)
+
+
+async def _read_request(stream: trio.SocketStream) -> None:
+    """Read one whole request (head and body) from ``stream``."""
+    parser = h11.Connection(h11.SERVER)
+    while True:
+        event = parser.next_event()
+        if event is h11.NEED_DATA:
+            data = await stream.receive_some(65536)
+            if not data:
+                return
+            parser.receive_data(data)
+        elif isinstance(event, h11.EndOfMessage | h11.ConnectionClosed):
+            return
