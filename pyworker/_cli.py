@@ -43,7 +43,7 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
             "server as a Vast template would. Without it (or with --demo) it starts a local "
             "demo: the backend's demo model server, a stand-in autoscaler and the worker."
         ),
-        epilog="Every option can also be set through the environment variable in brackets.",
+        epilog="An option marked [VAR] can also be set through that environment variable.",
     )
     add = parser.add_argument
     add(
