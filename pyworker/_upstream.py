@@ -295,7 +295,8 @@ class UpstreamPool:
         while self._idle:
             conn = self._idle.pop()
             # An idle connection with something to read was closed by the server (or sent
-            # garbage): never send a request on it.
+            # garbage): never send a request on it. The poll() costs ~9 us; a server may close
+            # at any moment (some close right after answering), so it is always worth it.
             if not conn.stream.socket.is_readable():
                 return conn
             conn.stream.socket.close()

@@ -240,6 +240,10 @@ class Worker:
         # Requests have already drained when the trigger fires; this only bounds stragglers.
         config.graceful_timeout = 2.0
         config.keep_alive_timeout = 75.0
+        # The router and load balancers keep connections for long: hypercorn's default of
+        # closing every connection after 1,000 requests costs reconnects (TLS handshakes).
+        config.keep_alive_max_requests = 1_000_000
+        config.include_server_header = False
         if self.config.use_ssl:
             config.certfile = self.config.ssl_certfile
             config.keyfile = self.config.ssl_keyfile
