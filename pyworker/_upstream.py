@@ -1,25 +1,30 @@
-"""A lean HTTP/1.1 client for the model server: pooled keep-alive connections over h11.
+"""A lean HTTP/1.1 client for the model server: pooled keep-alive connections.
 
 The proxy's hot path sends one request per client request and relays the answer as it arrives.
 A general client (httpx) costs ~0.45 ms of CPU per request on this class of machine, more than
 the rest of the worker; this one does only what a loopback hop to one trusted server needs:
 keep-alive pooling, Content-Length or chunked bodies, timeouts, and closing the connection when
 a response is abandoned (which is how the model server learns the client went away).
+Requests are written by hand; responses are read by :mod:`pyworker._http1`.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Sequence
 from types import TracebackType
 
 import attrs
-import h11
 import trio
+
+from ._http1 import END, NEED_DATA, ProtocolError, ResponseHead, ResponseReader
 
 log = logging.getLogger("pyworker.upstream")
 
 _RECEIVE_SIZE = 64 * 1024
+_TOKEN = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+_TARGET = re.compile(rb"[!-~]+")
 
 
 class UpstreamError(Exception):
@@ -41,7 +46,7 @@ class _StaleConnection(Exception):
 @attrs.define(eq=False)
 class _Connection:
     stream: trio.SocketStream
-    h11: h11.Connection
+    reader: ResponseReader = attrs.field(factory=ResponseReader)
     reused: bool = False
 
     async def aclose(self) -> None:
@@ -63,7 +68,7 @@ class UpstreamResponse:
     headers: list[tuple[bytes, bytes]]
     _pool: UpstreamPool
     _conn: _Connection | None
-    _peeked: object = None
+    _peeked: bytes | None = None
 
     async def receive(self) -> bytes:
         """The next chunk of the body as it arrives; ``b""`` at the end.
@@ -75,20 +80,17 @@ class UpstreamResponse:
         conn = self._conn
         if conn is None:
             return b""
-        while True:
-            if self._peeked is not None:
-                event, self._peeked = self._peeked, None
-            else:
-                event = await self._pool._next_event(conn)
-            if type(event) is h11.Data:
-                if event.data:
-                    return bytes(event.data)
-            elif type(event) is h11.EndOfMessage:
-                self._conn = None
-                self._pool._release(conn)
-                return b""
-            else:
-                raise UpstreamError(f"unexpected {type(event).__name__} in response body")
+        if self._peeked is not None:
+            data, self._peeked = self._peeked, None
+            return data
+        event = await self._pool._next_event(conn)
+        if type(event) is bytes:
+            return event
+        if event is END:
+            self._conn = None
+            self._pool._release(conn)
+            return b""
+        raise UpstreamError("unexpected response head in a response body")
 
     def at_end(self) -> bool:
         """Whether the body is known to be complete, from data already received (no I/O).
@@ -100,16 +102,15 @@ class UpstreamResponse:
             return True
         if self._peeked is None:
             try:
-                event = conn.h11.next_event()
-            except h11.RemoteProtocolError:
+                event = conn.reader.next_event()
+            except ProtocolError:
                 return False  # receive() will raise it
-            if event is h11.NEED_DATA:
-                return False
-            if type(event) is h11.EndOfMessage:
+            if event is END:
                 self._conn = None
                 self._pool._release(conn)
                 return True
-            self._peeked = event
+            if type(event) is bytes:
+                self._peeked = event
         return False
 
     async def read(self, limit: int | None = None) -> bytes:
@@ -190,15 +191,28 @@ class UpstreamPool:
             UpstreamTimeout: connecting or waiting for the status line took too long.
             UpstreamError: the model server refused or dropped the connection.
         """
-        head: list[tuple[bytes, bytes]] = [(b"host", self._host_header)]
+        if not _TOKEN.fullmatch(method) or not _TARGET.fullmatch(target):
+            raise UpstreamError(f"refusing to send a malformed request line {method!r} {target!r}")
+        parts = [method, b" ", target, b" HTTP/1.1\r\nhost: ", self._host_header, b"\r\n"]
         if method != b"GET" or body:
-            head.append((b"content-type", content_type))
-            head.append((b"content-length", str(len(body)).encode()))
-        head.extend(headers)
+            parts += [
+                b"content-type: ",
+                content_type,
+                b"\r\ncontent-length: ",
+                str(len(body)).encode(),
+                b"\r\n",
+            ]
+        for name, value in headers:
+            parts += [name, b": ", value, b"\r\n"]
+        parts.append(b"\r\n")
+        if body:
+            parts.append(body)
+        data = b"".join(parts)
+        head_request = method == b"HEAD"
         while True:
             conn = self._take_idle() or await self._connect()
             try:
-                return await self._exchange(conn, method, target, head, body)
+                return await self._exchange(conn, data, head_request)
             except _StaleConnection:
                 # The server closed the idle connection (its keep-alive timeout) before it
                 # read our request, so it never started on it: safe to send again.
@@ -209,59 +223,37 @@ class UpstreamPool:
                 raise
 
     async def _exchange(
-        self,
-        conn: _Connection,
-        method: bytes,
-        target: bytes,
-        head: list[tuple[bytes, bytes]],
-        body: bytes,
+        self, conn: _Connection, data: bytes, head_request: bool
     ) -> UpstreamResponse:
-        h = conn.h11
-        data = h.send(h11.Request(method=method, target=target, headers=head)) or b""
-        if body:
-            data += h.send(h11.Data(data=body)) or b""
-        data += h.send(h11.EndOfMessage()) or b""
+        reader = conn.reader
+        reader.expect(head_request=head_request)
         try:
             await conn.stream.send_all(data)
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             if conn.reused:
                 raise _StaleConnection from exc
             raise UpstreamError(f"model server closed the connection: {exc}") from None
-        informational = False
-        while True:
-            try:
-                event = await self._next_event(conn)
-            except UpstreamTimeout:
-                raise
-            except _ConnectionReset as exc:
-                # Stale only if the server reset the connection having said nothing at all
-                # (no 1xx, no partial head). A clean close after reading the request is not
-                # retried: the server may have started on it, and a POST must not run twice.
-                if conn.reused and not informational and not conn.h11.trailing_data[0]:
-                    raise _StaleConnection from exc
-                raise
-            if type(event) is h11.Response:
-                return UpstreamResponse(
-                    status=event.status_code,
-                    headers=list(event.headers),
-                    pool=self,
-                    conn=conn,
-                )
-            if type(event) is h11.InformationalResponse:
-                informational = True
-                continue
-            raise UpstreamError(f"unexpected {type(event).__name__} before the response")
+        try:
+            event = await self._next_event(conn)
+        except _ConnectionReset as exc:
+            # Stale only if the server reset the connection having said nothing at all. A
+            # clean close after reading the request is not retried: the server may have
+            # started on it, and a POST must not run twice.
+            if conn.reused and not reader.started:
+                raise _StaleConnection from exc
+            raise
+        if type(event) is not ResponseHead:
+            raise UpstreamError("model server sent a body before a response head")
+        return UpstreamResponse(status=event.status, headers=event.headers, pool=self, conn=conn)
 
-    async def _next_event(self, conn: _Connection) -> object:
-        h = conn.h11
+    async def _next_event(self, conn: _Connection) -> ResponseHead | bytes | object:
+        reader = conn.reader
         while True:
             try:
-                event = h.next_event()
-            except h11.RemoteProtocolError as exc:
+                event = reader.next_event()
+            except ProtocolError as exc:
                 raise UpstreamError(f"model server broke HTTP/1.1: {exc}") from None
-            if event is not h11.NEED_DATA:
-                if type(event) is h11.ConnectionClosed:
-                    raise UpstreamError("model server closed the connection")
+            if event is not NEED_DATA:
                 return event
             try:
                 with trio.fail_after(self.read_timeout):
@@ -272,7 +264,7 @@ class UpstreamPool:
                 ) from None
             except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
                 raise _ConnectionReset(f"connection to the model server broke: {exc}") from None
-            h.receive_data(data)
+            reader.feed(data)
 
     async def _connect(self) -> _Connection:
         if self._closed:
@@ -289,7 +281,7 @@ class UpstreamPool:
                 f"cannot connect to the model server at {self.host}:{self.port}: "
                 f"{exc.strerror or exc}"
             ) from None
-        return _Connection(stream=stream, h11=h11.Connection(h11.CLIENT))
+        return _Connection(stream=stream)
 
     def _take_idle(self) -> _Connection | None:
         while self._idle:
@@ -303,14 +295,7 @@ class UpstreamPool:
         return None
 
     def _release(self, conn: _Connection) -> None:
-        h = conn.h11
-        if (
-            not self._closed
-            and h.our_state is h11.DONE
-            and h.their_state is h11.DONE
-            and len(self._idle) < self.max_idle
-        ):
-            h.start_next_cycle()
+        if not self._closed and conn.reader.reusable and len(self._idle) < self.max_idle:
             conn.reused = True
             self._idle.append(conn)
         else:

@@ -1,0 +1,119 @@
+"""The upstream response reader: any valid response, split anywhere, reads back exactly."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from pyworker._http1 import END, NEED_DATA, ProtocolError, ResponseHead, ResponseReader
+
+
+def _read_all(pieces: list[bytes], reader: ResponseReader) -> tuple[ResponseHead, bytes, bool]:
+    """Feed ``pieces`` (then EOF if the reader still needs data); return head, body, ended."""
+    head: ResponseHead | None = None
+    body = b""
+    queue = list(pieces)
+    while True:
+        event = reader.next_event()
+        if event is NEED_DATA:
+            reader.feed(queue.pop(0) if queue else b"")
+            continue
+        if event is END:
+            assert head is not None
+            return head, body, True
+        if isinstance(event, ResponseHead):
+            head = event
+        else:
+            assert isinstance(event, bytes)
+            assert event
+            body += event
+
+
+def _split(data: bytes, cuts: list[int]) -> list[bytes]:
+    points = sorted({c % (len(data) + 1) for c in cuts})
+    pieces = [data[a:b] for a, b in zip([0, *points], [*points, len(data)], strict=True)]
+    return [p for p in pieces if p]  # an empty piece would mean EOF
+
+
+@given(
+    body=st.binary(max_size=3000),
+    chunk_sizes=st.lists(st.integers(min_value=1, max_value=700), min_size=1, max_size=20),
+    chunked=st.booleans(),
+    informational=st.booleans(),
+    cuts=st.lists(st.integers(min_value=0, max_value=10_000), max_size=12),
+)
+def test_any_response_split_anywhere_reads_back_exactly(
+    body: bytes, chunk_sizes: list[int], chunked: bool, informational: bool, cuts: list[int]
+) -> None:
+    wire = b"HTTP/1.1 100 Continue\r\n\r\n" if informational else b""
+    if chunked:
+        wire += b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nX-A: b\r\n\r\n"
+        rest, i = body, 0
+        while rest:
+            size = chunk_sizes[i % len(chunk_sizes)]
+            piece, rest, i = rest[:size], rest[size:], i + 1
+            wire += b"%x;ext=1\r\n%s\r\n" % (len(piece), piece)
+        wire += b"0\r\nTrailer: x\r\n\r\n"
+    else:
+        wire += b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nX-A: b\r\n\r\n%s" % (len(body), body)
+    reader = ResponseReader()
+    reader.expect()
+    head, got, _ = _read_all(_split(wire, cuts), reader)
+    assert head.status == 200
+    assert (b"x-a", b"b") in head.headers
+    assert got == body
+    assert reader.reusable
+
+
+def test_two_responses_on_one_connection_and_close_semantics() -> None:
+    reader = ResponseReader()
+    reader.expect()
+    reader.feed(b"HTTP/1.1 204 No Content\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+    head, body, _ = _read_all([], reader)
+    assert (head.status, body) == (204, b"")
+    assert not reader.reusable  # the next response's bytes are already waiting
+    reader.expect()
+    head, body, _ = _read_all([], reader)
+    assert (head.status, body, reader.reusable) == (200, b"ok", True)
+
+    reader = ResponseReader()
+    reader.expect()
+    head, body, _ = _read_all([b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nuntil close"], reader)
+    assert (body, head.keep_alive, reader.reusable) == (b"until close", False, False)
+
+    reader = ResponseReader()
+    reader.expect(head_request=True)
+    head, body, _ = _read_all([b"HTTP/1.1 200 OK\r\nContent-Length: 99\r\n\r\n"], reader)
+    assert (body, reader.reusable) == (b"", True)
+
+
+@pytest.mark.parametrize(
+    "wire",
+    [
+        b"",  # closed before anything
+        b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nab",  # closed mid-body
+        b"HTTP/2 200 OK\r\n\r\n",
+        b"HTTP/1.1 20 OK\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nBad Header\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n0x5\r\nhello\r\n0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhelloXX0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhel",  # closed mid-chunk
+    ],
+)
+def test_malformed_or_cut_responses_are_protocol_errors(wire: bytes) -> None:
+    reader = ResponseReader()
+    reader.expect()
+    with pytest.raises(ProtocolError):
+        _read_all([wire] if wire else [], reader)
+
+
+def test_an_endless_head_is_refused() -> None:
+    reader = ResponseReader()
+    reader.expect()
+    reader.feed(b"HTTP/1.1 200 OK\r\n" + b"X: y\r\n" * 20_000)
+    with pytest.raises(ProtocolError, match="too large"):
+        reader.next_event()
