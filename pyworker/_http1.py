@@ -76,6 +76,7 @@ class ResponseReader:
         self._chunk = _Chunk.SIZE
         self._done = False
         self._received_any = False
+        self._error: ProtocolError | None = None
 
     @property
     def started(self) -> bool:
@@ -116,8 +117,18 @@ class ResponseReader:
         """The next event from the bytes fed so far.
 
         Raises:
-            ProtocolError: malformed response, or the connection closed mid-response.
+            ProtocolError: malformed response, or the connection closed mid-response (again
+                on every later call: the connection is beyond repair).
         """
+        if self._error is not None:
+            raise self._error
+        try:
+            return self._next_event()
+        except ProtocolError as exc:
+            self._error = exc
+            raise
+
+    def _next_event(self) -> ResponseHead | bytes | _Marker:
         if self._done:
             return END
         if self._head is None:

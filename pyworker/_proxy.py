@@ -263,16 +263,13 @@ class Proxy:
                 relay.actual = 0.0
             await relay.start(response.status, headers)
             observe = endpoint.observe if response.status < 400 else None
-            # Only a sized answer (JSON) can end with the chunk that is in hand; asking a
-            # chunked stream costs an h11 call per event for nothing.
-            sized = any(name == b"content-length" for name, _ in response.headers)
             try:
                 while chunk := await response.receive():
                     if observe is not None:
                         seen = observe(chunk)
                         if seen is not None:
                             relay.actual = seen
-                    if sized and response.at_end():
+                    if response.complete:
                         # The usual JSON answer: one chunk, sent with the end of the response.
                         await relay.last(chunk)
                         return

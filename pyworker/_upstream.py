@@ -68,7 +68,6 @@ class UpstreamResponse:
     headers: list[tuple[bytes, bytes]]
     _pool: UpstreamPool
     _conn: _Connection | None
-    _peeked: bytes | None = None
 
     async def receive(self) -> bytes:
         """The next chunk of the body as it arrives; ``b""`` at the end.
@@ -80,38 +79,36 @@ class UpstreamResponse:
         conn = self._conn
         if conn is None:
             return b""
-        if self._peeked is not None:
-            data, self._peeked = self._peeked, None
-            return data
         event = await self._pool._next_event(conn)
         if type(event) is bytes:
-            return event
+            return self._with_buffered(conn, event)
         if event is END:
             self._conn = None
             self._pool._release(conn)
             return b""
         raise UpstreamError("unexpected response head in a response body")
 
-    def at_end(self) -> bool:
-        """Whether the body is known to be complete, from data already received (no I/O).
-
-        Lets a relay send its last chunk together with the end of the response.
-        """
-        conn = self._conn
-        if conn is None:
-            return True
-        if self._peeked is None:
+    def _with_buffered(self, conn: _Connection, data: bytes) -> bytes:
+        # Whatever else has already arrived goes out with it (no I/O here): one send to the
+        # client instead of several when the relay has fallen behind, and the end of the
+        # message noticed at once, so the last chunk can carry the end of the response.
+        reader = conn.reader
+        parts: list[bytes] | None = None
+        while True:
             try:
-                event = conn.reader.next_event()
+                event = reader.next_event()
             except ProtocolError:
-                return False  # receive() will raise it
+                break  # the next receive() raises it
+            if type(event) is bytes:
+                if parts is None:
+                    parts = [data]
+                parts.append(event)
+                continue
             if event is END:
                 self._conn = None
                 self._pool._release(conn)
-                return True
-            if type(event) is bytes:
-                self._peeked = event
-        return False
+            break
+        return data if parts is None else b"".join(parts)
 
     async def read(self, limit: int | None = None) -> bytes:
         """The whole remaining body (at most ``limit`` bytes, else UpstreamError)."""
