@@ -1,9 +1,19 @@
 """Measure the model's capacity (workload units per second) once it has loaded.
 
 A warm-up request first (the first request after a load pays for lazy initialisation, CUDA
-graph capture, cache fills), then timed runs of the backend's benchmark payload, concurrent
-when the model server takes parallel requests. Capacity is the workload completed divided by
-the wall time of the timed phase.
+graph capture, cache fills), then the backend's benchmark payload in a closed loop, concurrent
+when the model server takes parallel requests. Two methods:
+
+* **adaptive** (the default): the loop starts at the backend's concurrency and doubles it while
+  requests still run at nearly their single-request speed (the model has room left), up to
+  ``max_concurrency``. At the chosen concurrency, capacity follows from Little's law over
+  requests in the steady state: concurrency x their workload / their latency. Nothing waits
+  for the loop to drain (the requests still running are abandoned), so there is no start-up or
+  tail effect, whether or not the model's parallelism divides anything.
+* **fixed count** (``runs`` given explicitly, e.g. ``--benchmark-runs``): exactly ``runs``
+  requests; capacity is their workload divided by the wall time, drain included. Quick, and
+  exact for serial models, but it reads low when the model's parallelism does not divide
+  ``runs`` (the last round runs part-empty) or when ``concurrency`` cannot saturate the model.
 
 The result is cached under a key that changes whenever the backend, the model, the benchmark
 payload or the benchmark settings change, so a restarted worker does not benchmark again, and
@@ -18,8 +28,11 @@ import logging
 import math
 import os
 import random
+import statistics
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
+from functools import partial
 from pathlib import Path
 
 import attrs
@@ -31,8 +44,13 @@ from ._upstream import UpstreamError, UpstreamPool
 log = logging.getLogger("pyworker.benchmark")
 
 # Bump when the measuring method changes, so old cached figures are not trusted.
-_METHOD_VERSION = 2
+_METHOD_VERSION = 3
 _SEED = 20240501
+# The adaptive method raises concurrency up to this many times the backend's (at most
+# _MAX_CONCURRENCY), while requests keep at least _MIN_EFFICIENCY of their single-request speed.
+_RAMP_FACTOR = 8
+_MAX_CONCURRENCY = 256
+_MIN_EFFICIENCY = 0.8
 
 
 class BenchmarkError(Exception):
@@ -44,22 +62,45 @@ class BenchmarkSettings:
     """How to benchmark.
 
     Attributes:
-        runs: timed requests (after one warm-up request).
-        concurrency: requests in flight at once (1 when the backend is serial).
+        runs: timed requests (after one warm-up request); for the adaptive method, the fewest
+            completions a measurement may rest on.
+        concurrency: requests in flight at once (1 when the backend is serial); for the
+            adaptive method, where the ramp starts.
         request_timeout: seconds one benchmark request may take.
         max_failures: failed requests tolerated before the benchmark fails.
+        max_concurrency: None for the fixed-count method; else the adaptive method, raising
+            concurrency up to this.
+        ramp_seconds: the adaptive method stops raising concurrency after this long.
+        duration: past this long, the adaptive method settles for fewer than ``runs``
+            steady-state requests (at least two).
+        min_efficiency: the adaptive method raises concurrency while requests keep this
+            share of their single-request speed.
     """
 
     runs: int = attrs.field(validator=attrs.validators.ge(1))
     concurrency: int = attrs.field(validator=attrs.validators.ge(1))
     request_timeout: float = 300.0
     max_failures: int = 3
+    max_concurrency: int | None = attrs.field(
+        default=None, validator=attrs.validators.optional(attrs.validators.ge(1))
+    )
+    ramp_seconds: float = 15.0
+    duration: float = 20.0
+    min_efficiency: float = _MIN_EFFICIENCY
 
     @classmethod
     def for_backend(cls, backend: Backend, runs: int | None = None) -> BenchmarkSettings:
-        """The backend's settings; ``runs`` overrides its run count."""
-        concurrency = backend.benchmark_concurrency if backend.allow_parallel_requests else 1
-        return cls(runs=runs or max(backend.benchmark_runs, concurrency), concurrency=concurrency)
+        """The backend's settings: adaptive, or fixed-count when ``runs`` is given."""
+        parallel = backend.allow_parallel_requests
+        concurrency = backend.benchmark_concurrency if parallel else 1
+        if runs:
+            return cls(runs=runs, concurrency=concurrency)
+        top = min(_MAX_CONCURRENCY, max(concurrency, concurrency * _RAMP_FACTOR))
+        return cls(
+            runs=max(backend.benchmark_runs, concurrency),
+            concurrency=concurrency,
+            max_concurrency=top if parallel else 1,
+        )
 
 
 @attrs.frozen(kw_only=True)
@@ -163,13 +204,15 @@ async def run_benchmark(
     context: RunContext,
     key: str = "",
 ) -> BenchmarkResult:
-    """Measure the backend's model server.
+    """Measure the backend's model server (see the module docstring for the two methods).
 
     Raises:
         BenchmarkError: more than ``settings.max_failures`` requests failed.
     """
     endpoint = backend.endpoint(backend.benchmark_route)
-    jobs = [endpoint.parse(p) for p in _payloads(endpoint, settings.runs + 1)]
+    make_payload = endpoint.benchmark_payload
+    assert make_payload is not None
+    rng = random.Random(_SEED)
     failures = 0
     last_error = ""
 
@@ -188,10 +231,35 @@ async def run_benchmark(
         return True
 
     log.info("benchmark: warm-up request")
-    while not await attempt(jobs[0]):
-        pass
+    warmup = endpoint.parse(make_payload(rng))
+    started = trio.current_time()
+    while not await attempt(warmup):
+        started = trio.current_time()
+    warmed = _Sample(-1, started, trio.current_time(), warmup.workload)
+    try:
+        if settings.max_concurrency is None:
+            jobs = [endpoint.parse(make_payload(rng)) for _ in range(settings.runs)]
+            workload, elapsed, runs = await _fixed_count(settings, jobs, attempt)
+        else:
+            loop = _ClosedLoop(attempt=attempt, next_job=lambda: endpoint.parse(make_payload(rng)))
+            workload, elapsed, runs = await _adaptive(settings, loop, warmed)
+    except* BenchmarkError as group:
+        raise group.exceptions[0] from None
+    return BenchmarkResult(
+        max_perf=workload / elapsed,
+        workload=workload,
+        elapsed=elapsed,
+        runs=runs,
+        key=key,
+        measured_at=time.time(),
+    )
 
-    queue = list(reversed(jobs[1:]))
+
+async def _fixed_count(
+    settings: BenchmarkSettings, jobs: list[Job], attempt: Callable[[Job], Awaitable[bool]]
+) -> tuple[float, float, int]:
+    """Run ``jobs`` at ``settings.concurrency``; (workload, wall time, runs)."""
+    queue = list(reversed(jobs))
     done_workload = 0.0
 
     async def runner() -> None:
@@ -204,18 +272,166 @@ async def run_benchmark(
 
     log.info("benchmark: %d runs, %d at a time", settings.runs, settings.concurrency)
     started = trio.current_time()
-    try:
-        async with trio.open_nursery() as nursery:
-            for _ in range(settings.concurrency):
-                nursery.start_soon(runner)
-    except* BenchmarkError as group:
-        raise group.exceptions[0] from None
-    elapsed = max(trio.current_time() - started, 1e-9)
-    return BenchmarkResult(
-        max_perf=done_workload / elapsed,
-        workload=done_workload,
-        elapsed=elapsed,
-        runs=settings.runs,
-        key=key,
-        measured_at=time.time(),
-    )
+    async with trio.open_nursery() as nursery:
+        for _ in range(settings.concurrency):
+            nursery.start_soon(runner)
+    return done_workload, max(trio.current_time() - started, 1e-9), len(jobs)
+
+
+@attrs.frozen
+class _Sample:
+    """One completed benchmark request."""
+
+    index: int
+    started: float
+    finished: float
+    workload: float
+
+
+@attrs.define(eq=False)
+class _ClosedLoop:
+    """Runners that each send the next request as soon as their last one is answered."""
+
+    attempt: Callable[[Job], Awaitable[bool]]
+    next_job: Callable[[], Job]
+    sent: list[tuple[float, float]] = attrs.field(factory=list)
+    """(start time, workload) of every request sent, in order."""
+    finished: dict[int, float] = attrs.field(factory=dict)
+    """Finish time of each completed request, by its index in ``sent``."""
+    failed: set[int] = attrs.field(factory=set)
+    """Indices of the requests that failed."""
+    _progress: trio.Event = attrs.field(factory=trio.Event)
+
+    async def runner(self) -> None:
+        """Send requests forever (until cancelled), recording each one that succeeds."""
+        while True:
+            job = self.next_job()
+            index = len(self.sent)
+            self.sent.append((trio.current_time(), job.workload))
+            if await self.attempt(job):
+                self.finished[index] = trio.current_time()
+            else:
+                self.failed.add(index)
+            self._progress.set()
+            self._progress = trio.Event()
+
+    def answered(self, indices: range) -> bool:
+        """Whether every request of ``indices`` was sent and has succeeded or failed."""
+        return len(self.sent) >= indices.stop and all(
+            i in self.finished or i in self.failed for i in indices
+        )
+
+    def done(self, first: int = 0, *, since: float = -math.inf) -> list[_Sample]:
+        """Completed requests sent from index ``first`` on, and at or after ``since``."""
+        samples = []
+        for index, finished in self.finished.items():
+            started, workload = self.sent[index]
+            if index >= first and started >= since:
+                samples.append(_Sample(index, started, finished, workload))
+        return samples
+
+    async def wait(self, condition: Callable[[], bool], deadline: float = math.inf) -> None:
+        """Wait until ``condition()`` holds after a completion, or until ``deadline``."""
+        with trio.move_on_at(deadline):
+            while not condition():
+                await self._progress.wait()
+
+
+async def _adaptive(
+    settings: BenchmarkSettings, loop: _ClosedLoop, warmup: _Sample
+) -> tuple[float, float, int]:
+    """Find a saturating concurrency and measure steady throughput there.
+
+    Each level's wave (the first requests of the runners it adds) shows whether requests
+    slow each other down: once it is answered, its mean speed is compared with the fastest
+    request seen. Below ``min_efficiency`` the model is saturated: measure there (the steady
+    state starts at the level's first answer, so waiting for the wave costs nothing).
+
+    Returns:
+        (workload, seconds, requests) of the measurement.
+    """
+    assert settings.max_concurrency is not None
+    top = max(settings.concurrency, settings.max_concurrency)
+    reference = _speed(warmup)
+    async with trio.open_nursery() as nursery:
+        started = trio.current_time()
+        ramp_ends = started + settings.ramp_seconds
+        wrap_up = started + settings.duration
+        level = wave_size = settings.concurrency
+        running = 0
+        while True:
+            # The wave: the next requests sent, as many as the runners added. Sent at once by
+            # the new runners, they run while the whole level is in flight.
+            first = len(loop.sent)
+            wave = range(first, first + wave_size)
+            for _ in range(level - running):
+                nursery.start_soon(loop.runner)
+            running = level
+            await loop.wait(partial(loop.answered, wave))
+            now = trio.current_time()
+            reference = max([reference, *(_speed(s) for s in loop.done())])
+            speeds = [_speed(s) for s in loop.done(first) if s.index < wave.stop]
+            if not speeds:
+                continue  # the whole wave failed (and was tolerated): the next one, then
+            efficiency = statistics.fmean(speeds) / reference
+            log.info(
+                "benchmark: %d at a time: requests at %.0f%% of single-request speed",
+                level,
+                100 * efficiency,
+            )
+            if efficiency < settings.min_efficiency:
+                result = await _steady_rate(settings, loop, level, loop.done(first), wrap_up)
+                break
+            if level < top and now < ramp_ends:
+                wave_size = min(top, 2 * level) - level
+                level += wave_size
+                continue
+            # Never saturated: requests ran at (nearly) full speed, so the throughput is
+            # what they show (the model may have even more room).
+            await loop.wait(_at_least(partial(loop.done, first), settings.runs))
+            result = _little(loop.done(first), level)
+            log.info("benchmark: not saturated at %d at a time (the most tried)", level)
+            break
+        nursery.cancel_scope.cancel()  # abandon the requests still running
+    return result
+
+
+def _speed(sample: _Sample) -> float:
+    return sample.workload / max(sample.finished - sample.started, 1e-9)
+
+
+def _at_least(samples: Callable[[], list[_Sample]], count: int) -> Callable[[], bool]:
+    return lambda: len(samples()) >= count
+
+
+def _little(samples: list[_Sample], level: int) -> tuple[float, float, int]:
+    """(workload, seconds, requests) at ``level`` in flight, by Little's law.
+
+    Throughput = level x workload / latency summed over ``samples``; the seconds returned are
+    how long their workload takes at that throughput.
+    """
+    workload = sum(s.workload for s in samples)
+    busy = sum(s.finished - s.started for s in samples)
+    return workload, max(busy / level, 1e-9), len(samples)
+
+
+async def _steady_rate(
+    settings: BenchmarkSettings,
+    loop: _ClosedLoop,
+    level: int,
+    wave: list[_Sample],
+    wrap_up: float,
+) -> tuple[float, float, int]:
+    """Throughput at ``level`` from requests in the steady state (see :func:`_little`).
+
+    Only requests sent after the level's first answer count: the wave before them was sent
+    all at once, to a model whose queue was still forming. It waits for ``settings.runs`` of
+    them, or past ``wrap_up`` for at least two (a model serving one request at a time
+    answers few requests per latency).
+    """
+    steady_from = min(s.finished for s in wave)
+    sample = partial(loop.done, since=steady_from)
+    await loop.wait(_at_least(sample, settings.runs), deadline=wrap_up)
+    await loop.wait(_at_least(sample, 2))
+    log.info("benchmark: steady state over %d requests", len(sample()))
+    return _little(sample(), level)

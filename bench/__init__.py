@@ -1,0 +1,1 @@
+"""pyworker's benchmark suite: ``python -m bench`` (see ``bench/RESULTS.md``)."""

@@ -1,0 +1,269 @@
+"""The benchmark: what it measures, how it fails, and its cache (in-process and end to end)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import attrs
+import httpx
+import pytest
+import trio
+from harness import seed_benchmark, start_stack
+
+from backends._fakekit import HTTPServer, Request, Response
+from pyworker import Backend, State, load_backend
+from pyworker._backend import RunContext
+from pyworker._benchmark import (
+    BenchmarkCache,
+    BenchmarkError,
+    BenchmarkResult,
+    BenchmarkSettings,
+    cache_key,
+    run_benchmark,
+)
+from pyworker._upstream import UpstreamPool
+
+HELLO = "hello_world"
+GUARD = 30  # seconds: the absolute bound on each test
+BACKEND = load_backend(HELLO)
+
+
+def _key(**backend_changes: Any) -> str:
+    backend = attrs.evolve(BACKEND, **backend_changes)
+    return cache_key(backend, "model-a", BenchmarkSettings.for_backend(backend, 2))
+
+
+# -- cache key and cache file --------------------------------------------------------------------
+
+
+def test_cache_key_is_stable_and_follows_what_capacity_depends_on() -> None:
+    key = _key()
+    assert key == _key()
+    settings = BenchmarkSettings.for_backend(BACKEND, 2)
+    changed = {
+        "serial": _key(allow_parallel_requests=False),
+        "concurrency": _key(benchmark_concurrency=3),
+        "route": _key(benchmark_route="/generate_stream"),
+        "name": _key(name="other"),
+        "runs": cache_key(BACKEND, "model-a", BenchmarkSettings.for_backend(BACKEND, 3)),
+        "model": cache_key(BACKEND, "model-b", settings),
+    }
+    endpoints = tuple(
+        attrs.evolve(e, benchmark_payload=lambda rng: {"prompt": "other", "max_response_tokens": 9})
+        for e in BACKEND.endpoints
+    )
+    changed["payload"] = _key(endpoints=endpoints)
+    assert key not in changed.values(), changed
+    assert len(set(changed.values())) == len(changed)
+
+
+def _result(key: str, max_perf: float = 123.0) -> BenchmarkResult:
+    return BenchmarkResult(
+        max_perf=max_perf, workload=10.0, elapsed=1.0, runs=2, key=key, measured_at=1.0
+    )
+
+
+async def test_cache_round_trip_and_unreadable_files(tmp_path: Path) -> None:
+    cache = BenchmarkCache(directory=tmp_path / "state")
+    assert await cache.load("k1") is None  # no directory yet
+    await cache.store(_result("k1"))
+    assert await cache.load("k1") == _result("k1")
+    assert [p.name for p in (tmp_path / "state").iterdir()] == ["benchmark-k1.json"]
+
+    path = tmp_path / "state" / "benchmark-k1.json"
+    for text in (
+        "{corrupt",
+        "",
+        "[]",
+        json.dumps({"max_perf": 1}),
+        json.dumps(attrs.asdict(_result("another key"))),
+        json.dumps(attrs.asdict(_result("k1", max_perf=0.0))),
+        json.dumps(attrs.asdict(_result("k1"))).replace("123.0", "NaN"),
+        json.dumps({**attrs.asdict(_result("k1")), "extra": 1}),
+    ):
+        path.write_text(text)
+        assert await cache.load("k1") is None, text
+
+
+# -- measuring -----------------------------------------------------------------------------------
+
+
+@attrs.define
+class Model:
+    """An in-process model server: each request takes workload / rate seconds."""
+
+    rate: float = 2000.0
+    fail_first: int = 0
+    status: int = 200
+    in_flight: int = 0
+    max_in_flight: int = 0
+    requests: int = 0
+
+    async def handle(self, request: Request) -> Response:
+        self.requests += 1
+        if self.requests <= self.fail_first:
+            return Response.json({"error": "warming up"}, status=503)
+        body = json.loads(request.body)
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            await trio.sleep(body["max_response_tokens"] / self.rate)
+        finally:
+            self.in_flight -= 1
+        return Response.json({"ok": True}, status=self.status)
+
+
+async def _measure(
+    nursery: trio.Nursery, model: Model, settings: BenchmarkSettings, backend: Backend = BACKEND
+) -> BenchmarkResult:
+    port: int = await nursery.start(HTTPServer(model.handle).serve)
+    async with (
+        UpstreamPool(host="127.0.0.1", port=port) as upstream,
+        httpx.AsyncClient() as http,
+    ):
+        context = RunContext(model_server_url=f"http://127.0.0.1:{port}", http=http)
+        return await run_benchmark(backend, settings, upstream=upstream, context=context, key="k")
+
+
+async def test_benchmark_measures_workload_per_second(nursery: trio.Nursery) -> None:
+    model = Model()
+    with trio.fail_after(GUARD):
+        result = await _measure(nursery, model, BenchmarkSettings(runs=4, concurrency=2))
+    assert model.requests == 5  # a warm-up, then the timed runs
+    assert model.max_in_flight == 2
+    assert result.runs == 4
+    assert result.key == "k"
+    # Each run: ~118 prompt tokens + 64 answer tokens; two at a time, 32 ms each.
+    assert result.workload == pytest.approx(4 * 182, rel=0.1)
+    assert 0 < result.max_perf < result.workload / 0.064
+    assert result.max_perf == pytest.approx(result.workload / result.elapsed)
+
+
+async def test_serial_backend_is_benchmarked_one_at_a_time(nursery: trio.Nursery) -> None:
+    serial = attrs.evolve(BACKEND, allow_parallel_requests=False)
+    settings = BenchmarkSettings.for_backend(serial, 3)
+    assert settings.concurrency == 1
+    model = Model()
+    with trio.fail_after(GUARD):
+        await _measure(nursery, model, settings, serial)
+    assert model.max_in_flight == 1
+    assert model.requests == 4
+
+
+async def test_benchmark_tolerates_a_few_failures(nursery: trio.Nursery) -> None:
+    model = Model(fail_first=2)
+    with trio.fail_after(GUARD):
+        result = await _measure(nursery, model, BenchmarkSettings(runs=2, concurrency=1))
+    assert model.requests == 5
+    assert result.max_perf > 0
+
+
+async def test_benchmark_fails_after_too_many_failures(nursery: trio.Nursery) -> None:
+    model = Model(status=500)
+    settings = BenchmarkSettings(runs=2, concurrency=2, max_failures=2)
+    with trio.fail_after(GUARD), pytest.raises(BenchmarkError, match="HTTP 500"):
+        await _measure(nursery, model, settings)
+    assert model.requests == 3
+
+
+async def test_benchmark_request_timeout_counts_as_a_failure(nursery: trio.Nursery) -> None:
+    model = Model(rate=1.0)  # 64 s per request
+    settings = BenchmarkSettings(runs=1, concurrency=1, request_timeout=0.05, max_failures=1)
+    with trio.fail_after(GUARD), pytest.raises(BenchmarkError):
+        await _measure(nursery, model, settings)
+
+
+# -- the cache end to end ------------------------------------------------------------------------
+
+
+async def _completed_when_ready(
+    nursery: trio.Nursery, tmp_path: Path, state_dir: Path, **config: Any
+) -> tuple[int, float]:
+    """Run a stack until ready; the fake's completed requests and the capacity."""
+    await trio.Path(tmp_path).mkdir()
+    stack = await start_stack(
+        nursery,
+        tmp_path,
+        HELLO,
+        "--load-delay",
+        "0.05",
+        "--token-rate",
+        "2000",
+        wait_ready=True,
+        state_dir=state_dir,
+        benchmark_runs=2,
+        **config,
+    )
+    completed = (await stack.stats())["completed"]
+    max_perf = stack.worker.lifecycle.max_perf
+    stack.shutdown.set()
+    await stack.wait_state(State.STOPPED)
+    return completed, max_perf
+
+
+async def test_benchmark_is_cached_across_workers(nursery: trio.Nursery, tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    with trio.fail_after(GUARD):
+        completed, measured = await _completed_when_ready(nursery, tmp_path / "first", state)
+        assert completed == 3  # a warm-up and two runs
+        [cached] = state.glob("benchmark-*.json")
+
+        # Same backend and settings: ready without a single benchmark request.
+        completed, max_perf = await _completed_when_ready(nursery, tmp_path / "second", state)
+        assert completed == 0
+        assert max_perf == measured
+
+        # force_benchmark measures again (and refreshes the cache).
+        completed, _ = await _completed_when_ready(
+            nursery, tmp_path / "forced", state, force_benchmark=True
+        )
+        assert completed == 3
+        assert list(state.glob("benchmark-*.json")) == [cached]
+
+        # A corrupt cache file is ignored: measured again, and rewritten.
+        cached.write_text("{not json")
+        completed, _ = await _completed_when_ready(nursery, tmp_path / "corrupt", state)
+        assert completed == 3
+        assert json.loads(cached.read_text())["max_perf"] > 0
+
+
+async def test_changed_backend_setting_is_benchmarked_again(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    state = tmp_path / "state"
+    seed_benchmark(state, BACKEND, max_perf=5.0, runs=2)
+    serial = attrs.evolve(BACKEND, allow_parallel_requests=False)
+    with trio.fail_after(GUARD):
+        await trio.Path(tmp_path / "serial").mkdir()
+        stack = await start_stack(
+            nursery,
+            tmp_path / "serial",
+            HELLO,
+            "--load-delay",
+            "0.05",
+            "--token-rate",
+            "2000",
+            wait_ready=True,
+            backend=serial,
+            state_dir=state,
+            benchmark_runs=2,
+        )
+        assert (await stack.stats())["completed"] == 3
+        assert stack.worker.lifecycle.max_perf != 5.0
+        assert len(list(state.glob("benchmark-*.json"))) == 2
+
+
+async def test_unwritable_cache_does_not_stop_the_worker(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("")
+    with trio.fail_after(GUARD):
+        completed, max_perf = await _completed_when_ready(
+            nursery, tmp_path / "stack", blocker / "state"
+        )
+    assert completed == 3
+    assert max_perf > 0
+    assert await trio.Path(blocker).is_file()
