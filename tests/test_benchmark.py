@@ -100,6 +100,8 @@ class Model:
     in_flight: int = 0
     max_in_flight: int = 0
     requests: int = 0
+    slots: trio.Semaphore | None = None
+    """Requests served at once (None: any number); the rest wait, as in a batch-limited model."""
 
     async def handle(self, request: Request) -> Response:
         self.requests += 1
@@ -109,7 +111,11 @@ class Model:
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
         try:
-            await trio.sleep(body["max_response_tokens"] / self.rate)
+            if self.slots is None:
+                await trio.sleep(body["max_response_tokens"] / self.rate)
+            else:
+                async with self.slots:
+                    await trio.sleep(body["max_response_tokens"] / self.rate)
         finally:
             self.in_flight -= 1
         return Response.json({"ok": True}, status=self.status)
@@ -139,6 +145,25 @@ async def test_benchmark_measures_workload_per_second(nursery: trio.Nursery) -> 
     assert result.workload == pytest.approx(4 * 182, rel=0.1)
     assert 0 < result.max_perf < result.workload / 0.064
     assert result.max_perf == pytest.approx(result.workload / result.elapsed)
+
+
+async def test_adaptive_benchmark_finds_a_parallelism_limit_it_does_not_divide(
+    nursery: trio.Nursery,
+) -> None:
+    """The production method ramps concurrency past what the model runs at once and measures
+    the saturated rate by Little's law: no tail effect when the model's 3 slots do not divide
+    the number of requests. Truth: 3 slots x a request's workload / its 64 ms of service."""
+    model = Model(rate=1000.0, slots=trio.Semaphore(3))
+    settings = BenchmarkSettings(
+        runs=6, concurrency=1, max_concurrency=16, ramp_seconds=3.0, duration=4.0
+    )
+    with trio.fail_after(GUARD):
+        result = await _measure(nursery, model, settings)
+    per_request = result.workload / result.runs
+    truth = 3 * per_request / 0.064
+    # The estimator's accuracy, not a speed: the band is for scheduling noise on a busy host.
+    assert result.max_perf == pytest.approx(truth, rel=0.2)
+    assert model.max_in_flight > 3  # it did look beyond the model's parallelism
 
 
 async def test_serial_backend_is_benchmarked_one_at_a_time(nursery: trio.Nursery) -> None:
