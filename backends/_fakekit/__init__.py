@@ -9,7 +9,9 @@ from these parts:
   cancellation);
 * :class:`CapacityModel`, whose throughput truth is ``min(capacity, max_parallel *
   token_rate)``;
-* :func:`knob_parser` and :class:`Knobs` for the shared command-line knobs;
+* :func:`knob_parser` and :class:`Knobs` for the shared command-line knobs, and argparse
+  types (:func:`positive`, :func:`non_negative`, :func:`fraction`, :func:`count`,
+  :func:`at_least_one`) for a fake's own;
 * :class:`LogWriter` for ``2026-11-25T16:00:00.123Z INFO message`` log lines;
 * :func:`run_fake` / :func:`serve_fake` for loading, listening, the ready line and signals.
 """
@@ -23,7 +25,12 @@ from ._http import Request as Request
 from ._http import Response as Response
 from ._http import StreamResponse as StreamResponse
 from ._knobs import Knobs as Knobs
+from ._knobs import at_least_one as at_least_one
+from ._knobs import count as count
+from ._knobs import fraction as fraction
 from ._knobs import knob_parser as knob_parser
+from ._knobs import non_negative as non_negative
+from ._knobs import positive as positive
 from ._logfile import LogWriter as LogWriter
 from ._process import Startup as Startup
 from ._process import run_fake as run_fake

@@ -10,35 +10,40 @@ import attrs
 from ._capacity import CapacityModel
 
 
-def _positive(text: str) -> float:
+def positive(text: str) -> float:
+    """A number > 0 (an argparse type)."""
     value = float(text)
     if not value > 0:
         raise argparse.ArgumentTypeError(f"must be > 0, not {text}")
     return value
 
 
-def _non_negative(text: str) -> float:
+def non_negative(text: str) -> float:
+    """A number >= 0 (an argparse type)."""
     value = float(text)
     if not value >= 0:
         raise argparse.ArgumentTypeError(f"must be >= 0, not {text}")
     return value
 
 
-def _fraction(text: str) -> float:
+def fraction(text: str) -> float:
+    """A number within [0, 1] (an argparse type)."""
     value = float(text)
     if not 0 <= value <= 1:
         raise argparse.ArgumentTypeError(f"must be within [0, 1], not {text}")
     return value
 
 
-def _count(text: str) -> int:
+def count(text: str) -> int:
+    """An integer >= 0 (an argparse type)."""
     value = int(text)
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be >= 0, not {text}")
     return value
 
 
-def _at_least_one(text: str) -> int:
+def at_least_one(text: str) -> int:
+    """An integer >= 1 (an argparse type)."""
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, not {text}")
@@ -105,7 +110,7 @@ def knob_parser(
     add("--log", help="append log lines to this file, with stdout and stderr (default: stdout)")
     add(
         "--load-delay",
-        type=_non_negative,
+        type=non_negative,
         default=load_delay,
         metavar="S",
         help="seconds spent 'loading the model' before listening (default: %(default)s)",
@@ -113,45 +118,45 @@ def knob_parser(
     add("--fail-load", metavar="REASON", help="fail to load the model with this reason; exit 1")
     add(
         "--token-rate",
-        type=_positive,
+        type=positive,
         default=token_rate,
         metavar="R",
         help="units per second one request is served at (default: %(default)s)",
     )
     add(
         "--capacity",
-        type=_positive,
+        type=positive,
         metavar="C",
         help="units per second shared by all requests (default: unbounded)",
     )
     add(
         "--max-parallel",
-        type=_at_least_one,
+        type=at_least_one,
         metavar="N",
         help="requests served at once, the rest wait FIFO (default: unbounded)",
     )
     add(
         "--hang-after",
-        type=_count,
+        type=count,
         metavar="N",
         help="stop answering a request after N tokens, keeping its connection open",
     )
     add(
         "--crash-after",
-        type=_count,
+        type=count,
         metavar="N",
         help="kill the process (exit 1) once a request has produced N tokens",
     )
     add(
         "--error-rate",
-        type=_fraction,
+        type=fraction,
         default=0.0,
         metavar="F",
         help="fraction of requests answered 500 (deterministic per --seed)",
     )
     add(
         "--slow-health",
-        type=_non_negative,
+        type=non_negative,
         default=0.0,
         metavar="S",
         help="seconds the health route takes to answer",

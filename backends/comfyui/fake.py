@@ -41,7 +41,7 @@ import trio
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve
 
-from backends._fakekit import write_port_file
+from backends._fakekit import count, fraction, non_negative, write_port_file
 
 from ._engine import Engine, EngineSettings
 
@@ -56,25 +56,6 @@ Send = Callable[[Message], Awaitable[None]]
 
 
 # -- knobs ----------------------------------------------------------------------------------
-def _non_negative(text: str) -> float:
-    value = float(text)
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, not {text}")
-    return value
-
-
-def _fraction(text: str) -> float:
-    value = float(text)
-    if not 0 <= value <= 1:
-        raise argparse.ArgumentTypeError(f"must be within [0, 1], not {text}")
-    return value
-
-
-def _count(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, not {text}")
-    return value
 
 
 @attrs.frozen(kw_only=True)
@@ -128,7 +109,7 @@ def parser() -> argparse.ArgumentParser:
     add("--log", help="append log lines to this file, with stdout and stderr (default: stderr)")
     add(
         "--load-delay",
-        type=_non_negative,
+        type=non_negative,
         default=2.0,
         metavar="S",
         help="seconds of start-up (custom node imports) before listening (%(default)s)",
@@ -140,14 +121,14 @@ def parser() -> argparse.ArgumentParser:
     )
     add(
         "--step-time",
-        type=_non_negative,
+        type=non_negative,
         default=0.005,
         metavar="S",
         help="seconds per sampler step of a 512x512 image; larger images take longer (%(default)s)",
     )
     add(
         "--node-failure-rate",
-        type=_fraction,
+        type=fraction,
         default=0.0,
         metavar="F",
         help="fraction of prompts whose sampler raises (execution_error), per --seed",
@@ -157,11 +138,11 @@ def parser() -> argparse.ArgumentParser:
         metavar="TEXT",
         help="prompts whose CLIPTextEncode text contains TEXT fail in the sampler",
     )
-    add("--hang-after", type=_count, metavar="N", help="samplers stall after N steps")
-    add("--crash-after", type=_count, metavar="N", help="exit 1 when a sampler reaches step N")
+    add("--hang-after", type=count, metavar="N", help="samplers stall after N steps")
+    add("--crash-after", type=count, metavar="N", help="exit 1 when a sampler reaches step N")
     add(
         "--slow-health",
-        type=_non_negative,
+        type=non_negative,
         default=0.0,
         metavar="S",
         help="seconds GET /system_stats takes",

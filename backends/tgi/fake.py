@@ -33,7 +33,15 @@ from collections.abc import AsyncIterator, Sequence
 import attrs
 import trio
 
-from backends._fakekit import HTTPServer, Knobs, knob_parser, write_port_file
+from backends._fakekit import (
+    HTTPServer,
+    Knobs,
+    at_least_one,
+    fraction,
+    knob_parser,
+    non_negative,
+    write_port_file,
+)
 
 from ._fake_api import Limits
 from ._fake_log import ROUTER_V3, TGILog
@@ -69,50 +77,29 @@ class Options:
     unhealthy_after: float | None = None
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, not {text}")
-    return value
-
-
-def _fraction(text: str) -> float:
-    value = float(text)
-    if not 0 <= value <= 1:
-        raise argparse.ArgumentTypeError(f"must be within [0, 1], not {text}")
-    return value
-
-
-def _non_negative(text: str) -> float:
-    value = float(text)
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, not {text}")
-    return value
-
-
 def parser() -> argparse.ArgumentParser:
     """The command line: the kit's knobs and TGI's."""
     p = knob_parser("a fake Text Generation Inference server (TGI)", port=DEFAULT_PORT)
     add = p.add_argument
     add("--model-id", default=DEFAULT_MODEL_ID, help="the model it pretends to serve")
-    add("--max-concurrent-requests", type=_positive_int, default=128, metavar="N")
-    add("--max-best-of", type=_positive_int, default=2, metavar="N")
+    add("--max-concurrent-requests", type=at_least_one, default=128, metavar="N")
+    add("--max-best-of", type=at_least_one, default=2, metavar="N")
     add("--max-stop-sequences", type=int, default=4, metavar="N")
     add("--max-top-n-tokens", type=int, default=5, metavar="N")
-    add("--max-input-tokens", type=_positive_int, metavar="N", help="default: total - 1")
-    add("--max-total-tokens", type=_positive_int, default=4096, metavar="N")
-    add("--payload-limit", type=_positive_int, default=2_000_000, metavar="BYTES")
+    add("--max-input-tokens", type=at_least_one, metavar="N", help="default: total - 1")
+    add("--max-total-tokens", type=at_least_one, default=4096, metavar="N")
+    add("--payload-limit", type=at_least_one, default=2_000_000, metavar="BYTES")
     add(
         "--fail-request-rate",
         dest="error_rate",
-        type=_fraction,
+        type=fraction,
         metavar="F",
         help="fraction of requests that fail during generation (the same as --error-rate)",
     )
-    add("--eos-after", type=_positive_int, metavar="N", help="end every answer at token N")
+    add("--eos-after", type=at_least_one, metavar="N", help="end every answer at token N")
     add(
         "--unhealthy-after",
-        type=_non_negative,
+        type=non_negative,
         metavar="S",
         help="/health answers 503 from S seconds after the port opens",
     )
