@@ -39,22 +39,13 @@ from backends._fakekit import (
     knob_parser,
     run_fake,
 )
+from backends._fakekit._text import TABLE_SIZE, VOCABULARY
 from pyworker._tokens import estimate_tokens
 
 DEFAULT_PORT = 5001
 DEFAULT_MAX_RESPONSE_TOKENS = 256
 MAX_RESPONSE_TOKENS = 1_000_000
 
-_VOCABULARY_TEXT = (
-    "the a model server token stream answer prompt worker load request queue batch light "
-    "river stone cloud garden window paper music quiet bright swift gentle ancient green "
-    "blue golden silver morning evening winter summer story bridge mountain ocean forest "
-    "city road friend voice dream idea number letter signal engine circuit"
-)
-_VOCABULARY = tuple(_VOCABULARY_TEXT.split())
-# Generated text walks this seed-dependent table from an offset that depends on the prompt:
-# deterministic per (--seed, prompt), and no random draws on the request path.
-_TABLE_SIZE = 4096
 
 _SSE_HEADERS = ((b"cache-control", b"no-cache"),)
 _HEALTHY = Response.json({"status": "ok"})
@@ -137,7 +128,7 @@ class HelloWorldServer:
     def __attrs_post_init__(self) -> None:
         self._capacity = self.knobs.capacity_model()
         rng = random.Random(self.knobs.seed)
-        self._words = tuple(" " + rng.choice(_VOCABULARY) for _ in range(_TABLE_SIZE))
+        self._words = tuple(" " + rng.choice(VOCABULARY) for _ in range(TABLE_SIZE))
         # Pre-encoded SSE events: a streamed token costs no serialisation.
         self._events = tuple(
             b"data: " + json.dumps({"token": word}).encode() + b"\n\n" for word in self._words
@@ -186,7 +177,7 @@ class HelloWorldServer:
         if self.knobs.error_rate and self._error_rng.random() < self.knobs.error_rate:
             self.log.warning("injected failure (--error-rate)")
             return Response.json({"error": "injected failure"}, status=500)
-        offset = zlib.crc32(prompt.encode("utf-8", "surrogatepass")) % _TABLE_SIZE
+        offset = zlib.crc32(prompt.encode("utf-8", "surrogatepass")) % TABLE_SIZE
         return prompt, wanted, offset
 
     def _begin(self) -> int:
@@ -244,7 +235,7 @@ class HelloWorldServer:
         finally:
             self._end(request, number, finished)
         words = self._words
-        text = "".join([words[(offset + i) % _TABLE_SIZE] for i in range(wanted)])
+        text = "".join([words[(offset + i) % TABLE_SIZE] for i in range(wanted)])
         return Response.json(
             {"response": text, "prompt_tokens": prompt_tokens, "generated_tokens": wanted}
         )
@@ -273,7 +264,7 @@ class HelloWorldServer:
                     await self._fail_point(number, produced)
                     count = await job.serve_some(self._next_batch(produced, wanted))
                     for _ in range(count):
-                        yield events[(offset + produced) % _TABLE_SIZE]
+                        yield events[(offset + produced) % TABLE_SIZE]
                         produced += 1
                         self.stats.tokens_generated += 1
                 await self._fail_point(number, produced)

@@ -31,6 +31,7 @@ from backends._fakekit import (
     Response,
     StreamResponse,
 )
+from backends._fakekit._text import TABLE_SIZE, VOCABULARY
 
 from ._fake_api import (
     PLAIN,
@@ -53,16 +54,6 @@ COMPUTE_TYPE = "1-fake-gpu"
 EOS_ID = 2
 EOS_TEXT = "</s>"
 
-_VOCABULARY_TEXT = (
-    "the a model server token stream answer prompt worker load request queue batch light "
-    "river stone cloud garden window paper music quiet bright swift gentle ancient green "
-    "blue golden silver morning evening winter summer story bridge mountain ocean forest "
-    "city road friend voice dream idea number letter signal engine circuit"
-)
-_VOCABULARY = tuple(_VOCABULARY_TEXT.split())
-# Generated text walks this seed-dependent table from an offset that depends on the prompt:
-# deterministic per (--seed, prompt), and no random draws per token.
-_TABLE_SIZE = 4096
 _Route = Callable[[Request], Awaitable[Response | StreamResponse]]
 _FAILURE_KINDS = ("overloaded", "validation", "generation", "incomplete", "dropped")
 _SSE_HEADERS = (
@@ -164,7 +155,7 @@ class _Run:
             token = EOS
             self.finish = "eos_token"
         else:
-            token = self.table[(self.offset + count - 1) % _TABLE_SIZE]
+            token = self.table[(self.offset + count - 1) % TABLE_SIZE]
             if self._stop_window:
                 self._tail = (self._tail + token.text)[-self._stop_window :]
                 if any(self._tail.endswith(stop) for stop in self.gen.stop):
@@ -217,8 +208,8 @@ class TGIFakeServer:
         self._capacity = self.knobs.capacity_model()
         rng = random.Random(self.knobs.seed)
         self._table = tuple(
-            Token.make(100 + index, " " + _VOCABULARY[index], -round(rng.uniform(0.01, 3), 4))
-            for index in (rng.randrange(len(_VOCABULARY)) for _ in range(_TABLE_SIZE))
+            Token.make(100 + index, " " + VOCABULARY[index], -round(rng.uniform(0.01, 3), 4))
+            for index in (rng.randrange(len(VOCABULARY)) for _ in range(TABLE_SIZE))
         )
         self._error_rng = random.Random(f"errors:{self.knobs.seed}")
         self._seed_rng = random.Random(f"seeds:{self.knobs.seed}")
@@ -422,8 +413,8 @@ class TGIFakeServer:
 
     def _prefill(self, run: _Run) -> list[dict[str, object]]:
         table = self._table
-        first = (run.offset + _TABLE_SIZE // 2) % _TABLE_SIZE
-        tokens = [table[(first + i) % _TABLE_SIZE] for i in range(run.gen.input_length)]
+        first = (run.offset + TABLE_SIZE // 2) % TABLE_SIZE
+        tokens = [table[(first + i) % TABLE_SIZE] for i in range(run.gen.input_length)]
         return [
             {"id": t.id, "text": t.text, "logprob": None if i == 0 else t.logprob}
             for i, t in enumerate(tokens)
@@ -432,11 +423,11 @@ class TGIFakeServer:
     def _top_tokens(self, run: _Run, position: int) -> list[dict[str, object]]:
         table = self._table
         start = run.offset + position
-        return [table[(start + k) % _TABLE_SIZE].record() for k in range(run.gen.top_n_tokens)]
+        return [table[(start + k) % TABLE_SIZE].record() for k in range(run.gen.top_n_tokens)]
 
     def _other_sequence(self, run: _Run, k: int) -> dict[str, object]:
         # The other sequences best_of generated (already paid for): same length, other words.
-        other = _Run(run.gen, self._table, (run.offset + 7919 * k) % _TABLE_SIZE, None)
+        other = _Run(run.gen, self._table, (run.offset + 7919 * k) % TABLE_SIZE, None)
         while other.finish is None and other.produced < run.produced:
             other.step()
         return {
@@ -506,7 +497,7 @@ class TGIFakeServer:
         stats.max_concurrent = max(stats.max_concurrent, stats.in_flight)
         self._last_request += 1
         number = self._last_request
-        offset = zlib.crc32(gen.inputs.encode("utf-8", "surrogatepass")) % _TABLE_SIZE
+        offset = zlib.crc32(gen.inputs.encode("utf-8", "surrogatepass")) % TABLE_SIZE
         run = _Run(gen, self._table, offset, self.eos_after)
         units = (gen.input_length + gen.max_new_tokens) * gen.best_of
         try:
