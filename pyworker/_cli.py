@@ -8,7 +8,7 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any, NoReturn
@@ -44,7 +44,8 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
             "server as a Vast template would. Without it (or with --demo) it starts a local "
             "demo: the backend's demo model server, a stand-in autoscaler and the worker."
         ),
-        epilog="An option marked [VAR] can also be set through that environment variable.",
+        epilog="Each option can also be set through the environment variable in brackets; "
+        "the command line wins.",
     )
     add = parser.add_argument
     add(
@@ -164,7 +165,49 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         help="[PYWORKER_LOG_LEVEL]",
     )
     add("--list-backends", action="store_true", help="list the backends and exit")
+    for action in parser._actions:
+        if action.dest in _ENV_OPTIONS and action.help:
+            action.help += f" [{_ENV_OPTIONS[action.dest][0]}]"
     return parser
+
+
+def _flag(text: str) -> bool:
+    value = text.strip().lower()
+    if value in {"1", "true", "yes", "on"}:
+        return True
+    if value in {"", "0", "false", "no", "off"}:
+        return False
+    raise ValueError(f"not a boolean: {text!r}")
+
+
+# Options whose environment variable is pyworker's own (the Vast ones are read by
+# WorkerConfig.from_env): read when the option is not given on the command line.
+_ENV_OPTIONS: dict[str, tuple[str, Callable[[str], object]]] = {
+    "demo": ("PYWORKER_DEMO", _flag),
+    "public_url": ("PYWORKER_PUBLIC_URL", str),
+    "only_2024_signatures": ("PYWORKER_ONLY_2024_SIGNATURES", _flag),
+    "max_queue_time": ("PYWORKER_MAX_QUEUE_TIME", float),
+    "max_body_bytes": ("PYWORKER_MAX_BODY_BYTES", int),
+    "read_timeout": ("PYWORKER_READ_TIMEOUT", float),
+    "drain_timeout": ("PYWORKER_DRAIN_TIMEOUT", float),
+    "health_interval": ("PYWORKER_HEALTH_INTERVAL", float),
+    "force_benchmark": ("PYWORKER_FORCE_BENCHMARK", _flag),
+    "benchmark_runs": ("PYWORKER_BENCHMARK_RUNS", int),
+}
+
+
+def apply_env_options(args: argparse.Namespace, env: Mapping[str, str]) -> None:
+    """Fill options not given on the command line from their environment variables.
+
+    Raises:
+        ConfigError: a variable's value is malformed.
+    """
+    for dest, (variable, parse) in _ENV_OPTIONS.items():
+        if getattr(args, dest) in (None, False) and env.get(variable, "") != "":
+            try:
+                setattr(args, dest, parse(env[variable]))
+            except ValueError as exc:
+                raise ConfigError(f"{variable}: {exc}") from None
 
 
 def config_from_args(args: argparse.Namespace, env: Mapping[str, str]) -> tuple[WorkerConfig, bool]:
@@ -314,6 +357,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         except ValueError:
             parser.error(f"WORKER_PORT must be an integer, not {env['WORKER_PORT']!r}")
     try:
+        apply_env_options(args, env)
         config, demo = config_from_args(args, env)
         if not demo and config.port == 0:
             # Choose the port now: the URL in reports and signatures must name the real one.

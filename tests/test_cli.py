@@ -387,3 +387,21 @@ async def test_vast_mode_serves_on_a_chosen_port_and_stops_on_sigterm(tmp_path: 
                     process.kill()
                     await process.wait()
                 await log.stream.aclose()
+
+
+def test_every_option_reads_its_environment_variable_when_not_given() -> None:
+    from pyworker._cli import _ENV_OPTIONS, apply_env_options, build_parser
+
+    env = {
+        "PYWORKER_MAX_QUEUE_TIME": "7.5",
+        "PYWORKER_FORCE_BENCHMARK": "true",
+        "PYWORKER_BENCHMARK_RUNS": "3",
+        "PYWORKER_DEMO": "0",
+    }
+    args = build_parser(env).parse_args(["--backend", "hello_world", "--benchmark-runs", "5"])
+    apply_env_options(args, env)
+    assert (args.max_queue_time, args.force_benchmark, args.demo) == (7.5, True, False)
+    assert args.benchmark_runs == 5  # the command line wins
+    help_text = build_parser({}).format_help()
+    for variable, _ in _ENV_OPTIONS.values():
+        assert f"[{variable}]" in help_text.replace("\n", " ").replace("  ", " ")
