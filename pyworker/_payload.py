@@ -61,6 +61,10 @@ class Fields:
             self.errors[""] = f"must be a JSON object, not {json_type_name(data)}"
 
     def _get(self, name: str, default: Any) -> Any:
+        if "" in self.errors:
+            # The value is not an object at all: that one message says it; listing every
+            # field as missing would only bury it.
+            return default
         value = self.data.get(name, _MISSING)
         if value is _MISSING or (value is None and default is not _MISSING):
             if default is _MISSING:

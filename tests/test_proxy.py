@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import pytest
 import trio
 from harness import Stack, eventually, start_stack
 
@@ -183,3 +184,13 @@ async def test_slow_body_is_408(nursery: trio.Nursery, tmp_path: Path) -> None:
                 answer += await client.receive_some(65536)
         assert answer.startswith(b"HTTP/1.1 408 ")
         assert stack.worker.tracker.in_flight == 0
+
+
+def test_a_payload_that_is_not_an_object_gets_one_message() -> None:
+    from pyworker import PayloadError, load_backend
+
+    endpoint = load_backend("hello_world").endpoint("/generate")
+    with pytest.raises(PayloadError) as caught:
+        endpoint.parse([])
+    # One message for the whole value, not a "missing parameter" per field besides it.
+    assert caught.value.errors == {"": "must be a JSON object, not array"}
