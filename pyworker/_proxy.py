@@ -275,10 +275,9 @@ class Proxy:
                         return
                     await relay.chunk(chunk)
             except UpstreamError as exc:
-                # Headers are gone already: all we can do is cut the response short, so the
-                # client sees an incomplete body rather than a silently truncated "success".
-                # Returning without the final body message makes the server close the
-                # connection, so the client sees a broken response, not a short "success".
+                # The headers are gone already: returning without the final body message
+                # makes the server close the connection, so the client sees a broken
+                # response rather than a silently truncated "success".
                 log.warning("request %d: model server failed mid-response: %s", ticket.id, exc)
                 return
             await relay.end()
@@ -289,13 +288,11 @@ class _Relay:
     """Sends one response to the client and remembers how far it got."""
 
     send: Send
-    started: bool = False
     completed: bool = False
     client_gone: bool = False
     actual: float | None = None
 
     async def start(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
-        self.started = True
         await self.send({"type": "http.response.start", "status": status, "headers": headers})
 
     async def chunk(self, data: bytes) -> None:
