@@ -10,7 +10,7 @@ import attrs
 import httpx
 import pytest
 import trio
-from harness import seed_benchmark, start_stack
+from harness import eventually, seed_benchmark, start_stack
 
 from backends._fakekit import HTTPServer, Request, Response
 from pyworker import Backend, State, load_backend
@@ -221,7 +221,14 @@ async def _completed_when_ready(
         benchmark_runs=2,
         **config,
     )
-    completed = (await stack.stats())["completed"]
+
+    # The fake counts a request just after sending its answer: wait until it is quiet.
+    async def settled() -> dict[str, Any] | None:
+        stats: dict[str, Any] = await stack.stats()
+        return stats if stats["in_flight"] == 0 else None
+
+    with trio.fail_after(5):
+        completed = (await eventually(settled, what="the model server idle"))["completed"]
     max_perf = stack.worker.lifecycle.max_perf
     stack.shutdown.set()
     await stack.wait_state(State.STOPPED)
