@@ -248,3 +248,33 @@ async def _close_at_cancel(http: httpx.AsyncClient) -> None:
     finally:
         with trio.CancelScope(shield=True):
             await http.aclose()
+
+
+async def ready_stack(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    *fake_args: str,
+    max_perf: float | None = 1000.0,
+    backend: Backend | None = None,
+    **config: Any,
+) -> Stack:
+    """A hello_world stack, ready: seeded with capacity ``max_perf`` (None: really benchmark)."""
+    config.setdefault("benchmark_runs", 2)
+    if max_perf is not None:
+        seed_benchmark(
+            tmp_path / "state",
+            backend or load_backend("hello_world"),
+            max_perf=max_perf,
+            runs=config["benchmark_runs"],
+        )
+    return await start_stack(
+        nursery,
+        tmp_path,
+        "hello_world",
+        "--load-delay",
+        "0.05",
+        *fake_args,
+        wait_ready=True,
+        backend=backend,
+        **config,
+    )

@@ -19,43 +19,13 @@ import attrs
 import httpx
 import pytest
 import trio
-from harness import Stack, eventually, seed_benchmark, start_stack
+from harness import Stack, eventually, ready_stack
 
-from pyworker import Backend, State, load_backend
+from pyworker import State, load_backend
 from pyworker._load import LoadTracker, Ticket
 
 HELLO = "hello_world"
 GUARD = 30  # seconds: the absolute bound on each test
-
-
-async def ready_stack(
-    nursery: trio.Nursery,
-    tmp_path: Path,
-    *fake_args: str,
-    max_perf: float | None = 1000.0,
-    backend: Backend | None = None,
-    **config: Any,
-) -> Stack:
-    """A stack that is ready: seeded with capacity ``max_perf`` (None: really benchmark)."""
-    config.setdefault("benchmark_runs", 2)
-    if max_perf is not None:
-        seed_benchmark(
-            tmp_path / "state",
-            backend or load_backend(HELLO),
-            max_perf=max_perf,
-            runs=config["benchmark_runs"],
-        )
-    return await start_stack(
-        nursery,
-        tmp_path,
-        HELLO,
-        "--load-delay",
-        "0.05",
-        *fake_args,
-        wait_ready=True,
-        backend=backend,
-        **config,
-    )
 
 
 def prompt(tokens: int, text: str = "hi") -> dict[str, object]:

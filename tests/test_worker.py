@@ -9,7 +9,7 @@ from typing import Any
 import attrs
 import httpx
 import trio
-from harness import Stack, eventually, seed_benchmark, start_stack
+from harness import Stack, eventually, ready_stack, seed_benchmark, start_stack
 
 from backends._fakekit import HTTPServer, Request, Response
 from pyworker import State, load_backend
@@ -161,16 +161,12 @@ async def test_model_server_restart_reloads_and_reports_loadtime_again(
     nursery: trio.Nursery, tmp_path: Path
 ) -> None:
     with trio.fail_after(GUARD):
-        stack = await start_stack(
+        stack = await ready_stack(
             nursery,
             tmp_path,
-            HELLO,
-            "--load-delay",
-            "0.05",
             "--token-rate",
             "1000",
-            wait_ready=True,
-            benchmark_runs=2,
+            max_perf=None,
         )
         assert (await stack.post("/generate", prompt(2))).status_code == 200
         changes = record_changes(stack)
@@ -219,16 +215,12 @@ async def test_health_checks_after_a_model_server_restart_keep_the_worker_ready(
 ) -> None:
     seeded(tmp_path)
     with trio.fail_after(GUARD):
-        stack = await start_stack(
+        stack = await ready_stack(
             nursery,
             tmp_path,
-            HELLO,
-            "--load-delay",
-            "0.05",
-            wait_ready=True,
-            benchmark_runs=2,
             health_interval=0.3,
             health_failures=2,
+            max_perf=None,
         )
         async with trio.open_nursery() as clients:  # eight idle connections in the pool
             for _ in range(8):
@@ -248,19 +240,15 @@ async def test_failing_health_checks_error_the_worker(
 ) -> None:
     seeded(tmp_path)
     with trio.fail_after(GUARD):
-        stack = await start_stack(
+        stack = await ready_stack(
             nursery,
             tmp_path,
-            HELLO,
-            "--load-delay",
-            "0.05",
             "--slow-health",
             "5",
-            wait_ready=True,
-            benchmark_runs=2,
             health_interval=0.1,
             health_timeout=0.2,
             health_failures=2,
+            max_perf=None,
         )
         changes = record_changes(stack)
         await stack.wait_state(State.ERRORED)
@@ -278,17 +266,13 @@ async def test_failing_health_checks_error_the_worker(
 async def test_drain_deadline_cuts_requests_off(nursery: trio.Nursery, tmp_path: Path) -> None:
     seeded(tmp_path)
     with trio.fail_after(GUARD):
-        stack = await start_stack(
+        stack = await ready_stack(
             nursery,
             tmp_path,
-            HELLO,
-            "--load-delay",
-            "0.05",
             "--token-rate",
             "50",
-            wait_ready=True,
-            benchmark_runs=2,
             drain_timeout=0.3,
+            max_perf=None,
         )
         outcome: list[object] = []
 
