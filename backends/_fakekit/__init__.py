@@ -36,3 +36,4 @@ from ._process import Startup as Startup
 from ._process import run_fake as run_fake
 from ._process import serve_fake as serve_fake
 from ._process import write_port_file as write_port_file
+from ._stats import Stats as Stats

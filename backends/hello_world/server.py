@@ -35,6 +35,7 @@ from backends._fakekit import (
     LogWriter,
     Request,
     Response,
+    Stats,
     StreamResponse,
     knob_parser,
     run_fake,
@@ -49,27 +50,6 @@ MAX_RESPONSE_TOKENS = 1_000_000
 
 _SSE_HEADERS = ((b"cache-control", b"no-cache"),)
 _HEALTHY = Response.json({"status": "ok"})
-
-
-@attrs.define(kw_only=True)
-class Stats:
-    """Counters served by ``GET /stats``, for tests.
-
-    Attributes:
-        in_flight: generation requests being served now.
-        completed: generation requests that produced all their tokens.
-        cancelled: generation requests stopped because the client went away.
-        errors: requests answered with an error status (4xx or 5xx).
-        max_concurrent: the most generation requests in flight at once.
-        tokens_generated: tokens produced, by finished and unfinished requests alike.
-    """
-
-    in_flight: int = 0
-    completed: int = 0
-    cancelled: int = 0
-    errors: int = 0
-    max_concurrent: int = 0
-    tokens_generated: int = 0
 
 
 class _BadRequest(Exception):

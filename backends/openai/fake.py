@@ -62,6 +62,7 @@ from backends._fakekit import (
     knob_parser,
     write_port_file,
 )
+from backends._fakekit import Stats as BaseStats
 from pyworker._tokens import estimate_tokens
 
 FLAVORS = ("vllm", "sglang", "llamacpp")
@@ -183,25 +184,9 @@ def _redirect_output(path: str | None) -> None:
 
 # -- requests --------------------------------------------------------------------------------
 @attrs.define(kw_only=True)
-class Stats:
-    """Counters served by ``GET /stats``, for tests.
+class Stats(BaseStats):
+    """The kit's counters, plus the prompt tokens of the generation requests admitted."""
 
-    Attributes:
-        in_flight: generation requests being served now.
-        completed: generation requests that produced all their tokens.
-        cancelled: generation requests stopped because the client went away.
-        errors: requests answered with an error status (4xx or 5xx).
-        max_concurrent: the most generation requests in flight at once.
-        tokens_generated: tokens produced, by finished and unfinished requests alike.
-        prompt_tokens: prompt tokens of the generation requests admitted.
-    """
-
-    in_flight: int = 0
-    completed: int = 0
-    cancelled: int = 0
-    errors: int = 0
-    max_concurrent: int = 0
-    tokens_generated: int = 0
     prompt_tokens: int = 0
 
 

@@ -29,6 +29,7 @@ from backends._fakekit import (
     Knobs,
     Request,
     Response,
+    Stats,
     StreamResponse,
 )
 from backends._fakekit._text import TABLE_SIZE, VOCABULARY
@@ -95,27 +96,6 @@ class Token:
 
 
 EOS = Token.make(EOS_ID, EOS_TEXT, -0.01, special=True)
-
-
-@attrs.define(kw_only=True)
-class Stats:
-    """Counters served by the fake-only ``GET /stats``, for tests.
-
-    Attributes:
-        in_flight: generation requests being served now.
-        completed: generation requests that finished generating.
-        cancelled: generation requests stopped because the client went away.
-        errors: answers with an error status, and streams that carried an error event.
-        max_concurrent: the most generation requests in flight at once.
-        tokens_generated: tokens produced, by finished and unfinished requests alike.
-    """
-
-    in_flight: int = 0
-    completed: int = 0
-    cancelled: int = 0
-    errors: int = 0
-    max_concurrent: int = 0
-    tokens_generated: int = 0
 
 
 @attrs.define(eq=False)

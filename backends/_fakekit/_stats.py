@@ -1,0 +1,26 @@
+"""The request counters a fake LLM server serves on its fake-only ``GET /stats``, for tests."""
+
+from __future__ import annotations
+
+import attrs
+
+
+@attrs.define(kw_only=True)
+class Stats:
+    """Counters served by ``GET /stats`` (``attrs.asdict`` of this).
+
+    Attributes:
+        in_flight: generation requests being served now.
+        completed: generation requests that produced all their tokens.
+        cancelled: generation requests stopped because the client went away.
+        errors: answers with an error status (4xx or 5xx), or an error event in a stream.
+        max_concurrent: the most generation requests in flight at once.
+        tokens_generated: tokens produced, by finished and unfinished requests alike.
+    """
+
+    in_flight: int = 0
+    completed: int = 0
+    cancelled: int = 0
+    errors: int = 0
+    max_concurrent: int = 0
+    tokens_generated: int = 0
