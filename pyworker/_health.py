@@ -1,4 +1,4 @@
-"""Poll the model server's health route once it is ready; mark the worker errored when it fails."""
+"""Poll the model server's health route while ready; mark the worker errored when it fails."""
 
 from __future__ import annotations
 
@@ -7,16 +7,15 @@ import logging
 import attrs
 import trio
 
-from ._lifecycle import State, Trigger
+from ._lifecycle import Lifecycle, Trigger
 from ._upstream import UpstreamError, UpstreamPool
-from ._watch import LifecycleWatch
 
 log = logging.getLogger("pyworker.health")
 
 
-@attrs.define(eq=False)
+@attrs.define(eq=False, kw_only=True)
 class HealthChecker:
-    """Checks ``GET {path}`` every ``interval`` seconds while the worker is ready.
+    """Checks ``GET {path}`` every ``interval`` seconds.
 
     A check fails on a connection error, a timeout or a status of 500 or more. After
     ``failures`` consecutive failures the lifecycle gets ``health_failed`` with the last reason.
@@ -25,10 +24,10 @@ class HealthChecker:
 
     upstream: UpstreamPool
     path: str
-    watch: LifecycleWatch
-    interval: float = 10.0
-    timeout: float = 10.0
-    failures: int = 3
+    lifecycle: Lifecycle
+    interval: float = attrs.field(default=10.0, validator=attrs.validators.gt(0))
+    timeout: float = attrs.field(default=10.0, validator=attrs.validators.gt(0))
+    failures: int = attrs.field(default=3, validator=attrs.validators.ge(1))
 
     async def check_once(self) -> str:
         """One check; returns "" when healthy, else the reason."""
@@ -44,37 +43,28 @@ class HealthChecker:
             return f"health check answered HTTP {response.status}"
         return ""
 
-    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Run forever; ``task_status.started()`` at once."""
-        task_status.started()
-        lifecycle = self.watch.lifecycle
+    async def run(self) -> None:
+        """Check until the failures add up (then fire ``health_failed`` and return).
+
+        Run it with :func:`pyworker._watch.run_in_states`: one run per stay in ``ready``, so
+        a restarted model server never inherits the old one's failures, and an answer about a
+        model server that has been replaced is never acted on (the run is cancelled first).
+        """
+        failed = 0
         while True:
-            await self.watch.wait_state(State.READY)
-            failed = 0
-            # A restart can pass through loading and back to ready between two checks (a fast
-            # load, a cached benchmark) without this task seeing it: the load count tells, so
-            # the old server's failures are never held against the new one.
-            load = lifecycle.loads_completed
-            while lifecycle.current is State.READY and lifecycle.loads_completed == load:
-                reason = await self.check_once()
-                if lifecycle.current is not State.READY or lifecycle.loads_completed != load:
-                    break  # the answer is about a model server that has been replaced
-                if not reason:
-                    failed = 0
-                else:
-                    failed += 1
-                    log.warning(
-                        "model server health check failed (%d/%d): %s",
-                        failed,
-                        self.failures,
-                        reason,
+            reason = await self.check_once()
+            if not reason:
+                failed = 0
+            else:
+                failed += 1
+                log.warning(
+                    "model server health check failed (%d/%d): %s", failed, self.failures, reason
+                )
+                if failed >= self.failures:
+                    self.lifecycle.fire(
+                        Trigger.HEALTH_FAILED,
+                        now=trio.current_time(),
+                        reason=f"model server unhealthy: {reason}",
                     )
-                    if failed >= self.failures:
-                        lifecycle.fire(
-                            Trigger.HEALTH_FAILED,
-                            now=trio.current_time(),
-                            reason=f"model server unhealthy: {reason}",
-                        )
-                        break
-                with trio.move_on_after(self.interval):
-                    await self.watch.wait_leave(State.READY)
+                    return
+            await trio.sleep(self.interval)

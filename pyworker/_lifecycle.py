@@ -1,23 +1,22 @@
 """The worker's lifecycle: one declarative table, one synchronous machine.
 
-The table below (:data:`STATES`, :data:`TRANSITIONS`) is the single source of truth. Three
-consumers read it: the runtime :class:`Lifecycle` (a sync ``transitions.Machine``), the diagram
-generator (:mod:`pyworker._statecharts`) and the property tests. Nothing here does I/O or awaits:
-Trio tasks do the work and fire triggers; the machine decides what follows.
+The table (:data:`STATES`, :data:`TRANSITIONS`) is the whole truth about the lifecycle: which
+states exist, what each one does to requests, what entering it changes, how often it reports,
+which services run in it, and which trigger leads where under which guard. Everything else reads
+it: the runtime :class:`Lifecycle` (a sync ``transitions.Machine`` whose one callback applies the
+table's effects), the service runner (:func:`pyworker._watch.run_in_states`), the report schedule
+(:mod:`pyworker._report`), the diagram and guide generator (:mod:`pyworker._statecharts`) and the
+property tests. Nothing here does I/O or awaits: Trio tasks do the work and fire triggers.
 """
 
 from __future__ import annotations
 
 import enum
-import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import attrs
 from transitions import EventData, Machine
-
-# transitions logs every state change at INFO; our own log line says it better.
-logging.getLogger("transitions").setLevel(logging.WARNING)
 
 
 class State(enum.StrEnum):
@@ -25,6 +24,7 @@ class State(enum.StrEnum):
 
     LOADING = "loading"
     BENCHMARKING = "benchmarking"
+    AWAITING_KEY = "awaiting_key"
     READY = "ready"
     ERRORED = "errored"
     DRAINING = "draining"
@@ -39,9 +39,53 @@ class Trigger(enum.StrEnum):
     MODEL_RESTARTED = "model_restarted"
     BENCHMARK_DONE = "benchmark_done"
     BENCHMARK_FAILED = "benchmark_failed"
+    KEY_LOADED = "key_loaded"
     HEALTH_FAILED = "health_failed"
     SHUTDOWN = "shutdown"
     DRAINED = "drained"
+
+
+class Effect(enum.Enum):
+    """What a transition changes besides the state (applied in the order listed in the table)."""
+
+    START_LOAD_CLOCK = "the load is timed from now"
+    FORGET_LOAD = "the error, the capacity and any unreported load time are cleared"
+    SET_CAPACITY = "the measured capacity (max_perf) is kept"
+    FINISH_LOAD = "the load time since the load began is recorded, for the next report"
+    SET_ERROR = "the failure's reason becomes error_msg"
+
+
+class Guard(enum.Enum):
+    """A condition a transition row may require; rows without one are the fallback."""
+
+    KEY_KNOWN = "the router's public key is known (or signatures are not checked)"
+
+
+class Service(enum.Enum):
+    """The worker's long-running tasks whose lives follow the state."""
+
+    LOG_TAIL = "follows the model server's log for its ready and error lines"
+    BENCHMARK = "measures the model's capacity (or reads the cached figure)"
+    HEALTH_CHECKS = "polls the model server's health route"
+    KEY_FETCH = "fetches the router's public key until it has one"
+    REPORTS = "sends load reports to the autoscaler"
+
+
+@attrs.frozen(kw_only=True)
+class ReportPolicy:
+    """When load reports go out in a state (see :class:`pyworker._report.ReportSchedule`).
+
+    Every state reports on the first tick after it is entered.
+    """
+
+    max_silence: float | None = 10.0
+    """Seconds after which a report goes out even if nothing changed (None: never again)."""
+    on_load_change: bool = False
+    """Report on the next tick after a request arrives, ends or is refused."""
+    on_in_flight_drop: bool = False
+    """Report on the next tick after the number of requests in flight fell."""
+    final: bool = False
+    """The one last report: sent once, within a deadline, then reporting stops."""
 
 
 @attrs.frozen(kw_only=True)
@@ -53,8 +97,13 @@ class StateInfo:
     admits_requests: bool
     """Whether the proxy forwards new requests; otherwise it answers 503 with ``refusal``."""
     refusal: str = ""
-    reports: str
-    """What the load reports say while in this state (for the operator docs)."""
+    on_enter: tuple[Effect, ...] = ()
+    """Applied on every entry, before the transition's own effects."""
+    reports: ReportPolicy = ReportPolicy()
+    services: frozenset[Service] = frozenset()
+    """The services that run while the worker is in this state."""
+    cause: str = ""
+    """What usually brings a worker here, for the troubleshooting guide."""
 
 
 @attrs.frozen(kw_only=True)
@@ -65,30 +114,52 @@ class Transition:
     sources: tuple[State, ...]
     dest: State
     why: str
+    guard: Guard | None = None
+    """Taken only when the guard holds; rows for the same trigger are tried in table order."""
+    effects: tuple[Effect, ...] = ()
+    """Applied after the destination's ``on_enter`` effects."""
 
+
+_LIVE_SERVICES = frozenset({Service.LOG_TAIL, Service.KEY_FETCH, Service.REPORTS})
 
 STATES: tuple[StateInfo, ...] = (
     StateInfo(
         state=State.LOADING,
-        meaning="The model server is starting or loading weights; its log has not said "
-        "it is ready.",
+        meaning="The model server is starting or loading weights; its log has not said it is "
+        "ready.",
         admits_requests=False,
         refusal="model is loading",
-        reports="at least every 10 s, with loadtime 0 and the disk used by downloads",
+        on_enter=(Effect.FORGET_LOAD, Effect.START_LOAD_CLOCK),
+        services=_LIVE_SERVICES,
+        cause="start-up, or a new model server process (its log was replaced or truncated)",
     ),
     StateInfo(
         state=State.BENCHMARKING,
         meaning="The model is loaded; the worker measures its capacity (or reads a cached result).",
         admits_requests=False,
         refusal="model is being benchmarked",
-        reports="at least every 10 s, with loadtime 0",
+        on_enter=(Effect.FORGET_LOAD,),
+        services=_LIVE_SERVICES | {Service.BENCHMARK},
+        cause="the model server logged its ready line",
+    ),
+    StateInfo(
+        state=State.AWAITING_KEY,
+        meaning="The model is loaded and measured, but the router's public key is not known "
+        "yet, so no signed request can be checked.",
+        admits_requests=False,
+        refusal="the router's public key is not known yet",
+        services=_LIVE_SERVICES,
+        cause="the autoscaler's /pubkey/ is unreachable or answers no valid key (see the "
+        "worker's log for each attempt)",
     ),
     StateInfo(
         state=State.READY,
         meaning="The model serves requests; the worker forwards them and reports its load.",
         admits_requests=True,
-        reports="loadtime once (the first report after the benchmark), max_perf, and the load "
-        "on the next 1 s tick after any change, at least every 10 s",
+        on_enter=(Effect.FINISH_LOAD,),
+        reports=ReportPolicy(on_load_change=True),
+        services=_LIVE_SERVICES | {Service.HEALTH_CHECKS},
+        cause="the benchmark finished and the router's key is known",
     ),
     StateInfo(
         state=State.ERRORED,
@@ -96,7 +167,10 @@ STATES: tuple[StateInfo, ...] = (
         "health checks). A restart of the model server moves the worker on.",
         admits_requests=False,
         refusal="model server is in error",
-        reports="error_msg with the reason, at least every 10 s",
+        on_enter=(Effect.SET_ERROR,),
+        services=_LIVE_SERVICES,
+        cause="error_msg says which: an error line of the model server, a failed benchmark or "
+        "failed health checks",
     ),
     StateInfo(
         state=State.DRAINING,
@@ -104,33 +178,60 @@ STATES: tuple[StateInfo, ...] = (
         "drain timeout).",
         admits_requests=False,
         refusal="worker is shutting down",
-        reports="the in-flight count as it falls to zero",
+        reports=ReportPolicy(on_in_flight_drop=True),
+        services=frozenset({Service.REPORTS}),
+        cause="SIGTERM (the instance is stopping) or Ctrl-C",
     ),
     StateInfo(
         state=State.STOPPED,
         meaning="Every request has finished or the drain deadline passed; services exit.",
         admits_requests=False,
         refusal="worker is stopped",
-        reports="nothing more",
+        reports=ReportPolicy(max_silence=None, final=True),
+        services=frozenset({Service.REPORTS}),
+        cause="the drain ended",
     ),
 )
 
 INITIAL = State.LOADING
 
-_LIVE = (State.LOADING, State.BENCHMARKING, State.READY, State.ERRORED)
+_LIVE = (State.LOADING, State.BENCHMARKING, State.AWAITING_KEY, State.READY, State.ERRORED)
 
 TRANSITIONS: tuple[Transition, ...] = (
     Transition(
         trigger=Trigger.MODEL_LOADED,
-        sources=(State.LOADING, State.READY, State.ERRORED),
+        sources=(State.LOADING,),
         dest=State.BENCHMARKING,
-        why="the model server logged its ready line (again, after a restart)",
+        why="the model server logged its ready line",
+    ),
+    Transition(
+        trigger=Trigger.MODEL_LOADED,
+        sources=(State.AWAITING_KEY, State.READY, State.ERRORED),
+        dest=State.BENCHMARKING,
+        why="a ready line again: the model server restarted without a new log, so this load "
+        "is timed from its ready line",
+        effects=(Effect.START_LOAD_CLOCK,),
     ),
     Transition(
         trigger=Trigger.BENCHMARK_DONE,
         sources=(State.BENCHMARKING,),
         dest=State.READY,
-        why="capacity measured or read from the cache",
+        why="capacity measured or read from the cache, and the router's key is known",
+        guard=Guard.KEY_KNOWN,
+        effects=(Effect.SET_CAPACITY,),
+    ),
+    Transition(
+        trigger=Trigger.BENCHMARK_DONE,
+        sources=(State.BENCHMARKING,),
+        dest=State.AWAITING_KEY,
+        why="capacity measured, but signed requests cannot be checked yet",
+        effects=(Effect.SET_CAPACITY,),
+    ),
+    Transition(
+        trigger=Trigger.KEY_LOADED,
+        sources=(State.AWAITING_KEY,),
+        dest=State.READY,
+        why="the router's public key arrived",
     ),
     Transition(
         trigger=Trigger.BENCHMARK_FAILED,
@@ -140,7 +241,7 @@ TRANSITIONS: tuple[Transition, ...] = (
     ),
     Transition(
         trigger=Trigger.MODEL_FAILED,
-        sources=(State.LOADING, State.BENCHMARKING, State.READY),
+        sources=(State.LOADING, State.BENCHMARKING, State.AWAITING_KEY, State.READY),
         dest=State.ERRORED,
         why="the model server logged an error line",
     ),
@@ -152,7 +253,7 @@ TRANSITIONS: tuple[Transition, ...] = (
     ),
     Transition(
         trigger=Trigger.MODEL_RESTARTED,
-        sources=(State.BENCHMARKING, State.READY, State.ERRORED),
+        sources=(State.BENCHMARKING, State.AWAITING_KEY, State.READY, State.ERRORED),
         dest=State.LOADING,
         why="the model log was replaced or truncated: a new model server process",
     ),
@@ -173,8 +274,17 @@ TRANSITIONS: tuple[Transition, ...] = (
 STATE_INFO: dict[State, StateInfo] = {info.state: info for info in STATES}
 
 
-def machine_kwargs() -> dict[str, Any]:
-    """The keyword arguments every ``transitions`` machine built from the table shares."""
+def states_running(service: Service) -> frozenset[State]:
+    """The states in which ``service`` runs."""
+    return frozenset(info.state for info in STATES if service in info.services)
+
+
+def machine_kwargs(guards: Mapping[Guard, Callable[[EventData], bool]]) -> dict[str, Any]:
+    """The keyword arguments of the ``transitions`` machine built from the table.
+
+    Args:
+        guards: evaluates each guard the table uses (given the machine's event data).
+    """
     return {
         "states": [info.state.value for info in STATES],
         "transitions": [
@@ -182,6 +292,7 @@ def machine_kwargs() -> dict[str, Any]:
                 "trigger": row.trigger.value,
                 "source": [s.value for s in row.sources],
                 "dest": row.dest.value,
+                "conditions": [] if row.guard is None else [guards[row.guard]],
             }
             for row in TRANSITIONS
         ],
@@ -190,6 +301,7 @@ def machine_kwargs() -> dict[str, Any]:
         # An event that does not apply in the current state is dropped, not an error: a log
         # line saying "loaded" while draining, say, changes nothing. fire() reports it.
         "ignore_invalid_triggers": True,
+        "send_event": True,
     }
 
 
@@ -204,43 +316,47 @@ class StateChange:
     reason: str
 
 
+class _MachineModel:
+    """What ``transitions`` binds its state and trigger methods to; private to Lifecycle, so
+    no string-named method or attribute of the library leaks into the typed API."""
+
+    state: str
+
+
 class Lifecycle:
     """The runtime lifecycle of one worker.
 
-    Fire triggers with :meth:`fire`; read :attr:`state`, :attr:`error_msg`, :attr:`max_perf`.
-    Every transition is synchronous and does no I/O; listeners (see :meth:`subscribe`) are how
-    Trio tasks learn of changes.
+    Fire triggers with :meth:`fire`; read :attr:`current`, :attr:`error_msg`, :attr:`max_perf`.
+    Every transition is synchronous and does no I/O: one callback applies the effects the table
+    lists. Listeners (see :meth:`subscribe`) are how Trio tasks learn of changes.
 
     Args:
         started_at: the clock reading when the worker started (for ``loadtime``).
+        key_known: tells whether the router's public key is known (:attr:`Guard.KEY_KNOWN`);
+            None: always (signatures are not checked, or the key was given).
     """
 
-    # Set by transitions.Machine; declared for readers and type checkers.
-    state: str
-
-    def __init__(self, *, started_at: float) -> None:
+    def __init__(self, *, started_at: float, key_known: Callable[[], bool] | None = None) -> None:
         self.error_msg = ""
         self.max_perf = 0.0
         self.load_started_at = started_at
         self.loads_completed = 0
+        self._key_known = key_known
         self._pending_loadtime: float | None = None
         self._listeners: list[Callable[[StateChange], None]] = []
+        self._rows = {(r.trigger, s, r.dest): r for r in TRANSITIONS for s in r.sources}
+        self._model = _MachineModel()
         self._machine = Machine(
-            model=self,
-            send_event=True,
-            after_state_change="_after_change",
-            **machine_kwargs(),
+            model=self._model,
+            after_state_change=self._after_change,
+            **machine_kwargs({Guard.KEY_KNOWN: self._guard_key_known}),
         )
-        self._machine.on_enter_loading("_enter_loading")
-        self._machine.on_enter_ready("_enter_ready")
-        self._machine.on_enter_errored("_enter_errored")
-        self._machine.on_enter_benchmarking("_enter_benchmarking")
 
     # -- queries ---------------------------------------------------------------------------
     @property
     def current(self) -> State:
         """The current state."""
-        return State(self.state)
+        return State(self._model.state)
 
     @property
     def info(self) -> StateInfo:
@@ -273,52 +389,54 @@ class Lifecycle:
             # Not valid here (a repeated error line while errored, say): nothing to do, and
             # nothing for transitions to log as a warning.
             return False
-        fire: Callable[..., bool] = getattr(self, "trigger")  # noqa: B009 (set by Machine)
+        fire: Callable[..., bool] = getattr(self._model, "trigger")  # noqa: B009 (by Machine)
         return bool(fire(trigger.value, now=now, reason=reason, max_perf=max_perf))
 
     def can_fire(self, trigger: Trigger) -> bool:
-        """Whether ``trigger`` would change the state now."""
-        return trigger.value in self._machine.get_triggers(self.state)
+        """Whether ``trigger`` has a row out of the current state (its guard may still say no)."""
+        return trigger.value in self._machine.get_triggers(self._model.state)
 
-    def subscribe(self, listener: Callable[[StateChange], None]) -> None:
-        """Call ``listener`` (synchronously) after every transition."""
+    def subscribe(self, listener: Callable[[StateChange], None]) -> Callable[[], None]:
+        """Call ``listener`` (synchronously) after every transition.
+
+        Returns:
+            A function that unsubscribes it.
+        """
         self._listeners.append(listener)
+        return lambda: self._listeners.remove(listener)
 
-    # -- transition callbacks (sync, no I/O) ------------------------------------------------
-    def _enter_loading(self, event: EventData) -> None:
-        self.error_msg = ""
-        self.max_perf = 0.0
-        self._pending_loadtime = None
-        self.load_started_at = event.kwargs["now"]
-
-    def _enter_benchmarking(self, event: EventData) -> None:
-        self.error_msg = ""
-        # A new capacity is being measured: nothing of the previous load may be reported.
-        self.max_perf = 0.0
-        self._pending_loadtime = None
-        if event.transition is not None and event.transition.source != State.LOADING.value:
-            # The model server restarted without a new log file: its load began unseen, so
-            # this load is timed from its ready line.
-            self.load_started_at = event.kwargs["now"]
-
-    def _enter_ready(self, event: EventData) -> None:
-        self.max_perf = float(event.kwargs.get("max_perf") or 0.0)
-        self.loads_completed += 1
-        # Measured from the start of this load; never 0, so the autoscaler can tell it was sent.
-        self._pending_loadtime = max(event.kwargs["now"] - self.load_started_at, 1e-3)
-
-    def _enter_errored(self, event: EventData) -> None:
-        self.error_msg = event.kwargs.get("reason") or event.event.name.replace("_", " ")
-        self._pending_loadtime = None
+    # -- the machine's callbacks (sync, no I/O) ---------------------------------------------
+    def _guard_key_known(self, event: EventData) -> bool:
+        return self._key_known is None or self._key_known()
 
     def _after_change(self, event: EventData) -> None:
         assert event.transition is not None
-        change = StateChange(
-            trigger=Trigger(event.event.name),
-            source=State(str(event.transition.source)),
-            dest=State(str(event.transition.dest)),
-            at=event.kwargs["now"],
-            reason=event.kwargs.get("reason", ""),
-        )
-        for listener in self._listeners:
+        trigger = Trigger(event.event.name)
+        source, dest = State(str(event.transition.source)), State(str(event.transition.dest))
+        row = self._rows[trigger, source, dest]
+        now: float = event.kwargs["now"]
+        reason: str = event.kwargs.get("reason") or ""
+        for effect in (*STATE_INFO[dest].on_enter, *row.effects):
+            self._apply(effect, trigger, now, reason, event.kwargs.get("max_perf") or 0.0)
+        change = StateChange(trigger=trigger, source=source, dest=dest, at=now, reason=reason)
+        for listener in list(self._listeners):
             listener(change)
+
+    def _apply(
+        self, effect: Effect, trigger: Trigger, now: float, reason: str, max_perf: float
+    ) -> None:
+        if effect is Effect.START_LOAD_CLOCK:
+            self.load_started_at = now
+        elif effect is Effect.FORGET_LOAD:
+            self.error_msg = ""
+            self.max_perf = 0.0
+            self._pending_loadtime = None
+        elif effect is Effect.SET_CAPACITY:
+            self.max_perf = float(max_perf)
+        elif effect is Effect.FINISH_LOAD:
+            self.loads_completed += 1
+            # Never 0, so the autoscaler can tell it was sent.
+            self._pending_loadtime = max(now - self.load_started_at, 1e-3)
+        elif effect is Effect.SET_ERROR:
+            self.error_msg = reason or trigger.value.replace("_", " ")
+            self._pending_loadtime = None

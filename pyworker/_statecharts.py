@@ -17,7 +17,17 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from ._lifecycle import INITIAL, STATES, TRANSITIONS, State, Trigger
+from ._lifecycle import (
+    INITIAL,
+    STATES,
+    TRANSITIONS,
+    Guard,
+    ReportPolicy,
+    Service,
+    State,
+    StateInfo,
+    Transition,
+)
 
 TITLE = "pyworker lifecycle"
 """The title of both diagrams."""
@@ -40,18 +50,36 @@ _TRIGGER_SEPARATOR = ", "
 """Joins the triggers of transitions that share a source and a destination (one arrow)."""
 
 
-def _edges() -> list[tuple[State, State, tuple[Trigger, ...]]]:
+_GUARD_NAMES = {Guard.KEY_KNOWN: "key known"}
+"""How a guard reads on an arrow."""
+
+
+def _row_label(row: Transition) -> str:
+    """The trigger, with its guard in brackets; a fallback row says so when a guarded row
+    for the same trigger and source comes before it."""
+    if row.guard is not None:
+        return f"{row.trigger.value} [{_GUARD_NAMES[row.guard]}]"
+    guarded_sibling = any(
+        other.guard is not None
+        and other.trigger is row.trigger
+        and set(other.sources) & set(row.sources)
+        for other in TRANSITIONS
+    )
+    return f"{row.trigger.value} [otherwise]" if guarded_sibling else row.trigger.value
+
+
+def _edges() -> list[tuple[State, State, tuple[str, ...]]]:
     """One arrow per (source, destination) pair, in declaration order.
 
     Sources follow the order of :data:`STATES`; for each source, arrows follow the order of the
-    rows of :data:`TRANSITIONS`, and triggers sharing an arrow keep their row order.
+    rows of :data:`TRANSITIONS`, and the labels sharing an arrow keep their row order.
     """
-    arrows: dict[tuple[State, State], list[Trigger]] = {}
+    arrows: dict[tuple[State, State], list[str]] = {}
     for info in STATES:
         for row in TRANSITIONS:
             if info.state in row.sources:
-                arrows.setdefault((info.state, row.dest), []).append(row.trigger)
-    return [(source, dest, tuple(triggers)) for (source, dest), triggers in arrows.items()]
+                arrows.setdefault((info.state, row.dest), []).append(_row_label(row))
+    return [(source, dest, tuple(labels)) for (source, dest), labels in arrows.items()]
 
 
 def _final_states() -> list[State]:
@@ -60,8 +88,8 @@ def _final_states() -> list[State]:
     return [info.state for info in STATES if info.state not in sources]
 
 
-def _label(triggers: Sequence[Trigger]) -> str:
-    return _TRIGGER_SEPARATOR.join(trigger.value for trigger in triggers)
+def _label(labels: Sequence[str]) -> str:
+    return _TRIGGER_SEPARATOR.join(labels)
 
 
 def mermaid_text() -> str:
@@ -82,8 +110,7 @@ def mermaid_text() -> str:
         f"  [*] --> {INITIAL.value}",
     ]
     lines += [
-        f"  {source.value} --> {dest.value}: {_label(triggers)}"
-        for source, dest, triggers in _edges()
+        f"  {source.value} --> {dest.value}: {_label(labels)}" for source, dest, labels in _edges()
     ]
     lines += [f"  {state.value} --> [*]" for state in _final_states()]
     return "\n".join(lines) + "\n"
@@ -115,8 +142,8 @@ def dot_text() -> str:
     lines += [f"\t{_dot_id(info.state.value)}" for info in STATES]
     lines.append(f"\t{start} -> {_dot_id(INITIAL.value)}")
     lines += [
-        f"\t{_dot_id(source.value)} -> {_dot_id(dest.value)} [label={_dot_id(_label(triggers))}]"
-        for source, dest, triggers in _edges()
+        f"\t{_dot_id(source.value)} -> {_dot_id(dest.value)} [label={_dot_id(_label(labels))}]"
+        for source, dest, labels in _edges()
     ]
     lines += [f"\t{_dot_id(state.value)} -> {end}" for state in _final_states()]
     lines.append("}")
@@ -131,12 +158,53 @@ def _cell(text: str) -> str:
     return text.replace("|", "\\|")
 
 
+def _reports(policy: ReportPolicy) -> str:
+    """What a state's report policy means, in words."""
+    if policy.final:
+        return "one final report, sent to every address within a deadline; then none"
+    parts = ["on the first tick after the state is entered"]
+    if policy.on_load_change:
+        parts.append("on the next 1 s tick after a request arrives, ends or is refused")
+    if policy.on_in_flight_drop:
+        parts.append("on the next 1 s tick after the number of requests in flight falls")
+    if policy.max_silence is not None:
+        parts.append(f"at least every {policy.max_silence:g} s")
+    return "; ".join(parts)
+
+
+def _requests(info: StateInfo) -> str:
+    if info.admits_requests:
+        return "admitted and forwarded to the model server."
+    if info.state is State.ERRORED:
+        return (
+            f"refused with 503, reason `{info.refusal}: <error_msg>` (the reason of the "
+            "failure that caused the error)."
+        )
+    return f"refused with 503, reason `{info.refusal}`."
+
+
+def _services(info: StateInfo) -> str:
+    names = [service for service in Service if service in info.services]
+    if not names:
+        return "none."
+    return "; ".join(f"`{s.name.lower()}` ({s.value})" for s in names) + "."
+
+
+def _row_extras(row: Transition) -> str:
+    extras = []
+    if row.guard is not None:
+        extras.append(f"only if {row.guard.value}")
+    extras += [effect.value for effect in row.effects]
+    return "; ".join(extras) or "-"
+
+
 def readme_text() -> str:
     """The operator's guide to the lifecycle, in Markdown.
 
     It embeds :func:`mermaid_text`, describes every state from its ``StateInfo`` (meaning,
-    admission or the 503 reason, what load reports say, the ways in and out) and lists every
-    transition with its reason.
+    admission or the 503 reason, when reports go out, what entering it changes, which services
+    run in it, the usual cause, the ways in and out) and lists every transition with its guard,
+    effects and reason.
 
     Returns:
         The text of ``statecharts/README.md``, ending in a newline.
@@ -149,20 +217,23 @@ def readme_text() -> str:
         "",
         "This guide, `lifecycle.mmd` (Mermaid) and `lifecycle.dot` (Graphviz) are generated from "
         "the lifecycle table in `pyworker/_lifecycle.py`, the same table the running worker "
-        f"uses. Do not edit them by hand: change the table, then run `{COMMAND}`. CI runs "
-        f"`{COMMAND} --check`, which fails when these files are stale.",
+        "uses: it decides the transitions, what each state does to requests, when reports go "
+        f"out and which services run. Do not edit them by hand: change the table, then run "
+        f"`{COMMAND}`. CI runs `{COMMAND} --check`, which fails when these files are stale.",
         "",
         "## How to read the diagram",
         "",
         "- A box is a state of the worker; an arrow is a transition, labelled with the trigger "
         "(the event) that causes it. Several triggers on one arrow are separated by commas.",
+        "- `[key known]` is a guard: that arrow is taken only when it holds; `[otherwise]` "
+        "marks the arrow taken when it does not.",
         f"- `[*] --> {INITIAL.value}` marks the state a worker starts in; "
         + ", ".join(f"`{state.value} --> [*]`" for state in finals)
         + " marks where it ends.",
         "- A trigger with no arrow out of the current state is ignored: it changes nothing. For "
         "example, a model log line that arrives during shutdown has no effect.",
         "- Only states that admit requests forward them to the model server; the others answer "
-        "503 with the reason given below.",
+        "503 with the reason given below (`/status` shows the state too).",
         "",
         "```mermaid",
         mermaid_text().rstrip("\n"),
@@ -177,34 +248,29 @@ def readme_text() -> str:
         if info.state in finals:
             marks.append("final")
         heading = f"### `{info.state.value}`" + (f" ({', '.join(marks)})" if marks else "")
-        if info.admits_requests:
-            requests = "admitted and forwarded to the model server."
-        elif info.state is State.ERRORED:
-            requests = (
-                f"refused with 503, reason `{info.refusal}: <error_msg>` (the reason of the "
-                "failure that caused the error)."
-            )
-        else:
-            requests = f"refused with 503, reason `{info.refusal}`."
         entered = ["start-up"] if info.state is INITIAL else []
         entered += [
-            f"`{row.trigger.value}` from {_code_list([s.value for s in row.sources])}"
+            f"`{_row_label(row)}` from {_code_list([s.value for s in row.sources])}"
             for row in TRANSITIONS
             if row.dest is info.state
         ]
         left = [
-            f"`{row.trigger.value}` → `{row.dest.value}`"
+            f"`{_row_label(row)}` → `{row.dest.value}`"
             for row in TRANSITIONS
             if info.state in row.sources
         ]
+        effects = "; ".join(effect.value for effect in info.on_enter) or "nothing else"
         out += [
             "",
             heading,
             "",
             info.meaning,
             "",
-            f"- **Requests:** {requests}",
-            f"- **Reports:** {info.reports}.",
+            f"- **Requests:** {_requests(info)}",
+            f"- **Reports:** {_reports(info.reports)}.",
+            f"- **On entering:** {effects}.",
+            f"- **Services running:** {_services(info)}",
+            f"- **Usually because:** {info.cause}.",
             f"- **Entered on:** {'; '.join(entered) or 'never: no transition leads here'}.",
             f"- **Left on:** {'; '.join(left) if left else 'nothing: this state is final'}.",
         ]
@@ -212,12 +278,15 @@ def readme_text() -> str:
         "",
         "## Transitions",
         "",
-        "| trigger | from | to | why |",
-        "|---|---|---|---|",
+        "Rows for the same trigger and state are tried in this order; the first whose guard "
+        "holds is taken. A transition applies the destination's entry effects, then its own.",
+        "",
+        "| trigger | from | to | guard and effects | why |",
+        "|---|---|---|---|---|",
     ]
     out += [
         f"| `{row.trigger.value}` | {_code_list([s.value for s in row.sources])} "
-        f"| `{row.dest.value}` | {_cell(row.why)} |"
+        f"| `{row.dest.value}` | {_cell(_row_extras(row))} | {_cell(row.why)} |"
         for row in TRANSITIONS
     ]
     return "\n".join(out) + "\n"

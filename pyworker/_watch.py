@@ -1,16 +1,13 @@
-"""The Trio side of the lifecycle: tasks wait here for the machine to reach a state."""
+"""The Trio side of the lifecycle: waiting for states, and running services while in them."""
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
 
 import attrs
 import trio
 
-from ._lifecycle import Lifecycle, State, StateChange
-
-T = TypeVar("T")
+from ._lifecycle import Lifecycle, Service, State, StateChange, states_running
 
 
 @attrs.define(eq=False)
@@ -23,7 +20,6 @@ class LifecycleWatch:
 
     lifecycle: Lifecycle
     _changed: trio.Event = attrs.field(factory=trio.Event, init=False)
-    listeners: list[Callable[[StateChange], None]] = attrs.field(factory=list, init=False)
 
     def __attrs_post_init__(self) -> None:
         self.lifecycle.subscribe(self._on_change)
@@ -49,22 +45,57 @@ class LifecycleWatch:
         """Return once the lifecycle is no longer in ``state``."""
         return await self.wait_for(lambda s: s is not state)
 
-    async def run_while(self, state: State, fn: Callable[[], Awaitable[T]]) -> T | None:
-        """Run ``await fn()`` while in ``state``; cancel it if the state is left.
 
-        Returns:
-            What ``fn`` returned, or None if the state was left before it finished.
-        """
-        results: list[T] = []
-        async with trio.open_nursery() as nursery:
+async def run_in_states(
+    watch: LifecycleWatch,
+    service: Service,
+    run: Callable[[], Awaitable[object]],
+    *,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run ``service`` as the lifecycle table says: a fresh ``run()`` for every stay in the
+    states whose :attr:`~pyworker._lifecycle.StateInfo.services` name it.
 
-            async def guard() -> None:
-                await self.wait_leave(state)
-                nursery.cancel_scope.cancel()
+    A stay begins when the lifecycle enters one of those states and ends with the first
+    transition to a state that does not run the service; ``run()`` is then cancelled (if it has
+    not returned already). A stay that ends and begins again between two checkpoints (ready →
+    benchmarking → ready fired in one go, say) still ends the old run: the listener sees every
+    transition, so a new model server never inherits the old one's run.
 
-            nursery.start_soon(guard)
-            results.append(await fn())
-            nursery.cancel_scope.cancel()
-        if results and self.lifecycle.current is state:
-            return results[0]
-        return None
+    Args:
+        watch: the lifecycle to follow.
+        service: which service this is.
+        run: one run of the service (a new call per stay).
+        task_status: ``started()`` at once, with no value.
+
+    Never returns; cancel it to stop.
+    """
+    states = states_running(service)
+    lifecycle = watch.lifecycle
+    task_status.started()
+    while True:
+        await watch.wait_state(*states)
+        # No checkpoint between the wait and the subscription: the stay cannot end unseen.
+        stay = _Stay(states)
+        unsubscribe = lifecycle.subscribe(stay.on_change)
+        try:
+            with stay.scope:
+                await run()
+                await stay.over.wait()
+        finally:
+            unsubscribe()
+
+
+@attrs.define(eq=False)
+class _Stay:
+    """One stay in a service's states: over, and its run cancelled, on the first transition
+    out of them."""
+
+    states: frozenset[State]
+    scope: trio.CancelScope = attrs.field(factory=trio.CancelScope)
+    over: trio.Event = attrs.field(factory=trio.Event)
+
+    def on_change(self, change: StateChange) -> None:
+        if change.dest not in self.states:
+            self.over.set()
+            self.scope.cancel()

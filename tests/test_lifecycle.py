@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 
+import attrs
 import pytest
 from hypothesis import settings
 from hypothesis import strategies as st
@@ -24,7 +25,7 @@ from pyworker._lifecycle import (
     StateChange,
     Trigger,
 )
-from pyworker._load import LoadTracker, Ticket
+from pyworker._load import CANCELLED, LoadTracker, Outcome, Ticket
 
 S = State
 T = Trigger
@@ -38,11 +39,18 @@ EXPECTED_NEXT: dict[tuple[State, Trigger], State] = {
     (S.LOADING, T.MODEL_FAILED): S.ERRORED,
     (S.LOADING, T.SHUTDOWN): S.DRAINING,
     # Benchmarking: the measurement ends it, well or badly; the model server may fail or restart.
+    # (Done leads to ready, or to awaiting_key while the router's key is unknown: see next_state.)
     (S.BENCHMARKING, T.BENCHMARK_DONE): S.READY,
     (S.BENCHMARKING, T.BENCHMARK_FAILED): S.ERRORED,
     (S.BENCHMARKING, T.MODEL_FAILED): S.ERRORED,
     (S.BENCHMARKING, T.MODEL_RESTARTED): S.LOADING,
     (S.BENCHMARKING, T.SHUTDOWN): S.DRAINING,
+    # Awaiting the key: the key makes it ready; the model server may still fail or restart.
+    (S.AWAITING_KEY, T.KEY_LOADED): S.READY,
+    (S.AWAITING_KEY, T.MODEL_LOADED): S.BENCHMARKING,
+    (S.AWAITING_KEY, T.MODEL_FAILED): S.ERRORED,
+    (S.AWAITING_KEY, T.MODEL_RESTARTED): S.LOADING,
+    (S.AWAITING_KEY, T.SHUTDOWN): S.DRAINING,
     # Ready: a second ready line means an unseen restart (benchmark again); health is watched.
     (S.READY, T.MODEL_LOADED): S.BENCHMARKING,
     (S.READY, T.MODEL_FAILED): S.ERRORED,
@@ -58,11 +66,20 @@ EXPECTED_NEXT: dict[tuple[State, Trigger], State] = {
 }
 """(state, trigger) -> next state, for every pair that changes the state; all others are ignored."""
 
+
+def next_state(state: State, trigger: Trigger, *, key_known: bool) -> State | None:
+    """The oracle's next state, the router's key taken into account."""
+    if (state, trigger) == (S.BENCHMARKING, T.BENCHMARK_DONE) and not key_known:
+        return S.AWAITING_KEY
+    return EXPECTED_NEXT.get((state, trigger))
+
+
 ALL_PAIRS = list(itertools.product(State, Trigger))
 
 PATH_TO: dict[State, tuple[Trigger, ...]] = {
     S.LOADING: (),
     S.BENCHMARKING: (T.MODEL_LOADED,),
+    S.AWAITING_KEY: (T.MODEL_LOADED, T.BENCHMARK_DONE),
     S.READY: (T.MODEL_LOADED, T.BENCHMARK_DONE),
     S.ERRORED: (T.MODEL_FAILED,),
     S.DRAINING: (T.SHUTDOWN,),
@@ -89,9 +106,15 @@ class Oracle:
         """(load number, loadtime) of a completed load that no report has carried yet."""
 
     def fire(
-        self, trigger: Trigger, *, now: float, reason: str = "", max_perf: float = 0.0
+        self,
+        trigger: Trigger,
+        *,
+        now: float,
+        reason: str = "",
+        max_perf: float = 0.0,
+        key_known: bool = True,
     ) -> bool:
-        dest = EXPECTED_NEXT.get((self.state, trigger))
+        dest = next_state(self.state, trigger, key_known=key_known)
         if dest is None:
             return False
         source, self.state = self.state, dest
@@ -108,9 +131,12 @@ class Oracle:
             if source is not S.LOADING:
                 # Restart without a new log: the load is timed from its ready line.
                 self.load_started_at = now
+        elif dest is S.AWAITING_KEY:
+            self.max_perf = max_perf
         elif dest is S.READY:
             self.loads_completed += 1
-            self.max_perf = max_perf
+            if source is S.BENCHMARKING:
+                self.max_perf = max_perf
             self.unreported_load = (self.loads_completed, max(now - self.load_started_at, 1e-3))
         elif dest is S.ERRORED:
             self.error_msg = reason or default_error_msg(trigger)
@@ -122,11 +148,21 @@ class Oracle:
         return taken
 
 
-def lifecycle_in(state: State, *, now: float = 0.0) -> Lifecycle:
-    lifecycle = Lifecycle(started_at=now)
+@attrs.define
+class Key:
+    """Whether the router's key is known, as the worker's authenticator would say."""
+
+    known: bool = True
+
+
+def lifecycle_in(state: State, *, now: float = 0.0, key: Key | None = None) -> Lifecycle:
+    """A lifecycle brought to ``state`` (``awaiting_key``: with the key unknown until then)."""
+    key = Key(known=state is not S.AWAITING_KEY) if key is None else key
+    lifecycle = Lifecycle(started_at=now, key_known=lambda: key.known)
     for trigger in PATH_TO[state]:
         assert lifecycle.fire(trigger, now=now, max_perf=10.0)
     assert lifecycle.current is state
+    key.known = True
     return lifecycle
 
 
@@ -159,18 +195,28 @@ def test_states_and_initial() -> None:
 
 
 def test_table_has_no_duplicate_rows() -> None:
-    pairs = [(source, row.trigger) for row in TRANSITIONS for source in row.sources]
-    assert len(pairs) == len(set(pairs))
+    # Rows for one (state, trigger) differ by their guard, and only the last may have none:
+    # an unguarded row before another would leave the later one unreachable.
+    by_pair: dict[tuple[State, Trigger], list[object]] = {}
+    for row in TRANSITIONS:
+        for source in row.sources:
+            by_pair.setdefault((source, row.trigger), []).append(row.guard)
+    for guards in by_pair.values():
+        assert len(set(guards)) == len(guards)
+        assert None not in guards[:-1]
     for row in TRANSITIONS:
         assert row.dest not in row.sources, "no self-loops: they make terminal states leaky"
         assert row.why
 
 
 @pytest.mark.parametrize(("state", "trigger"), ALL_PAIRS)
-def test_table_agrees_with_oracle(state: State, trigger: Trigger) -> None:
-    dests = [row.dest for row in TRANSITIONS if row.trigger is trigger and state in row.sources]
-    expected = EXPECTED_NEXT.get((state, trigger))
-    assert dests == ([] if expected is None else [expected])
+@pytest.mark.parametrize("key_known", [True, False])
+def test_table_agrees_with_oracle(state: State, trigger: Trigger, key_known: bool) -> None:
+    rows = [row for row in TRANSITIONS if row.trigger is trigger and state in row.sources]
+    # The first row whose guard holds is taken (the only guard is the key's).
+    taken = [row.dest for row in rows if row.guard is None or key_known][:1]
+    expected = next_state(state, trigger, key_known=key_known)
+    assert taken == ([] if expected is None else [expected])
 
 
 @pytest.mark.parametrize(("state", "trigger"), ALL_PAIRS)
@@ -203,7 +249,6 @@ def test_machine_agrees_with_oracle(state: State, trigger: Trigger) -> None:
 def test_initial_state() -> None:
     lifecycle = Lifecycle(started_at=12.0)
     assert lifecycle.current is S.LOADING
-    assert lifecycle.state == "loading"
     assert lifecycle.info is STATE_INFO[S.LOADING]
     assert not lifecycle.admits_requests
     assert lifecycle.refusal_reason() == "model is loading"
@@ -221,6 +266,7 @@ def test_refusal_reason_per_state(state: State) -> None:
     expected = {
         S.LOADING: "model is loading",
         S.BENCHMARKING: "model is being benchmarked",
+        S.AWAITING_KEY: "the router's public key is not known yet",
         S.READY: "",
         S.ERRORED: "model server is in error: model failed",
         S.DRAINING: "worker is shutting down",
@@ -414,7 +460,8 @@ class LifecycleAndLoad(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
         self.now = 0.0
-        self.lifecycle = Lifecycle(started_at=self.now)
+        self.key = Key(known=False)
+        self.lifecycle = Lifecycle(started_at=self.now, key_known=lambda: self.key.known)
         self.tracker = LoadTracker(now=self.now)
         self.changes: list[StateChange] = []
         self.lifecycle.subscribe(self.changes.append)
@@ -441,7 +488,9 @@ class LifecycleAndLoad(RuleBasedStateMachine):
     def fire(self, trigger: Trigger, *, reason: str = "", max_perf: float = 0.0) -> None:
         source = self.oracle.state
         assert self.lifecycle.can_fire(trigger) == ((source, trigger) in EXPECTED_NEXT)
-        expected = self.oracle.fire(trigger, now=self.now, reason=reason, max_perf=max_perf)
+        expected = self.oracle.fire(
+            trigger, now=self.now, reason=reason, max_perf=max_perf, key_known=self.key.known
+        )
         fired = self.lifecycle.fire(trigger, now=self.now, reason=reason, max_perf=max_perf)
         assert fired == expected, (source, trigger)
         if expected:
@@ -461,10 +510,15 @@ class LifecycleAndLoad(RuleBasedStateMachine):
         return list(self.in_flight.values())[index % len(self.in_flight)]
 
     # -- model server and supervisor events ---------------------------------------------------
-    @initialize(warm_up=st.booleans(), load_time=DELAYS, max_perf=MAX_PERFS)
-    def start(self, warm_up: bool, load_time: float, max_perf: float) -> None:
+    @initialize(
+        warm_up=st.booleans(), key_known=st.booleans(), load_time=DELAYS, max_perf=MAX_PERFS
+    )
+    def start(self, warm_up: bool, key_known: bool, load_time: float, max_perf: float) -> None:
+        # Half the runs know the key from the start (a configured one), half fetch it later.
+        self.key.known = key_known
         # Half the runs start from a served model, so that request handling gets most steps.
         if warm_up:
+            self.key_arrives()
             self.now += load_time
             self.fire(T.MODEL_LOADED)
             self.fire(T.BENCHMARK_DONE, max_perf=max_perf)
@@ -491,6 +545,13 @@ class LifecycleAndLoad(RuleBasedStateMachine):
             self.fire(T.BENCHMARK_DONE, max_perf=max_perf)
         else:
             self.fire(T.BENCHMARK_FAILED, reason=reason)
+
+    @rule()
+    def key_arrives(self) -> None:
+        # The key fetcher sets the key, then tells the lifecycle (which only acts while
+        # awaiting it); the key stays known from then on.
+        self.key.known = True
+        self.fire(T.KEY_LOADED)
 
     @rule(reason=REASONS)
     def health_check_fails(self, reason: str) -> None:
@@ -529,7 +590,7 @@ class LifecycleAndLoad(RuleBasedStateMachine):
                 assert self.lifecycle.refusal_reason()
                 continue
             assert not self.shut_down
-            ticket = self.tracker.admitted(workload, self.now)
+            ticket = self.tracker.open(workload, self.now)
             assert ticket.id not in self.in_flight
             self.in_flight[ticket.id] = ticket
             self.interval_received += workload
@@ -545,12 +606,27 @@ class LifecycleAndLoad(RuleBasedStateMachine):
 
     @precondition(lambda self: self.in_flight)
     @rule(index=PICKS, actual=st.none() | WORKLOADS)
-    def request_finishes(self, index: int, actual: float | None) -> None:
+    def request_completes(self, index: int, actual: float | None) -> None:
         ticket = self.pick(index)
-        self.tracker.finished(ticket, self.now, actual_workload=actual)
+        self.tracker.close(ticket, Outcome.answered(200, actual), self.now)
         del self.in_flight[ticket.id]
         self.closed.append(ticket)
         self.finished_log.append((self.now, ticket.workload if actual is None else actual))
+        self.changed = True
+
+    @precondition(lambda self: self.in_flight)
+    @rule(index=PICKS, status=st.sampled_from([400, 422, 500, 502, 504]), actual=WORKLOADS)
+    def request_fails(self, index: int, status: int, actual: float) -> None:
+        # The model server refused it, failed or never answered: no work was done, whatever
+        # figure it reported, and nothing was cancelled.
+        ticket = self.pick(index)
+        if status in (502, 504):
+            outcome = Outcome.failed(status, "model server unreachable")
+        else:
+            outcome = Outcome.answered(status, actual)
+        self.tracker.close(ticket, outcome, self.now)
+        del self.in_flight[ticket.id]
+        self.closed.append(ticket)
         self.changed = True
 
     @precondition(lambda self: self.in_flight)
@@ -560,22 +636,20 @@ class LifecycleAndLoad(RuleBasedStateMachine):
 
     def cancel_request(self, ticket_id: int) -> None:
         ticket = self.in_flight.pop(ticket_id)
-        self.tracker.cancelled(ticket)
+        self.tracker.close(ticket, CANCELLED, self.now)
         self.closed.append(ticket)
         self.interval_cancelled += ticket.workload
         self.changed = True
 
     @precondition(lambda self: self.closed)
-    @rule(index=PICKS, as_finish=st.booleans())
-    def request_closed_twice(self, index: int, as_finish: bool) -> None:
+    @rule(index=PICKS, outcome=st.sampled_from([Outcome.answered(200), CANCELLED]))
+    def request_closed_twice(self, index: int, outcome: Outcome) -> None:
         # A late second close (e.g. a cancel racing the end of the answer) changes nothing.
         ticket = self.closed[index % len(self.closed)]
-        changed_before = self.tracker.changed
-        if as_finish:
-            self.tracker.finished(ticket, self.now)
-        else:
-            self.tracker.cancelled(ticket)
+        changed_before, first = self.tracker.changed, ticket.outcome
+        self.tracker.close(ticket, outcome, self.now)
         assert self.tracker.changed == changed_before
+        assert ticket.outcome is first
 
     # -- the reporter -------------------------------------------------------------------------
     @rule()
@@ -590,7 +664,7 @@ class LifecycleAndLoad(RuleBasedStateMachine):
             self.loads_reported.append(load)
             assert loadtime > 0.0
             assert loadtime == pytest.approx(value, rel=1e-12)
-        if self.oracle.state in (S.LOADING, S.BENCHMARKING):
+        if self.oracle.state in (S.LOADING, S.BENCHMARKING, S.AWAITING_KEY):
             assert loadtime == 0.0
 
         snap = self.tracker.snapshot(self.now)
@@ -639,8 +713,10 @@ class LifecycleAndLoad(RuleBasedStateMachine):
         if oracle.state is S.ERRORED:
             assert lifecycle.error_msg
             assert lifecycle.refusal_reason().endswith(": " + lifecycle.error_msg)
-        if oracle.state in (S.LOADING, S.BENCHMARKING, S.READY):
+        if oracle.state in (S.LOADING, S.BENCHMARKING, S.AWAITING_KEY, S.READY):
             assert lifecycle.error_msg == ""
+        if oracle.state is S.AWAITING_KEY:
+            assert not self.key.known
         assert (lifecycle.refusal_reason() == "") == lifecycle.admits_requests
         assert self.changes == self.expected_changes
 
@@ -675,11 +751,11 @@ TestLifecycleAndLoad.settings = settings(max_examples=200, stateful_step_count=5
 
 def test_cur_load_accounts_for_cancels_across_intervals() -> None:
     tracker = LoadTracker(now=0.0)
-    early = tracker.admitted(5.0, now=0.0)
+    early = tracker.open(5.0, now=0.0)
     reports = [tracker.snapshot(1.0)]
-    tracker.cancelled(early)  # cancelled one interval after it arrived
+    tracker.close(early, CANCELLED, now=1.5)  # cancelled one interval after it arrived
     reports.append(tracker.snapshot(2.0))
-    tracker.finished(tracker.admitted(7.0, now=2.5), now=2.6)
+    tracker.close(tracker.open(7.0, now=2.5), Outcome.answered(200), now=2.6)
     reports.append(tracker.snapshot(3.0))
     # Workload received minus cancelled, summed over the reports, is 5 - 5 + 7.
     assert sum(r.cur_load * r.interval for r in reports) == pytest.approx(7.0)

@@ -19,8 +19,9 @@ from hypercorn.config import Config
 from hypercorn.trio import serve
 
 from pyworker._lifecycle import Lifecycle, State, Trigger
-from pyworker._load import LoadSnapshot, LoadTracker
-from pyworker._reporter import Report, Reporter, ReportSchedule, build_report
+from pyworker._load import LoadSnapshot, LoadTracker, Outcome
+from pyworker._report import Report, ReportSchedule, build_report
+from pyworker._reporter import Reporter
 
 Handler = Callable[[httpx.Request], Awaitable[httpx.Response]]
 
@@ -298,9 +299,9 @@ async def test_reports_next_tick_after_a_change_when_ready(
         await trio.sleep(2)  # 4.5
         rig.fire(Trigger.BENCHMARK_DONE, max_perf=50.0)
         await trio.sleep(2.7)  # 7.2
-        ticket = rig.tracker.admitted(10.0, trio.current_time())
+        ticket = rig.tracker.open(10.0, trio.current_time())
         await trio.sleep(2)  # 9.2
-        rig.tracker.finished(ticket, trio.current_time())
+        rig.tracker.close(ticket, Outcome.answered(200), trio.current_time())
         await trio.sleep(21.3)  # 30.5
         nursery.cancel_scope.cancel()
     times = rig.autoscaler.times("a")
@@ -357,7 +358,7 @@ async def test_replaced_report_hands_its_loadtime_on(
         await trio.sleep(1)  # 1.5
         rig.fire(Trigger.BENCHMARK_DONE, max_perf=5.0)  # ... replaced at 2 (loadtime 1.5) ...
         await trio.sleep(1)  # 2.5
-        rig.tracker.admitted(1.0, trio.current_time())  # ... replaced at 3 (loadtime 0)
+        rig.tracker.open(1.0, trio.current_time())  # ... replaced at 3 (loadtime 0)
         await trio.sleep(10)
         nursery.cancel_scope.cancel()
     for host in ("slow", "fast"):
@@ -379,8 +380,8 @@ async def test_retries_are_bounded(
     rig.autoscaler.behaviour["a"] = error
     with caplog.at_level(logging.DEBUG, logger="pyworker.reporter"):
         async with trio.open_nursery() as nursery:
-            await nursery.start(rig.reporter(max_interval=100).run)
-            await trio.sleep(50)
+            await nursery.start(rig.reporter().run)
+            await trio.sleep(9)  # before the next report, due at 10
             nursery.cancel_scope.cancel()
     assert [t for t, _, _ in rig.autoscaler.attempts] == [0, 0.5, 1.5]
     warnings = [
@@ -398,8 +399,8 @@ async def test_client_error_is_not_retried(
 
     rig.autoscaler.behaviour["a"] = bad_request
     async with trio.open_nursery() as nursery:
-        await nursery.start(rig.reporter(max_interval=100).run)
-        await trio.sleep(50)
+        await nursery.start(rig.reporter().run)
+        await trio.sleep(9)  # before the next report, due at 10
         nursery.cancel_scope.cancel()
     assert [t for t, _, _ in rig.autoscaler.attempts] == [0]
 
@@ -453,7 +454,7 @@ async def test_failing_address_recovers(
 async def test_drain_then_final_report(autojump_clock: trio.testing.MockClock, rig: Rig) -> None:
     rig.fire(Trigger.MODEL_LOADED)
     rig.fire(Trigger.BENCHMARK_DONE, max_perf=5.0)
-    tickets = [rig.tracker.admitted(1.0, 0.0) for _ in range(3)]
+    tickets = [rig.tracker.open(1.0, 0.0) for _ in range(3)]
     async with trio.open_nursery() as nursery:
         reporter = rig.reporter()
         await nursery.start(reporter.run)
@@ -461,7 +462,7 @@ async def test_drain_then_final_report(autojump_clock: trio.testing.MockClock, r
         rig.fire(Trigger.SHUTDOWN)
         for ticket in tickets:
             await trio.sleep(2)
-            rig.tracker.finished(ticket, trio.current_time())
+            rig.tracker.close(ticket, Outcome.answered(200), trio.current_time())
         await trio.sleep(0.2)
         rig.fire(Trigger.DRAINED)
     # run() returned by itself after the final report.
@@ -488,21 +489,23 @@ async def test_final_report_carries_loadtime_a_dead_address_missed(
         return httpx.Response(200)
 
     rig.autoscaler.behaviour["a"] = down_then_up
-    async with trio.open_nursery() as nursery:
-        reporter = rig.reporter(max_interval=100)
-        await nursery.start(reporter.run)
-        await trio.sleep(0.2)
-        rig.fire(Trigger.MODEL_LOADED)
-        rig.fire(Trigger.BENCHMARK_DONE, max_perf=1.0)
-        await trio.sleep(5)
-        assert rig.autoscaler.received == []
-        with trio.fail_after(reporter.final_timeout + 1):
-            await reporter.send_final()
+    reporter = rig.reporter()
+    with trio.fail_after(reporter.final_timeout + 10):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(reporter.run)
+            await trio.sleep(0.2)
+            rig.fire(Trigger.MODEL_LOADED)
+            rig.fire(Trigger.BENCHMARK_DONE, max_perf=1.0)
+            await trio.sleep(5)
+            assert rig.autoscaler.received == []
+            rig.fire(Trigger.SHUTDOWN)
+            rig.fire(Trigger.DRAINED)
+        # run() returned by itself once the final report was out.
     assert [b["loadtime"] for b in rig.autoscaler.bodies("a")] == [pytest.approx(0.2)]
-    assert [b["state"] for b in rig.autoscaler.bodies("a")] == ["ready"]
+    assert [b["state"] for b in rig.autoscaler.bodies("a")] == ["stopped"]
 
 
-async def test_send_final_is_bounded_by_its_deadline(
+async def test_final_report_is_bounded_by_its_deadline(
     autojump_clock: trio.testing.MockClock, rig: Rig
 ) -> None:
     async def hang(request: httpx.Request) -> httpx.Response:
@@ -514,12 +517,12 @@ async def test_send_final_is_bounded_by_its_deadline(
     async with trio.open_nursery() as nursery:
         await nursery.start(reporter.run)
         await trio.sleep(0.5)
-        t0 = trio.current_time()
-        await reporter.send_final()
-        assert trio.current_time() - t0 == pytest.approx(2.0)
-        await reporter.send_final()  # idempotent: returns at once
-    # run() returned too (the nursery closed without a cancel).
-    assert [b["state"] for b in rig.autoscaler.bodies("fast")] == ["loading", "loading"]
+        rig.fire(Trigger.SHUTDOWN)
+        rig.fire(Trigger.DRAINED)
+    # run() returned by itself (the nursery closed without a cancel): the final report went
+    # out on the tick at 1 and gave up on the hanging address 2 s later.
+    assert trio.current_time() == pytest.approx(3.0)
+    assert [b["state"] for b in rig.autoscaler.bodies("fast")] == ["loading", "stopped"]
 
 
 async def test_disk_growth_is_reported_once(
@@ -604,19 +607,23 @@ async def test_real_autoscaler_receives_a_full_report() -> None:
                 partial(serve, cast("Any", app), config, shutdown_trigger=stop.wait)
             )
             now = trio.current_time()
+            lifecycle = Lifecycle(started_at=now)
             reporter = Reporter(
                 addresses=[binds[0] + "/"],
                 container_id=3,
                 url="http://worker.example:1234",
-                lifecycle=Lifecycle(started_at=now),
+                lifecycle=lifecycle,
                 tracker=LoadTracker(now=now),
                 http=http,
                 disk_path="/",
                 mtoken="m",
             )
-            nursery.start_soon(reporter.run)
-            await got_one.wait()
-            await reporter.send_final()  # before the server stops accepting connections
+            async with trio.open_nursery() as reporting:
+                reporting.start_soon(reporter.run)
+                await got_one.wait()
+                lifecycle.fire(Trigger.SHUTDOWN, now=trio.current_time())
+                lifecycle.fire(Trigger.DRAINED, now=trio.current_time())
+            # The final report is out, before the server stops accepting connections.
             stop.set()
     path, body = received[0]
     assert path == "/worker_status/"

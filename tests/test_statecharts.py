@@ -22,6 +22,10 @@ TABLE_EDGES = {
     for row in TRANSITIONS
     for source in row.sources
 }
+"""Every (source, destination, trigger) of the table (guards aside)."""
+
+GUARD_LABEL = re.compile(r" \[[^]]*\]$")
+"""A guard's bracketed condition after a trigger on an arrow."""
 
 
 @pytest.mark.parametrize("name", ["lifecycle.mmd", "lifecycle.dot", "README.md"])
@@ -45,7 +49,7 @@ def test_mermaid_edges_are_the_table() -> None:
     text = _statecharts.mermaid_text()
     edges = set()
     for source, dest, label in re.findall(r"^  (\w+) --> (\w+): (.+)$", text, re.MULTILINE):
-        edges |= {(source, dest, trigger) for trigger in label.split(", ")}
+        edges |= {(source, dest, GUARD_LABEL.sub("", t)) for t in label.split(", ")}
     assert edges == TABLE_EDGES
     assert f"  [*] --> {INITIAL.value}\n" in text
     assert "  stopped --> [*]\n" in text
@@ -58,7 +62,7 @@ def test_dot_edges_are_the_table() -> None:
     for source, dest, label in re.findall(
         r'^\t"(\w+)" -> "(\w+)" \[label="([^"]+)"\]$', text, re.M
     ):
-        edges |= {(source, dest, trigger) for trigger in label.split(", ")}
+        edges |= {(source, dest, GUARD_LABEL.sub("", t)) for t in label.split(", ")}
     assert edges == TABLE_EDGES
     assert f'\t"__initial__" -> "{INITIAL.value}"\n' in text
     assert '\t"stopped" -> "__final__"\n' in text
@@ -91,7 +95,14 @@ def test_readme_describes_every_state_and_transition() -> None:
     for info in STATES:
         assert f"### `{info.state.value}`" in text
         assert info.meaning in text
-        assert info.reports in text
+        section = text.split(f"### `{info.state.value}`")[1].split("###")[0]
+        assert info.cause in section
+        for service in info.services:
+            assert f"`{service.name.lower()}`" in section
+        for effect in info.on_enter:
+            assert effect.value in section
+        if info.reports.max_silence is not None:
+            assert f"every {info.reports.max_silence:g} s" in section
         if info.admits_requests:
             assert "admitted" in text.split(f"### `{info.state.value}`")[1].split("###")[0]
         else:
@@ -99,6 +110,10 @@ def test_readme_describes_every_state_and_transition() -> None:
     for row in TRANSITIONS:
         assert f"| `{row.trigger.value}` |" in text
         assert row.why in text
+        for effect in row.effects:
+            assert effect.value in text
+        if row.guard is not None:
+            assert f"only if {row.guard.value}" in text
     assert "### `loading` (initial)" in text
     assert "### `stopped` (final)" in text
 
