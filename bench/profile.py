@@ -26,7 +26,7 @@ from bench.stats import table
 _FRAME = re.compile(r"^(?P<func>.*) \((?P<file>[^)]*)\)$")
 # Layers by file path, first match wins; the leaf frame's layer gets the sample's self time.
 _LAYERS = (
-    ("pyworker proxy", "pyworker/_proxy"),
+    ("pyworker pipeline", "pyworker/_pipeline"),
     ("pyworker upstream pool", "pyworker/_upstream"),
     ("pyworker auth (RSA, replay)", "pyworker/_auth"),
     ("pyworker other", "pyworker/"),

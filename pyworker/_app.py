@@ -35,7 +35,7 @@ def create_app(
     async def healthcheck() -> Any:
         """The model server's own health answer, relayed (503 when there is none)."""
         if backend.health_path is None:
-            return jsonify(state=lifecycle.state, healthy=lifecycle.admits_requests), (
+            return jsonify(state=lifecycle.current.value, healthy=lifecycle.admits_requests), (
                 200 if lifecycle.admits_requests else 503
             )
         try:
@@ -52,7 +52,7 @@ def create_app(
         """What the worker is doing, for operators."""
         return jsonify(
             backend=backend.name,
-            state=lifecycle.state,
+            state=lifecycle.current.value,
             error_msg=lifecycle.error_msg,
             max_perf=lifecycle.max_perf,
             in_flight=tracker.in_flight,

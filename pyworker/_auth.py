@@ -13,12 +13,8 @@ import binascii
 import collections
 import json
 import logging
-from collections.abc import Sequence
-from typing import Any
 
 import attrs
-import httpx
-import trio
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
@@ -30,13 +26,9 @@ __all__ = [
     "AuthError",
     "Authenticator",
     "ReplayGuard",
-    "RouterSigner",
-    "fetch_public_key",
     "load_public_key",
     "message_2024",
     "message_2025",
-    "pubkey_urls",
-    "run_key_loader",
 ]
 
 logger = logging.getLogger("pyworker.auth")
@@ -46,9 +38,6 @@ logger = logging.getLogger("pyworker.auth")
 _MAX_SIGNATURE_CHARS = 1400
 _MAX_CACHED_2025 = 64
 """Verified 2025 signatures remembered (one per router key and worker URL in practice)."""
-
-DEFAULT_BACKOFF: tuple[float, ...] = (1.0, 2.0, 4.0, 8.0, 16.0)
-"""Seconds between rounds of key fetching; the last value repeats (as Vast's 2025 worker does)."""
 
 
 def _string_or_number(fields: Fields, name: str) -> object:
@@ -153,11 +142,6 @@ def load_public_key(pem: bytes) -> rsa.RSAPublicKey:
     return key
 
 
-def pubkey_urls(report_addrs: Sequence[str]) -> list[str]:
-    """The ``{addr}/pubkey/`` URLs of the autoscaler addresses in ``REPORT_ADDR``."""
-    return [f"{addr.rstrip('/')}/pubkey/" for addr in report_addrs if addr.strip()]
-
-
 class AuthError(Exception):
     """A request's ``auth_data`` was refused.
 
@@ -246,7 +230,6 @@ class Authenticator:
     own_url: str | None = None
     public_key: rsa.RSAPublicKey | None = None
     replay: ReplayGuard = attrs.Factory(ReplayGuard)
-    _key_known: trio.Event = attrs.field(factory=trio.Event, init=False)
     _good_2025: dict[bytes, bytes] = attrs.field(factory=dict, init=False, repr=False)
 
     def __attrs_post_init__(self) -> None:
@@ -255,13 +238,12 @@ class Authenticator:
                 "UNSECURED mode: router signatures are NOT checked and any client may use this "
                 "worker. Use it for local testing only."
             )
-        if self.public_key is not None:
-            self._key_known.set()
 
     @property
     def has_key(self) -> bool:
-        """Whether the router's public key is known."""
-        return self.public_key is not None
+        """Whether signed requests can be checked: the router's key is known (or, unsecured,
+        nothing needs checking)."""
+        return self.unsecured or self.public_key is not None
 
     def set_public_key(self, pem: bytes) -> None:
         """Use the router's PEM public key from now on.
@@ -271,17 +253,14 @@ class Authenticator:
         """
         self.public_key = load_public_key(pem)
         self._good_2025.clear()
-        self._key_known.set()
 
-    async def wait_for_key(self) -> None:
-        """Wait until the router's public key is known."""
-        await self._key_known.wait()
+    def verify(self, auth: AuthData) -> None:
+        """Check ``auth``'s destination, freshness and signature; remember nothing.
 
-    def check(self, auth: AuthData) -> None:
-        """Accept ``auth`` (and remember it against replays), or refuse it.
-
-        RSA-2048 verification costs tens of microseconds, so this runs on the event loop rather
-        than in a thread (which would cost more than it saves).
+        Call :meth:`remember` once the request is accepted, so that a request refused later
+        (a 422, a 429) does not use up its request number. RSA-2048 verification costs tens of
+        microseconds, so this runs on the event loop rather than in a thread (which would cost
+        more than it saves).
 
         Raises:
             AuthError: 503 when no public key is known yet; 401 for a request meant for another
@@ -303,7 +282,11 @@ class Authenticator:
             raise AuthError(401, problem)
         if not self._signature_ok(key, signature, message, auth):
             raise AuthError(401, "invalid signature")
-        self.replay.record(auth, message)
+
+    def remember(self, auth: AuthData) -> None:
+        """Remember an accepted request against replays (nothing in unsecured mode)."""
+        if not self.unsecured:
+            self.replay.record(auth)
 
     def _signature_ok(
         self, key: rsa.RSAPublicKey, signature: bytes, message: bytes, auth: AuthData
@@ -341,171 +324,3 @@ def _verifies(key: rsa.RSAPublicKey, signature: bytes, message: bytes) -> bool:
     except InvalidSignature:
         return False
     return True
-
-
-def _check_urls(urls: Sequence[str]) -> None:
-    """Refuse URLs that could never work, rather than retrying them forever."""
-    if not urls:
-        raise ValueError("no URL to fetch the router's public key from")
-    for url in urls:
-        try:
-            parsed = httpx.URL(url)
-        except httpx.InvalidURL as exc:
-            raise ValueError(f"invalid public key URL {url!r}: {exc}") from None
-        if parsed.scheme not in ("http", "https") or not parsed.host:
-            raise ValueError(f"invalid public key URL {url!r}: needs http(s)://host")
-
-
-async def fetch_public_key(
-    urls: Sequence[str],
-    *,
-    http: httpx.AsyncClient,
-    backoff: Sequence[float] = DEFAULT_BACKOFF,
-    attempt_timeout: float = 10.0,
-) -> bytes:
-    """Fetch the router's PEM key, trying each URL in order, in rounds, until one works.
-
-    Between rounds it waits ``backoff[0]``, ``backoff[1]``, ... seconds, then keeps the last one.
-    Wrap the call in ``trio.move_on_after`` / ``fail_after`` to bound the total wait.
-
-    Args:
-        urls: full key URLs (see :func:`pubkey_urls`), tried in order.
-        http: the client to use.
-        backoff: seconds to wait after each failed round.
-        attempt_timeout: the longest one request may take.
-
-    Returns:
-        The PEM of an RSA public key, from the first URL that answered 200 with one.
-
-    Raises:
-        ValueError: ``urls`` is empty or holds a URL that is not http(s), or ``backoff`` is empty.
-    """
-    _check_urls(urls)
-    if not backoff:
-        raise ValueError("backoff must not be empty")
-    failures = 0
-    while True:
-        for url in urls:
-            problem = "timed out"
-            with trio.move_on_after(attempt_timeout):
-                try:
-                    response = await http.get(url)
-                    if response.status_code != 200:
-                        problem = f"answered {response.status_code}"
-                    else:
-                        load_public_key(response.content)
-                        logger.info("fetched the router's public key from %s", url)
-                        return response.content
-                except httpx.HTTPError as exc:  # Cancelled is not an HTTPError: it propagates
-                    problem = f"{type(exc).__name__}: {exc}"
-                except ValueError as exc:
-                    problem = f"sent no valid key ({exc})"
-            logger.warning("cannot fetch the router's public key from %s: %s", url, problem)
-        delay = backoff[min(failures, len(backoff) - 1)]
-        failures += 1
-        logger.info("retrying the router's public key in %g s", delay)
-        await trio.sleep(delay)
-
-
-async def run_key_loader(
-    authenticator: Authenticator,
-    *,
-    urls: Sequence[str] = (),
-    pem_file: str | None = None,
-    pem_text: str | bytes | None = None,
-    http: httpx.AsyncClient,
-    backoff: Sequence[float] = DEFAULT_BACKOFF,
-    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
-) -> None:
-    """Give ``authenticator`` the router's key, from the first source given of text, file, URLs.
-
-    A PEM text or file is loaded before ``task_status.started()`` (a bad one fails startup); URLs
-    are fetched after it, in the background, so that startup never waits for the router. Until
-    the key is known, signed requests are answered 503. Returns once the key is set; nothing is
-    loaded in unsecured mode.
-
-    Args:
-        authenticator: receives the key.
-        urls: key URLs to fetch from (see :func:`fetch_public_key`).
-        pem_file: path of a PEM file.
-        pem_text: the PEM itself (e.g. from an environment variable).
-        http: the client for fetching.
-        backoff: seconds between fetching rounds.
-        task_status: ``started()`` with no value, at once (after loading a text or file).
-
-    Raises:
-        ValueError: the PEM text or file holds no RSA public key, or a URL is not http(s).
-        OSError: the PEM file cannot be read.
-    """
-    if authenticator.unsecured:
-        task_status.started()
-        return
-    if pem_text is not None:
-        pem = pem_text.encode() if isinstance(pem_text, str) else pem_text
-        authenticator.set_public_key(pem)
-        logger.info("using the router's public key given in the configuration")
-        task_status.started()
-        return
-    if pem_file is not None:
-        authenticator.set_public_key(await trio.Path(pem_file).read_bytes())
-        logger.info("using the router's public key from %s", pem_file)
-        task_status.started()
-        return
-    if not urls:
-        logger.error("no source for the router's public key: every signed request will get 503")
-        task_status.started()
-        return
-    _check_urls(urls)  # before started(): a malformed URL is a configuration error
-    task_status.started()
-    authenticator.set_public_key(await fetch_public_key(urls, http=http, backoff=backoff))
-
-
-@attrs.frozen(eq=False)
-class RouterSigner:
-    """Signs ``auth_data`` the way Vast's router does (for the stand-in autoscaler and tests).
-
-    Args:
-        private_key: the RSA key to sign with.
-    """
-
-    private_key: rsa.RSAPrivateKey
-
-    @classmethod
-    def generate(cls) -> RouterSigner:
-        """A signer with a new RSA-2048 key (blocks for ~100 ms; see :meth:`create`)."""
-        return cls(rsa.generate_private_key(public_exponent=65537, key_size=2048))
-
-    @classmethod
-    async def create(cls) -> RouterSigner:
-        """A signer with a new RSA-2048 key, generated in a thread so the loop keeps running."""
-        return await trio.to_thread.run_sync(cls.generate)
-
-    def public_pem(self) -> bytes:
-        """The public key, PEM-encoded (what ``/pubkey/`` serves)."""
-        return self.private_key.public_key().public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
-
-    def _signature(self, message: bytes) -> str:
-        raw = self.private_key.sign(message, padding.PKCS1v15(), hashes.SHA256())
-        return base64.b64encode(raw).decode("ascii")
-
-    def sign(self, *, cost: object, endpoint: object, reqnum: int, url: str) -> dict[str, Any]:
-        """A complete ``auth_data`` signed over the 2024 message.
-
-        Returns:
-            ``{"signature", "cost", "endpoint", "reqnum", "url"}`` with the values as given.
-        """
-        auth = AuthData(signature="", cost=cost, endpoint=endpoint, reqnum=reqnum, url=url)
-        return {"signature": self._signature(message_2024(auth)), **_unsigned(auth)}
-
-    def sign_2025(
-        self, url: str, *, cost: object = 0, endpoint: object = "", reqnum: int = 0
-    ) -> dict[str, Any]:
-        """A complete ``auth_data`` signed over the 2025 message (the URL only)."""
-        auth = AuthData(signature="", cost=cost, endpoint=endpoint, reqnum=reqnum, url=url)
-        return {"signature": self._signature(message_2025(auth)), **_unsigned(auth)}
-
-
-def _unsigned(auth: AuthData) -> dict[str, Any]:
-    return {"cost": auth.cost, "endpoint": auth.endpoint, "reqnum": auth.reqnum, "url": auth.url}

@@ -11,11 +11,12 @@ from __future__ import annotations
 import enum
 import importlib
 import json
+import math
 import pkgutil
 import random
 import re
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import attrs
 
@@ -53,7 +54,9 @@ class Job:
         detail: backend data for a custom ``run`` (e.g. the parsed workflow).
     """
 
-    workload: float = attrs.field(validator=attrs.validators.ge(0))
+    workload: float = attrs.field(
+        validator=attrs.validators.and_(attrs.validators.ge(0.0), attrs.validators.lt(math.inf))
+    )
     body: bytes
     upstream_path: str
     detail: Any = None
@@ -86,6 +89,21 @@ def json_body(obj: object) -> bytes:
     return json.dumps(obj, separators=(",", ":")).encode()
 
 
+class Observer(Protocol):
+    """Watches one relayed answer for the actual workload the model server reports.
+
+    An endpoint's ``observe`` makes a fresh one per request, so it may keep state across chunks
+    (a ``usage`` object split between two reads is still seen).
+    """
+
+    def feed(self, chunk: bytes) -> None:
+        """Look at the next chunk of a successful answer. Keep it cheap: it runs per chunk."""
+
+    @property
+    def actual(self) -> float | None:
+        """The actual workload seen so far, or None (the estimate stands)."""
+
+
 @attrs.frozen(kw_only=True)
 class Endpoint:
     """One proxied route.
@@ -97,16 +115,15 @@ class Endpoint:
         benchmark_payload: makes a client payload for benchmarking (given a seeded RNG).
         run: a custom procedure for model servers that are not a single request/response
             (ComfyUI); ``None`` relays the upstream response as it arrives, streams included.
-        observe: called with each upstream response chunk of a relayed request, to learn the
-            actual usage (tokens) the model server reports; returns the actual workload seen
-            in that chunk, or None. Keep it cheap: it runs on every chunk.
+        observe: makes an :class:`Observer` for each relayed request, to learn the actual
+            usage (tokens) the model server reports.
     """
 
     route: str
     parse: Callable[[object], Job]
     benchmark_payload: Callable[[random.Random], object] | None = None
     run: Callable[[Job, RunContext], Awaitable[Reply]] | None = None
-    observe: Callable[[bytes], float | None] | None = None
+    observe: Callable[[], Observer] | None = None
 
 
 @attrs.frozen(kw_only=True)
@@ -133,7 +150,7 @@ class Backend:
         allow_parallel_requests: False makes the worker send one request at a time, in
             arrival order (for model servers that cannot batch).
         health_path: the model server's health route, polled once loaded (None: no polling).
-        model_id: names the model, for the benchmark cache key (e.g. read from the environment).
+        model_id: names the model, for the benchmark cache key.
         demo: how to start a local model server for demos and tests.
         benchmark_runs: benchmark requests after the warm-up.
         benchmark_concurrency: how many benchmark requests run at once when parallel requests
@@ -147,7 +164,7 @@ class Backend:
     log_rules: tuple[LogRule, ...]
     allow_parallel_requests: bool = True
     health_path: str | None = None
-    model_id: Callable[[Mapping[str, str]], str] = lambda env: ""
+    model_id: str = ""
     demo: DemoServer | None = None
     benchmark_runs: int = attrs.field(default=8, validator=attrs.validators.ge(1))
     benchmark_concurrency: int = attrs.field(default=8, validator=attrs.validators.ge(1))
@@ -199,11 +216,20 @@ def available_backends() -> list[str]:
     )
 
 
-def load_backend(name: str) -> Backend:
-    """Import ``backends.<name>`` and return its ``BACKEND``.
+def load_backend(name: str, env: Mapping[str, str] | None = None) -> Backend:
+    """Import ``backends.<name>`` and return its backend.
+
+    A backend package defines either ``BACKEND``, a :class:`Backend`, or, when it has settings,
+    ``make_backend(env)``, which builds one from the environment's variables (the worker reads
+    the environment in one place and passes it here).
+
+    Args:
+        name: the package's name.
+        env: the environment for ``make_backend`` (default: none set, so every default).
 
     Raises:
-        UnknownBackendError: no such backend package, or it defines no ``BACKEND``.
+        UnknownBackendError: no such backend package, or it defines neither.
+        ValueError: ``make_backend`` refused a setting (the message names it).
     """
     if not _NAME.match(name):
         raise UnknownBackendError(f"not a backend name: {name!r}")
@@ -214,7 +240,10 @@ def load_backend(name: str) -> Backend:
             known = ", ".join(available_backends()) or "none"
             raise UnknownBackendError(f"unknown backend {name!r} (known: {known})") from None
         raise
-    backend = getattr(module, "BACKEND", None)
+    make = getattr(module, "make_backend", None)
+    backend = (
+        make({} if env is None else env) if callable(make) else getattr(module, "BACKEND", None)
+    )
     if not isinstance(backend, Backend):
-        raise UnknownBackendError(f"backends.{name} defines no BACKEND")
+        raise UnknownBackendError(f"backends.{name} defines no BACKEND nor make_backend(env)")
     return backend

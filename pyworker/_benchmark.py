@@ -38,8 +38,9 @@ from pathlib import Path
 import attrs
 import trio
 
-from ._backend import Backend, Endpoint, Job, RunContext
-from ._upstream import UpstreamError, UpstreamPool
+from ._backend import Backend, Endpoint, Job
+from ._model import ModelServer, send_job
+from ._upstream import UpstreamError
 
 log = logging.getLogger("pyworker.benchmark")
 
@@ -183,25 +184,23 @@ class BenchmarkCache:
             raise
 
 
-async def _one(endpoint: Endpoint, job: Job, upstream: UpstreamPool, context: RunContext) -> None:
-    if endpoint.run is not None:
-        reply = await endpoint.run(job, context)
-        status = reply.status
-    else:
-        async with await upstream.request(b"POST", job.upstream_path.encode(), job.body) as resp:
-            status = resp.status
-            # Read to the end: a streamed answer costs its whole generation.
-            await resp.read()
-    if status >= 400:
-        raise BenchmarkError(f"benchmark request answered HTTP {status}")
+async def _one(endpoint: Endpoint, job: Job, model: ModelServer) -> None:
+    answer = await send_job(endpoint, job, model)
+    try:
+        # Read to the end: a streamed answer costs its whole generation.
+        await answer.read()
+    finally:
+        await answer.aclose()
+    if answer.status >= 400:
+        why = answer.error or f"answered HTTP {answer.status}"
+        raise BenchmarkError(f"benchmark request failed: {why}")
 
 
 async def run_benchmark(
     backend: Backend,
     settings: BenchmarkSettings,
     *,
-    upstream: UpstreamPool,
-    context: RunContext,
+    model: ModelServer,
     key: str = "",
 ) -> BenchmarkResult:
     """Measure the backend's model server (see the module docstring for the two methods).
@@ -220,7 +219,7 @@ async def run_benchmark(
         nonlocal failures, last_error
         try:
             with trio.fail_after(settings.request_timeout):
-                await _one(endpoint, job, upstream, context)
+                await _one(endpoint, job, model)
         except (BenchmarkError, UpstreamError, trio.TooSlowError) as exc:
             failures += 1
             last_error = str(exc) or type(exc).__name__

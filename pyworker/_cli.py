@@ -8,22 +8,20 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from functools import partial
-from pathlib import Path
-from typing import Any, NoReturn
+from typing import NoReturn
 
 import attrs
 import trio
 
-from ._backend import UnknownBackendError, available_backends, load_backend
-from ._config import ConfigError, WorkerConfig, default_state_dir
+from ._backend import Backend, UnknownBackendError, available_backends, load_backend
+from ._config import ENV_OPTIONS, ConfigError, WorkerConfig, default_state_dir, load_config
 from ._lifecycle import StateChange
 from ._process import free_port, port_available
 
 log = logging.getLogger("pyworker")
 
-_VAST_VARIABLES = ("MODEL_LOG", "REPORT_ADDR")
 _HARD_STOP_MARGIN = 10.0
 
 
@@ -156,7 +154,8 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     add(
         "--state-dir",
         default=None,
-        help=f"benchmark cache and demo files (default {default_state_dir()}) [PYWORKER_STATE_DIR]",
+        help=f"benchmark cache and demo files (default {default_state_dir(env)}) "
+        "[PYWORKER_STATE_DIR]",
     )
     add(
         "--log-level",
@@ -166,108 +165,9 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     )
     add("--list-backends", action="store_true", help="list the backends and exit")
     for action in parser._actions:
-        if action.dest in _ENV_OPTIONS and action.help:
-            action.help += f" [{_ENV_OPTIONS[action.dest][0]}]"
+        if action.dest in ENV_OPTIONS and action.help:
+            action.help += f" [{ENV_OPTIONS[action.dest][0]}]"
     return parser
-
-
-def _flag(text: str) -> bool:
-    value = text.strip().lower()
-    if value in {"1", "true", "yes", "on"}:
-        return True
-    if value in {"", "0", "false", "no", "off"}:
-        return False
-    raise ValueError(f"not a boolean: {text!r}")
-
-
-# Options whose environment variable is pyworker's own (the Vast ones are read by
-# WorkerConfig.from_env): read when the option is not given on the command line.
-_ENV_OPTIONS: dict[str, tuple[str, Callable[[str], object]]] = {
-    "demo": ("PYWORKER_DEMO", _flag),
-    "public_url": ("PYWORKER_PUBLIC_URL", str),
-    "only_2024_signatures": ("PYWORKER_ONLY_2024_SIGNATURES", _flag),
-    "max_queue_time": ("PYWORKER_MAX_QUEUE_TIME", float),
-    "max_body_bytes": ("PYWORKER_MAX_BODY_BYTES", int),
-    "read_timeout": ("PYWORKER_READ_TIMEOUT", float),
-    "drain_timeout": ("PYWORKER_DRAIN_TIMEOUT", float),
-    "health_interval": ("PYWORKER_HEALTH_INTERVAL", float),
-    "force_benchmark": ("PYWORKER_FORCE_BENCHMARK", _flag),
-    "benchmark_runs": ("PYWORKER_BENCHMARK_RUNS", int),
-}
-
-
-def apply_env_options(args: argparse.Namespace, env: Mapping[str, str]) -> None:
-    """Fill options not given on the command line from their environment variables.
-
-    Raises:
-        ConfigError: a variable's value is malformed.
-    """
-    for dest, (variable, parse) in _ENV_OPTIONS.items():
-        if getattr(args, dest) in (None, False) and env.get(variable, "") != "":
-            try:
-                setattr(args, dest, parse(env[variable]))
-            except ValueError as exc:
-                raise ConfigError(f"{variable}: {exc}") from None
-
-
-def config_from_args(args: argparse.Namespace, env: Mapping[str, str]) -> tuple[WorkerConfig, bool]:
-    """The configuration and whether to run the demo.
-
-    Raises:
-        ConfigError: an impossible configuration.
-    """
-    if not args.backend:
-        raise ConfigError("no backend: pass --backend NAME (or set BACKEND)")
-    demo = bool(args.demo) or not (
-        any(env.get(v) for v in _VAST_VARIABLES) or args.model_log or args.report_addr
-    )
-    config = WorkerConfig.from_env(args.backend, env)
-    changes: dict[str, Any] = {}
-    if args.host is not None:
-        changes["host"] = args.host
-    if args.port is not None:
-        changes["port"] = args.port
-    if args.model_log is not None:
-        changes["model_log"] = Path(args.model_log)
-    if args.model_server_url is not None:
-        changes["model_server_url"] = args.model_server_url
-    if args.report_addr is not None:
-        changes["report_addrs"] = WorkerConfig.from_env(
-            args.backend, {"REPORT_ADDR": args.report_addr}
-        ).report_addrs
-    if args.container_id is not None:
-        changes["container_id"] = args.container_id
-    if args.public_url is not None:
-        changes["public_url"] = args.public_url.rstrip("/")
-    if args.unsecured:
-        changes["unsecured"] = True
-    if args.pubkey_url is not None:
-        changes["pubkey_url"] = args.pubkey_url
-    if args.pubkey_file is not None:
-        changes["pubkey_file"] = args.pubkey_file
-    if args.only_2024_signatures:
-        changes["accept_2025_signatures"] = False
-    for name in (
-        "max_queue_time",
-        "max_body_bytes",
-        "read_timeout",
-        "drain_timeout",
-        "health_interval",
-        "benchmark_runs",
-    ):
-        if (value := getattr(args, name)) is not None:
-            changes[name] = value
-    if args.force_benchmark:
-        changes["force_benchmark"] = True
-    if args.state_dir is not None:
-        changes["state_dir"] = Path(args.state_dir)
-    config = attrs.evolve(config, **changes)
-    if demo:
-        # The demo wires the model log, reports and key itself.
-        config = attrs.evolve(config, host="127.0.0.1", report_addrs=(), model_log=None)
-    else:
-        config.check()
-    return config, demo
 
 
 def _tune_gc() -> None:
@@ -290,8 +190,16 @@ def _setup_logging(level: str) -> None:
         datefmt="%H:%M:%S",
         stream=sys.stderr,
     )
-    # hypercorn and httpx are chatty at INFO about things we report ourselves.
-    for name in ("httpx", "httpcore", "hypercorn.error", "quart.app", "quart.serving"):
+    # hypercorn and httpx are chatty at INFO about things we report ourselves, and transitions
+    # logs every state change, which our own line says better.
+    for name in (
+        "httpx",
+        "httpcore",
+        "hypercorn.error",
+        "quart.app",
+        "quart.serving",
+        "transitions",
+    ):
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
@@ -317,11 +225,11 @@ async def _watch_signals(shutdown: trio.Event, hard_stop: trio.CancelScope, grac
                 hard_stop.cancel()
 
 
-async def _main(config: WorkerConfig, demo: bool) -> None:
-    from ._demo import run_demo
+async def _main(config: WorkerConfig, backend: Backend, demo: bool) -> None:
+    # Imported here: the demo tools and the server stack load only when a worker runs.
     from ._worker import Worker
+    from .devtools._demo import run_demo
 
-    backend = load_backend(config.backend)
     shutdown = trio.Event()
     with trio.CancelScope() as hard_stop:
         async with trio.open_nursery() as nursery:
@@ -344,25 +252,23 @@ async def _main(config: WorkerConfig, demo: bool) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """Entry point of ``python -m pyworker``."""
-    env = os.environ
+    """Entry point of ``python -m pyworker``.
+
+    The environment is read here, once, and passed on: to the configuration loader and to the
+    backend.
+    """
+    env = dict(os.environ)
     parser = build_parser(env)
     args = parser.parse_args(argv)
     if args.list_backends:
         print("\n".join(available_backends()))
         return
-    if args.port is None and env.get("WORKER_PORT"):
-        try:
-            args.port = int(env["WORKER_PORT"])
-        except ValueError:
-            parser.error(f"WORKER_PORT must be an integer, not {env['WORKER_PORT']!r}")
     try:
-        apply_env_options(args, env)
-        config, demo = config_from_args(args, env)
+        config, demo = load_config(args, env)
         if not demo and config.port == 0:
             # Choose the port now: the URL in reports and signatures must name the real one.
             config = attrs.evolve(config, port=free_port(config.host))
-        backend = load_backend(config.backend)
+        backend = load_backend(config.backend, env)
         if demo and backend.demo is None:
             raise ConfigError(
                 f"backend {backend.name} has no demo model server; set MODEL_LOG "
@@ -380,7 +286,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         log.warning("UNSECURED: signatures are NOT checked; never expose this worker")
     _tune_gc()
     try:
-        trio.run(_main, config, demo)
+        trio.run(_main, config, backend, demo)
     except* KeyboardInterrupt:
         # Ctrl-C before the signal watcher was installed: nothing had started yet.
         pass

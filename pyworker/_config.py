@@ -1,9 +1,16 @@
-"""The worker's configuration: one frozen record, from the Vast environment and the command line."""
+"""The worker's configuration: one frozen record, and the one loader that reads it from the
+environment and the command line.
+
+The environment is read here and nowhere else: :func:`load_config` takes the command line's
+options and a mapping of the environment's variables (``python -m pyworker`` passes
+``os.environ`` once), and backends get the same mapping through
+:func:`pyworker.load_backend`.
+"""
 
 from __future__ import annotations
 
-import os
-from collections.abc import Mapping
+import argparse
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -19,11 +26,11 @@ def _truthy(value: str | None) -> bool:
     return (value or "").strip().lower() in {"1", "true", "yes", "on"}
 
 
-def default_state_dir() -> Path:
+def default_state_dir(env: Mapping[str, str]) -> Path:
     """Where the worker keeps its benchmark cache and demo files."""
-    if env := os.environ.get("PYWORKER_STATE_DIR"):
-        return Path(env)
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    if value := env.get("PYWORKER_STATE_DIR"):
+        return Path(value)
+    base = env.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(base) / "pyworker"
 
 
@@ -87,20 +94,19 @@ class WorkerConfig:
     health_interval: float = attrs.field(default=10.0, validator=_positive)
     health_timeout: float = attrs.field(default=10.0, validator=_positive)
     health_failures: int = 3
-    state_dir: Path = attrs.field(factory=default_state_dir)
+    state_dir: Path = attrs.field(factory=lambda: default_state_dir({}))
     force_benchmark: bool = False
     benchmark_runs: int | None = attrs.field(default=None, validator=_at_least_one)
     disk_path: str = "/"
     mtoken: str = ""
 
     @classmethod
-    def from_env(cls, backend: str, env: Mapping[str, str] | None = None) -> WorkerConfig:
+    def from_env(cls, backend: str, env: Mapping[str, str]) -> WorkerConfig:
         """The configuration a Vast template gives, from its environment variables.
 
         Raises:
             ConfigError: a variable is malformed.
         """
-        env = os.environ if env is None else env
         try:
             port = int(env.get("WORKER_PORT", "3000"))
             container_id = int(env.get("CONTAINER_ID", "0") or 0)
@@ -126,6 +132,7 @@ class WorkerConfig:
             pubkey_file=env.get("PYWORKER_PUBKEY_FILE", ""),
             pubkey_pem=env.get("PYWORKER_PUBKEY", ""),
             mtoken=env.get("MASTER_TOKEN", ""),
+            state_dir=default_state_dir(env),
         )
 
     @property
@@ -162,3 +169,114 @@ class WorkerConfig:
                 "no way to get the router's public key: set REPORT_ADDR, "
                 "a --pubkey-* option, or UNSECURED=true for local testing"
             )
+
+
+def _flag(text: str) -> bool:
+    value = text.strip().lower()
+    if value in {"1", "true", "yes", "on"}:
+        return True
+    if value in {"", "0", "false", "no", "off"}:
+        return False
+    raise ValueError(f"not a boolean: {text!r}")
+
+
+_VAST_VARIABLES = ("MODEL_LOG", "REPORT_ADDR")
+"""Set on a Vast instance: without any of them, ``python -m pyworker`` runs the local demo."""
+
+# Options whose environment variable is pyworker's own (the Vast ones are read by
+# WorkerConfig.from_env): read when the option is not given on the command line.
+ENV_OPTIONS: dict[str, tuple[str, Callable[[str], object]]] = {
+    "demo": ("PYWORKER_DEMO", _flag),
+    "public_url": ("PYWORKER_PUBLIC_URL", str),
+    "only_2024_signatures": ("PYWORKER_ONLY_2024_SIGNATURES", _flag),
+    "max_queue_time": ("PYWORKER_MAX_QUEUE_TIME", float),
+    "max_body_bytes": ("PYWORKER_MAX_BODY_BYTES", int),
+    "read_timeout": ("PYWORKER_READ_TIMEOUT", float),
+    "drain_timeout": ("PYWORKER_DRAIN_TIMEOUT", float),
+    "health_interval": ("PYWORKER_HEALTH_INTERVAL", float),
+    "force_benchmark": ("PYWORKER_FORCE_BENCHMARK", _flag),
+    "benchmark_runs": ("PYWORKER_BENCHMARK_RUNS", int),
+}
+
+
+def apply_env_options(args: argparse.Namespace, env: Mapping[str, str]) -> None:
+    """Fill options not given on the command line from their environment variables.
+
+    Raises:
+        ConfigError: a variable's value is malformed.
+    """
+    for dest, (variable, parse) in ENV_OPTIONS.items():
+        if getattr(args, dest) in (None, False) and env.get(variable, "") != "":
+            try:
+                setattr(args, dest, parse(env[variable]))
+            except ValueError as exc:
+                raise ConfigError(f"{variable}: {exc}") from None
+
+
+def load_config(args: argparse.Namespace, env: Mapping[str, str]) -> tuple[WorkerConfig, bool]:
+    """The configuration from the command line's options and the environment, and whether to
+    run the local demo. An option given on the command line wins over its variable.
+
+    Raises:
+        ConfigError: a malformed variable, or an impossible configuration.
+    """
+    apply_env_options(args, env)
+    if args.port is None and env.get("WORKER_PORT"):
+        try:
+            args.port = int(env["WORKER_PORT"])
+        except ValueError:
+            raise ConfigError(
+                f"WORKER_PORT must be an integer, not {env['WORKER_PORT']!r}"
+            ) from None
+    if not args.backend:
+        raise ConfigError("no backend: pass --backend NAME (or set BACKEND)")
+    demo = bool(args.demo) or not (
+        any(env.get(v) for v in _VAST_VARIABLES) or args.model_log or args.report_addr
+    )
+    config = WorkerConfig.from_env(args.backend, env)
+    changes: dict[str, Any] = {}
+    if args.host is not None:
+        changes["host"] = args.host
+    if args.port is not None:
+        changes["port"] = args.port
+    if args.model_log is not None:
+        changes["model_log"] = Path(args.model_log)
+    if args.model_server_url is not None:
+        changes["model_server_url"] = args.model_server_url
+    if args.report_addr is not None:
+        changes["report_addrs"] = WorkerConfig.from_env(
+            args.backend, {"REPORT_ADDR": args.report_addr}
+        ).report_addrs
+    if args.container_id is not None:
+        changes["container_id"] = args.container_id
+    if args.public_url is not None:
+        changes["public_url"] = args.public_url.rstrip("/")
+    if args.unsecured:
+        changes["unsecured"] = True
+    if args.pubkey_url is not None:
+        changes["pubkey_url"] = args.pubkey_url
+    if args.pubkey_file is not None:
+        changes["pubkey_file"] = args.pubkey_file
+    if args.only_2024_signatures:
+        changes["accept_2025_signatures"] = False
+    for name in (
+        "max_queue_time",
+        "max_body_bytes",
+        "read_timeout",
+        "drain_timeout",
+        "health_interval",
+        "benchmark_runs",
+    ):
+        if (value := getattr(args, name)) is not None:
+            changes[name] = value
+    if args.force_benchmark:
+        changes["force_benchmark"] = True
+    if args.state_dir is not None:
+        changes["state_dir"] = Path(args.state_dir)
+    config = attrs.evolve(config, **changes)
+    if demo:
+        # The demo wires the model log, reports and key itself.
+        config = attrs.evolve(config, host="127.0.0.1", report_addrs=(), model_log=None)
+    else:
+        config.check()
+    return config, demo

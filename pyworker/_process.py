@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import socket
 import subprocess
 from collections.abc import Sequence
@@ -13,8 +12,6 @@ from pathlib import Path
 import trio
 
 log = logging.getLogger("pyworker.process")
-
-_TERMINATE_GRACE = 5.0
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -49,43 +46,29 @@ async def run_process_logged(
 ) -> int:
     """Run ``argv`` with stdout and stderr appended to ``log_path`` until it exits.
 
-    ``task_status.started(process)`` once spawned. When cancelled, the child gets SIGTERM and
-    then, after a grace period, SIGKILL: it never outlives the worker. The child runs in its
-    own session so a terminal's Ctrl-C reaches only us, and we stop it after draining.
+    A service for ``nursery.start``: ``task_status.started(process)`` once spawned. When
+    cancelled, the child gets SIGTERM and then, after trio's grace period, SIGKILL
+    (:func:`trio.run_process`'s own cancellation), so it never outlives the worker. The child
+    runs in its own session so a terminal's Ctrl-C reaches only us, and we stop it after
+    draining.
 
     Returns:
         The child's exit code.
     """
     fd = await trio.to_thread.run_sync(_open_log, log_path)
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     try:
-        process = await trio.lowlevel.open_process(
-            list(argv), stdout=fd, stderr=subprocess.STDOUT, start_new_session=True, env=env
+        finished = await trio.run_process(
+            list(argv),
+            stdout=fd,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            check=False,
+            task_status=task_status,
         )
     finally:
         os.close(fd)
-    task_status.started(process)
-    try:
-        code = await process.wait()
-    finally:
-        if process.returncode is None:
-            with trio.CancelScope(shield=True):
-                await _stop(process)
-    if code:
+    if finished.returncode:
         log.warning(
-            "%s exited with code %d (see %s)", argv[2] if len(argv) > 2 else argv[0], code, log_path
+            "%s exited with code %d (see %s)", " ".join(argv), finished.returncode, log_path
         )
-    return code
-
-
-async def _stop(process: trio.Process) -> None:
-    try:
-        process.send_signal(signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    with trio.move_on_after(_TERMINATE_GRACE):
-        await process.wait()
-        return
-    log.warning("child %d ignored SIGTERM; killing it", process.pid)
-    process.kill()
-    await process.wait()
+    return finished.returncode

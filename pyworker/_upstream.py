@@ -126,6 +126,11 @@ class UpstreamResponse:
         """Whether the body has been read to its end."""
         return self._conn is None
 
+    @property
+    def error(self) -> str:
+        """Always "": this answer is the model server's own."""
+        return ""
+
     async def aclose(self) -> None:
         """Release the connection: back to the pool if complete, else closed."""
         conn, self._conn = self._conn, None

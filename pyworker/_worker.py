@@ -1,11 +1,10 @@
-"""The worker: one nursery holding the proxy, log tailer, benchmark runner, health checker and
-metrics pusher, driven by the lifecycle machine."""
+"""The worker: one nursery holding the HTTP server and the services the lifecycle table names,
+driven by the lifecycle machine."""
 
 from __future__ import annotations
 
 import logging
-import os
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Any, cast
 from urllib.parse import urlsplit
@@ -18,8 +17,8 @@ from hypercorn.trio import serve as hypercorn_serve
 
 from ._admission import Admission
 from ._app import create_app
-from ._auth import Authenticator, run_key_loader
-from ._backend import Backend, LogAction, RunContext
+from ._auth import Authenticator
+from ._backend import Backend, LogAction
 from ._benchmark import (
     BenchmarkCache,
     BenchmarkError,
@@ -30,13 +29,16 @@ from ._benchmark import (
 )
 from ._config import WorkerConfig
 from ._health import HealthChecker
-from ._lifecycle import Lifecycle, State, StateChange, Trigger
+from ._lifecycle import Lifecycle, Service, StateChange, Trigger
 from ._load import LoadTracker
 from ._logtail import LogTailer
-from ._proxy import Proxy, ProxyLimits
-from ._reporter import Report, Reporter
+from ._model import ModelServer
+from ._pipeline import Limits, Pipeline
+from ._pubkey import configured_key, fetch_public_key, pubkey_urls
+from ._report import Report
+from ._reporter import Reporter
 from ._upstream import UpstreamPool
-from ._watch import LifecycleWatch
+from ._watch import LifecycleWatch, run_in_states
 
 log = logging.getLogger("pyworker")
 
@@ -73,15 +75,22 @@ class Worker:
     backend: Backend
     on_change: Callable[[StateChange], None] | None = None
     on_report: Callable[[Report], None] | None = None
+    authenticator: Authenticator = attrs.field(init=False)
     lifecycle: Lifecycle = attrs.field(init=False)
     tracker: LoadTracker = attrs.field(init=False)
     watch: LifecycleWatch = attrs.field(init=False)
     last_benchmark: BenchmarkResult | None = attrs.field(default=None, init=False)
 
     def __attrs_post_init__(self) -> None:
-        # The lifecycle and tracker exist before serve() so tests and embedders can inspect
-        # them; their clocks start when serve() runs.
-        self.lifecycle = Lifecycle(started_at=0.0)
+        # These exist before serve() so tests and embedders can inspect them; their clocks
+        # start when serve() runs.
+        config = self.config
+        self.authenticator = Authenticator(
+            unsecured=config.unsecured,
+            accept_2025=config.accept_2025_signatures,
+            own_url=config.public_url or None,
+        )
+        self.lifecycle = Lifecycle(started_at=0.0, key_known=lambda: self.authenticator.has_key)
         self.tracker = LoadTracker(now=0.0)
         self.watch = LifecycleWatch(self.lifecycle)
         if self.on_change is not None:
@@ -100,13 +109,27 @@ class Worker:
     ) -> None:
         """Run the worker until ``shutdown`` is set, then drain and stop.
 
-        ``task_status.started(WorkerInfo)`` once the HTTP server accepts connections (the
-        model may still be loading: the lifecycle says so).
+        The services of the lifecycle table run in one nursery, each in the states the table
+        gives it; the HTTP server runs beside them. On ``shutdown`` the worker drains (no new
+        requests; those in flight finish, up to the drain timeout), stops the server, lets the
+        reporter send the final report, and only then cancels what is left.
+
+        Args:
+            shutdown: set it to stop the worker.
+            task_status: ``started(WorkerInfo)`` once the HTTP server accepts connections (the
+                model may still be loading: the lifecycle says so).
+
+        Raises:
+            ValueError: the configured router key is not an RSA public key in PEM.
+            OSError: the key file cannot be read, or the port cannot be bound.
         """
         config = self.config
-        now = trio.current_time()
-        self.lifecycle.load_started_at = now
-        self.tracker = LoadTracker(now=now)
+        self.lifecycle.load_started_at = trio.current_time()
+        self.tracker = LoadTracker(now=trio.current_time())
+        if not config.unsecured:
+            pem = await configured_key(pem_text=config.pubkey_pem, pem_file=config.pubkey_file)
+            if pem is not None:
+                self.authenticator.set_public_key(pem)
         host, port = _host_port(self.model_server_url)
         upstream = UpstreamPool(
             host=host,
@@ -120,24 +143,23 @@ class Worker:
             upstream,
             trio.open_nursery() as services,
         ):
-            authenticator = Authenticator(
-                unsecured=config.unsecured,
-                accept_2025=config.accept_2025_signatures,
-                own_url=config.public_url or None,
+            model = ModelServer(url=self.model_server_url, upstream=upstream, http=http)
+            admission = Admission(
+                tracker=self.tracker,
+                capacity=lambda: self.lifecycle.max_perf,
+                max_queue_time=config.max_queue_time,
+                parallel=self.backend.allow_parallel_requests,
             )
-            run_context = RunContext(model_server_url=self.model_server_url, http=http)
-            proxy = Proxy(
+            reports_done = trio.Event()
+            for service, run in self._services(model, http, reports_done).items():
+                await services.start(run_in_states, self.watch, service, run)
+
+            pipeline = Pipeline(
                 backend=self.backend,
                 lifecycle=self.lifecycle,
-                tracker=self.tracker,
-                admission=Admission(
-                    tracker=self.tracker,
-                    max_queue_time=config.max_queue_time,
-                    parallel=self.backend.allow_parallel_requests,
-                ),
-                authenticator=authenticator,
-                upstream=upstream,
-                run_context=run_context,
+                authenticator=self.authenticator,
+                admission=admission,
+                model=model,
                 fallback=create_app(
                     backend=self.backend,
                     lifecycle=self.lifecycle,
@@ -145,75 +167,81 @@ class Worker:
                     upstream=upstream,
                     health_timeout=config.health_timeout,
                 ),
-                limits=ProxyLimits(
+                limits=Limits(
                     max_body_bytes=config.max_body_bytes, body_timeout=config.body_timeout
                 ),
             )
-            reporter = Reporter(
-                addresses=config.report_addrs,
-                container_id=config.container_id,
-                url=config.url,
-                lifecycle=self.lifecycle,
-                tracker=self.tracker,
-                http=http,
-                disk_path=config.disk_path,
-                mtoken=config.mtoken,
-                on_report=self.on_report,
-            )
-            if not config.unsecured:
-                pubkey_urls = (
-                    [config.pubkey_url]
-                    if config.pubkey_url
-                    else [f"{addr}/pubkey/" for addr in config.report_addrs]
-                )
-                await services.start(
-                    partial(
-                        run_key_loader,
-                        authenticator,
-                        urls=pubkey_urls,
-                        pem_file=config.pubkey_file or None,
-                        pem_text=config.pubkey_pem or None,
-                        http=http,
-                    )
-                )
-            await services.start(self._run_benchmarks, upstream, run_context)
-            if self.backend.health_path is not None:
-                checker = HealthChecker(
-                    upstream=upstream,
-                    path=self.backend.health_path,
-                    watch=self.watch,
-                    interval=config.health_interval,
-                    timeout=config.health_timeout,
-                    failures=config.health_failures,
-                )
-                await services.start(checker.run)
-            if config.report_addrs:
-                await services.start(reporter.run)
-            else:
-                log.warning("no REPORT_ADDR: load reports are not sent anywhere")
-            assert config.model_log is not None
-            tailer = LogTailer(path=config.model_log)
-            await services.start(tailer.run, self._on_log_line, self._on_new_log)
-
             server_stop = trio.Event()
             async with trio.open_nursery() as server:
                 bound = await server.start(
                     partial(
                         hypercorn_serve,
-                        cast(Any, proxy),
+                        cast(Any, pipeline),
                         self._hypercorn_config(),
                         shutdown_trigger=server_stop.wait,
                     )
                 )
                 task_status.started(WorkerInfo(bound_urls=tuple(bound), url=config.url))
                 await shutdown.wait()
-                await self._drain(proxy)
+                await self._drain(admission)
                 server_stop.set()
-            if config.report_addrs:
-                await reporter.send_final()
+            # Stopped: the reporter sends the final report (bounded by its own deadline) and
+            # returns; everything else the table runs has stopped with the drain.
+            await reports_done.wait()
             services.cancel_scope.cancel()
 
-    async def _drain(self, proxy: Proxy) -> None:
+    def _services(
+        self, model: ModelServer, http: httpx.AsyncClient, reports_done: trio.Event
+    ) -> dict[Service, Callable[[], Awaitable[object]]]:
+        """One run of each service of the lifecycle table (see :class:`Service`)."""
+        config = self.config
+        tailer = LogTailer(path=config.model_log) if config.model_log is not None else None
+        health = (
+            None
+            if self.backend.health_path is None
+            else HealthChecker(
+                upstream=model.upstream,
+                path=self.backend.health_path,
+                lifecycle=self.lifecycle,
+                interval=config.health_interval,
+                timeout=config.health_timeout,
+                failures=config.health_failures,
+            )
+        )
+        reporter = Reporter(
+            addresses=config.report_addrs,
+            container_id=config.container_id,
+            url=config.url,
+            lifecycle=self.lifecycle,
+            tracker=self.tracker,
+            http=http,
+            disk_path=config.disk_path,
+            mtoken=config.mtoken,
+            on_report=self.on_report,
+        )
+        if not config.report_addrs:
+            log.warning("no REPORT_ADDR: load reports are not sent anywhere")
+
+        async def report() -> None:
+            try:
+                await reporter.run()
+            finally:
+                reports_done.set()
+
+        async def idle() -> None:
+            pass
+
+        return {
+            Service.LOG_TAIL: (
+                idle if tailer is None else partial(tailer.run, self._on_log_line, self._on_new_log)
+            ),
+            Service.BENCHMARK: partial(self._benchmark, model),
+            Service.HEALTH_CHECKS: idle if health is None else health.run,
+            Service.KEY_FETCH: partial(self._fetch_key, http),
+            Service.REPORTS: report,
+        }
+
+    async def _drain(self, admission: Admission) -> None:
         lifecycle, tracker = self.lifecycle, self.tracker
         lifecycle.fire(Trigger.SHUTDOWN, now=trio.current_time())
         if tracker.in_flight:
@@ -223,7 +251,7 @@ class Worker:
                 self.config.drain_timeout,
             )
         with trio.move_on_after(self.config.drain_timeout) as deadline:
-            await proxy.wait_idle()
+            await admission.wait_idle()
         if deadline.cancelled_caught:
             log.warning(
                 "drain deadline passed with %d request(s) in flight; cutting them off",
@@ -267,40 +295,33 @@ class Worker:
         log.info("model log was replaced or truncated: the model server restarted")
         self.lifecycle.fire(Trigger.MODEL_RESTARTED, now=trio.current_time())
 
+    # -- the router's key --------------------------------------------------------------------
+    async def _fetch_key(self, http: httpx.AsyncClient) -> None:
+        if self.authenticator.has_key:
+            return
+        config = self.config
+        urls = [config.pubkey_url] if config.pubkey_url else pubkey_urls(config.report_addrs)
+        if not urls:
+            log.error("no source for the router's public key: signed requests will get 503")
+            return
+        self.authenticator.set_public_key(await fetch_public_key(urls, http=http))
+        self.lifecycle.fire(Trigger.KEY_LOADED, now=trio.current_time())
+
     # -- benchmark ---------------------------------------------------------------------------
-    async def _run_benchmarks(
-        self,
-        upstream: UpstreamPool,
-        context: RunContext,
-        *,
-        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
-    ) -> None:
-        task_status.started()
-        while True:
-            await self.watch.wait_state(State.BENCHMARKING)
-            outcome = await self.watch.run_while(
-                State.BENCHMARKING, partial(self._try_measure, upstream, context)
-            )
-            if outcome is None:
-                continue  # the state moved on (restart, error, shutdown) mid-benchmark
-            now = trio.current_time()
-            if isinstance(outcome, BenchmarkError):
-                self.lifecycle.fire(Trigger.BENCHMARK_FAILED, now=now, reason=str(outcome))
-            else:
-                self.last_benchmark = outcome
-                self.lifecycle.fire(Trigger.BENCHMARK_DONE, now=now, max_perf=outcome.max_perf)
-
-    async def _try_measure(
-        self, upstream: UpstreamPool, context: RunContext
-    ) -> BenchmarkResult | BenchmarkError:
+    async def _benchmark(self, model: ModelServer) -> None:
         try:
-            return await self._measure(upstream, context)
+            result = await self._measure(model)
         except BenchmarkError as exc:
-            return exc
+            self.lifecycle.fire(Trigger.BENCHMARK_FAILED, now=trio.current_time(), reason=str(exc))
+            return
+        self.last_benchmark = result
+        self.lifecycle.fire(
+            Trigger.BENCHMARK_DONE, now=trio.current_time(), max_perf=result.max_perf
+        )
 
-    async def _measure(self, upstream: UpstreamPool, context: RunContext) -> BenchmarkResult:
+    async def _measure(self, model: ModelServer) -> BenchmarkResult:
         settings = BenchmarkSettings.for_backend(self.backend, self.config.benchmark_runs)
-        key = cache_key(self.backend, self.backend.model_id(os.environ), settings)
+        key = cache_key(self.backend, self.backend.model_id, settings)
         cache = BenchmarkCache(directory=self.config.state_dir)
         if not self.config.force_benchmark:
             cached = await cache.load(key)
@@ -309,9 +330,7 @@ class Worker:
                     "benchmark: using the cached capacity %.1f/s (key %s)", cached.max_perf, key
                 )
                 return cached
-        result = await run_benchmark(
-            self.backend, settings, upstream=upstream, context=context, key=key
-        )
+        result = await run_benchmark(self.backend, settings, model=model, key=key)
         log.info(
             "benchmark: capacity %.1f workload/s (%d runs, %.1f s)",
             result.max_perf,

@@ -28,12 +28,12 @@ import trio
 from fakes import FakeServer, spawn_fake
 
 from pyworker import Backend, State, load_backend
-from pyworker._auth import RouterSigner
+from pyworker._auth import AuthData, Authenticator
 from pyworker._benchmark import BenchmarkCache, BenchmarkResult, BenchmarkSettings, cache_key
 from pyworker._config import WorkerConfig
 from pyworker._process import free_port
-from pyworker._standin import StandIn, serve_standin
 from pyworker._worker import Worker, WorkerInfo
+from pyworker.devtools import RouterSigner, StandIn, serve_standin
 
 _SIGNER: RouterSigner | None = None
 
@@ -120,6 +120,12 @@ class Stack:
         return self.fake
 
 
+def accept(authenticator: Authenticator, auth: AuthData) -> None:
+    """Verify ``auth`` and remember it, as the pipeline does with a request it admits."""
+    authenticator.verify(auth)
+    authenticator.remember(auth)
+
+
 async def eventually(
     check: Callable[[], Any], *, what: str = "condition", poll: float = 0.01
 ) -> Any:
@@ -153,7 +159,7 @@ def seed_benchmark(
         The cache key.
     """
     settings = BenchmarkSettings.for_backend(backend, runs)
-    key = cache_key(backend, backend.model_id(os.environ), settings)
+    key = cache_key(backend, backend.model_id, settings)
     cache = BenchmarkCache(directory=state_dir)
     cache._store_sync(
         BenchmarkResult(
@@ -195,7 +201,8 @@ async def start_stack(
         backend = load_backend(backend_name)
     if fake_module is None:
         assert backend.demo is not None, f"{backend_name} has no demo model server"
-        fake_module = str(backend.demo.argv(0, "")[2])
+        argv = list(backend.demo.argv(0, ""))
+        fake_module = argv[argv.index("-m") + 1]
     log_path = tmp_path / f"{backend_name}-model.log"
     port = free_port()
     fake = await spawn_fake(

@@ -7,7 +7,6 @@ import itertools
 import json
 import logging
 from collections.abc import Callable, Coroutine
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +16,7 @@ import trio
 import trio.testing
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from harness import accept
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -25,26 +25,14 @@ from pyworker._auth import (
     Authenticator,
     AuthError,
     ReplayGuard,
-    RouterSigner,
-    fetch_public_key,
     message_2024,
     message_2025,
-    pubkey_urls,
-    run_key_loader,
 )
 from pyworker._payload import PayloadError
+from pyworker._pubkey import configured_key, fetch_public_key, pubkey_urls
+from pyworker.devtools import RouterSigner
 
 URL = "http://127.0.0.1:41234"
-
-
-@pytest.fixture(scope="module")
-def signer() -> RouterSigner:
-    return RouterSigner.generate()
-
-
-@pytest.fixture(scope="module")
-def other_signer() -> RouterSigner:
-    return RouterSigner.generate()
 
 
 def make_auth(signer: RouterSigner, *, own_url: str | None = URL, **kwargs: Any) -> Authenticator:
@@ -60,7 +48,7 @@ def signed(signer: RouterSigner, reqnum: int = 1, cost: object = 256, **extra: A
 
 def refusal(authenticator: Authenticator, auth: AuthData) -> AuthError:
     with pytest.raises(AuthError) as info:
-        authenticator.check(auth)
+        accept(authenticator, auth)
     return info.value
 
 
@@ -109,7 +97,7 @@ def test_parse_keeps_values_and_ignores_extra_fields(signer: RouterSigner) -> No
     assert auth == AuthData(
         signature=data["signature"], cost="256", endpoint="g", reqnum=5, url=URL
     )
-    make_auth(signer).check(auth)
+    accept(make_auth(signer), auth)
 
 
 def test_parse_reports_every_bad_field() -> None:
@@ -145,13 +133,13 @@ def test_parse_refuses_boolean_and_float_reqnum() -> None:
 
 
 def test_good_signature_passes(signer: RouterSigner) -> None:
-    make_auth(signer).check(signed(signer))
+    accept(make_auth(signer), signed(signer))
 
 
 def test_string_cost_signature_does_not_cover_int_cost(signer: RouterSigner) -> None:
     data = signer.sign(cost="256", endpoint="my-group", reqnum=1, url=URL)
     assert refusal(make_auth(signer), AuthData.parse({**data, "cost": 256})).status == 401
-    make_auth(signer).check(AuthData.parse(data))
+    accept(make_auth(signer), AuthData.parse(data))
 
 
 @pytest.mark.parametrize(
@@ -171,14 +159,14 @@ def test_signature_from_another_key_fails(signer: RouterSigner, other_signer: Ro
 
 def test_2025_message_accepted_by_default(signer: RouterSigner) -> None:
     auth = AuthData.parse(signer.sign_2025(URL, cost=5, endpoint="g", reqnum=9))
-    make_auth(signer).check(auth)
+    accept(make_auth(signer), auth)
 
 
 def test_2025_message_refused_when_only_2024_is_accepted(signer: RouterSigner) -> None:
     auth = AuthData.parse(signer.sign_2025(URL, cost=5, endpoint="g", reqnum=9))
     error = refusal(make_auth(signer, accept_2025=False), auth)
     assert (error.status, error.reason) == (401, "invalid signature")
-    make_auth(signer, accept_2025=False).check(signed(signer))
+    accept(make_auth(signer, accept_2025=False), signed(signer))
 
 
 @pytest.mark.parametrize(
@@ -207,7 +195,7 @@ def test_no_key_yet_is_503_until_set(signer: RouterSigner) -> None:
     assert error.status == 503
     assert "no public key yet" in error.reason
     authenticator.set_public_key(signer.public_pem())
-    authenticator.check(signed(signer))
+    accept(authenticator, signed(signer))
 
 
 def test_unsecured_mode_accepts_anything_and_says_so(
@@ -218,17 +206,17 @@ def test_unsecured_mode_accepts_anything_and_says_so(
     assert [r.name for r in caplog.records] == ["pyworker.auth"]
     assert "UNSECURED" in caplog.records[0].getMessage()
     bogus = AuthData(signature="?", cost=1, endpoint="e", reqnum=1, url="http://elsewhere")
-    authenticator.check(bogus)
-    authenticator.check(bogus)  # no replay check either
+    accept(authenticator, bogus)
+    accept(authenticator, bogus)  # no replay check either
     assert len(caplog.records) == 1  # said once, at construction
 
 
 def test_wrong_own_url_is_401_and_trailing_slash_is_tolerated(signer: RouterSigner) -> None:
     error = refusal(make_auth(signer, own_url="http://127.0.0.1:9999"), signed(signer))
     assert (error.status, error.reason) == (401, "auth_data.url is not this worker's URL")
-    make_auth(signer, own_url=URL + "/").check(signed(signer))
+    accept(make_auth(signer, own_url=URL + "/"), signed(signer))
     data = signer.sign(cost=1, endpoint="e", reqnum=1, url=URL + "/")
-    make_auth(signer, own_url=URL).check(AuthData.parse(data))
+    accept(make_auth(signer, own_url=URL), AuthData.parse(data))
 
 
 def test_set_public_key_refuses_non_rsa_and_garbage() -> None:
@@ -251,7 +239,7 @@ def test_set_public_key_refuses_non_rsa_and_garbage() -> None:
 def test_exact_repeat_is_refused(signer: RouterSigner) -> None:
     authenticator = make_auth(signer)
     auth = signed(signer, reqnum=10)
-    authenticator.check(auth)
+    accept(authenticator, auth)
     error = refusal(authenticator, auth)
     assert error.status == 401
     assert "replayed" in error.reason
@@ -260,25 +248,25 @@ def test_exact_repeat_is_refused(signer: RouterSigner) -> None:
 def test_repeat_of_2025_signature_is_tracked_on_the_whole_auth_data(signer: RouterSigner) -> None:
     authenticator = make_auth(signer)
     first = AuthData.parse(signer.sign_2025(URL, cost=5, endpoint="g", reqnum=1))
-    authenticator.check(first)
+    accept(authenticator, first)
     assert "replayed" in refusal(authenticator, first).reason
     # The 2025 signature covers only the URL, so other fields make a different request.
-    authenticator.check(AuthData.parse({**signer.sign_2025(URL), "reqnum": 2}))
+    accept(authenticator, AuthData.parse({**signer.sign_2025(URL), "reqnum": 2}))
 
 
 def test_reqnum_more_than_window_below_the_highest_is_refused(signer: RouterSigner) -> None:
     authenticator = make_auth(signer)
-    authenticator.check(signed(signer, reqnum=1000))
+    accept(authenticator, signed(signer, reqnum=1000))
     error = refusal(authenticator, signed(signer, reqnum=899))
     assert error.status == 401
     assert "too old" in error.reason
-    authenticator.check(signed(signer, reqnum=900))  # exactly `window` below: still fine
+    accept(authenticator, signed(signer, reqnum=900))  # exactly `window` below: still fine
 
 
 def test_out_of_order_within_window_is_accepted(signer: RouterSigner) -> None:
     authenticator = make_auth(signer)
     for reqnum in [50, 10, 30, 51, 20, 49]:
-        authenticator.check(signed(signer, reqnum=reqnum))
+        accept(authenticator, signed(signer, reqnum=reqnum))
 
 
 def test_refused_requests_are_not_remembered(signer: RouterSigner) -> None:
@@ -286,16 +274,16 @@ def test_refused_requests_are_not_remembered(signer: RouterSigner) -> None:
     data = signer.sign(cost=1, endpoint="e", reqnum=10_000, url=URL)
     forged = AuthData.parse({**data, "cost": 2})
     refusal(authenticator, forged)
-    authenticator.check(signed(signer, reqnum=1))  # the forged reqnum did not raise the bar
+    accept(authenticator, signed(signer, reqnum=1))  # the forged reqnum did not raise the bar
 
 
 def test_no_gap_after_window_out_of_order_requests(signer: RouterSigner) -> None:
     # 100 is accepted, then 100 older requests within the window; 100 must still be remembered.
     authenticator = make_auth(signer)
     first = signed(signer, reqnum=100)
-    authenticator.check(first)
+    accept(authenticator, first)
     for reqnum in range(100):
-        authenticator.check(signed(signer, reqnum=reqnum))
+        accept(authenticator, signed(signer, reqnum=reqnum))
     assert "replayed" in refusal(authenticator, first).reason
 
 
@@ -417,73 +405,25 @@ async def test_fetch_refuses_urls_that_cannot_work(urls: list[str], match: str) 
     async with mock_client(no_requests) as http:
         with pytest.raises(ValueError, match=match):
             await fetch_public_key(urls, http=http)
-        if not urls:
-            return  # run_key_loader logs an error: no key source, signed requests get 503
-        with pytest.RaisesGroup(pytest.RaisesExc(ValueError, match=match)):
-            async with trio.open_nursery() as nursery:  # before started(): startup fails
-                await nursery.start(partial(run_key_loader, Authenticator(), urls=urls, http=http))
 
 
-async def test_key_loader_starts_at_once_and_sets_the_key_later(
-    signer: RouterSigner, autojump_clock: trio.testing.MockClock
-) -> None:
-    release = trio.Event()
-
-    async def handler(request: httpx.Request) -> httpx.Response:
-        await release.wait()
-        return httpx.Response(200, content=signer.public_pem())
-
-    authenticator = Authenticator(own_url=URL)
-    async with mock_client(handler) as http, trio.open_nursery() as nursery:
-        await nursery.start(
-            partial(run_key_loader, authenticator, urls=["http://router/pubkey/"], http=http)
-        )
-        assert refusal(authenticator, signed(signer)).status == 503
-        release.set()
-        await authenticator.wait_for_key()
-    authenticator.check(signed(signer))
-
-
-async def test_key_loader_uses_text_or_file_before_started(
-    signer: RouterSigner, tmp_path: Path
-) -> None:
+async def test_configured_key_from_text_or_file(signer: RouterSigner, tmp_path: Path) -> None:
     pem_path = tmp_path / "router.pem"
     pem_path.write_bytes(signer.public_pem())
-    async with mock_client(no_requests) as http:
-        sources: list[dict[str, Any]] = [
-            {"pem_text": signer.public_pem().decode()},
-            {"pem_text": signer.public_pem()},
-            {"pem_file": str(pem_path)},
-        ]
-        for source in sources:
-            authenticator = Authenticator(own_url=URL)
-            async with trio.open_nursery() as nursery:
-                await nursery.start(partial(run_key_loader, authenticator, http=http, **source))
-                assert authenticator.has_key
-            authenticator.check(signed(signer))
+    assert await configured_key() is None
+    assert await configured_key(pem_text=signer.public_pem().decode()) == signer.public_pem()
+    assert await configured_key(pem_file=str(pem_path)) == signer.public_pem()
+    # The text wins over the file.
+    assert await configured_key(pem_text=signer.public_pem().decode(), pem_file="/nope") == (
+        signer.public_pem()
+    )
 
 
-async def test_key_loader_fails_startup_on_a_bad_pem(tmp_path: Path) -> None:
-    async with mock_client(no_requests) as http:
-        with pytest.RaisesGroup(pytest.RaisesExc(ValueError, match="not a PEM")):
-            async with trio.open_nursery() as nursery:
-                await nursery.start(
-                    partial(run_key_loader, Authenticator(), pem_text="junk", http=http)
-                )
-        with pytest.RaisesGroup(FileNotFoundError):
-            async with trio.open_nursery() as nursery:
-                missing = str(tmp_path / "missing.pem")
-                await nursery.start(
-                    partial(run_key_loader, Authenticator(), pem_file=missing, http=http)
-                )
-
-
-async def test_key_loader_fetches_nothing_when_unsecured() -> None:
-    authenticator = Authenticator(unsecured=True)
-    async with mock_client(no_requests) as http, trio.open_nursery() as nursery:
-        await nursery.start(
-            partial(run_key_loader, authenticator, urls=["http://router/pubkey/"], http=http)
-        )
+async def test_configured_key_refuses_a_bad_pem_or_a_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="not a PEM"):
+        await configured_key(pem_text="junk")
+    with pytest.raises(FileNotFoundError):
+        await configured_key(pem_file=str(tmp_path / "missing.pem"))
 
 
 def test_remembered_2025_signature_still_binds_the_url_and_the_key(
@@ -492,7 +432,7 @@ def test_remembered_2025_signature_still_binds_the_url_and_the_key(
     authenticator = make_auth(signer, own_url=None)
     reused = signer.sign_2025(URL)
     for reqnum in range(1, 4):  # the first verifies with RSA, the others hit the memory
-        authenticator.check(AuthData.parse({**reused, "reqnum": reqnum}))
+        accept(authenticator, AuthData.parse({**reused, "reqnum": reqnum}))
     other_url = {**reused, "reqnum": 10, "url": "http://10.9.8.7:4000"}
     assert refusal(authenticator, AuthData.parse(other_url)).status == 401
     authenticator.set_public_key(other_signer.public_pem())

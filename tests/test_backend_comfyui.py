@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import os
 import random
@@ -15,6 +16,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import attrs
 import httpx
 import pytest
 import trio
@@ -22,11 +24,11 @@ from fakes import REPO_ROOT, FakeServer, start_fake
 from harness import Stack, start_stack
 
 from backends.comfyui import (
-    BACKEND,
     DEFAULT_CHECKPOINT,
     PromptJob,
     RunSettings,
     image_workload,
+    make_backend,
     parse_generate,
     run_prompt,
     text_to_image_workflow,
@@ -34,6 +36,9 @@ from backends.comfyui import (
 )
 from backends.comfyui._png import PNG_SIGNATURE, png_size
 from pyworker import Job, LogAction, PayloadError, RunContext, State
+
+BACKEND = make_backend({})
+"""The backend with every setting at its default."""
 
 FAKE = "backends.comfyui.fake"
 # Fast fakes: no start-up delay, and a benchmark of three small prompts.
@@ -114,8 +119,7 @@ def test_workflow_workload() -> None:
     assert workflow_workload(hires) == pytest.approx(image_workload(1024, 1024, 30))
 
 
-def test_parse_text_to_image(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("COMFY_MODEL", raising=False)
+def test_parse_text_to_image() -> None:
     job = parse_generate({"prompt": "a fox"})
     assert job.upstream_path == "/prompt"
     assert job.workload == pytest.approx(image_workload(512, 512, 20))
@@ -127,7 +131,7 @@ def test_parse_text_to_image(monkeypatch: pytest.MonkeyPatch) -> None:
     assert graph["6"]["inputs"]["text"] == "a fox"
     assert graph["3"]["inputs"]["seed"] == detail.seed
     assert graph["5"]["inputs"] == {"width": 512, "height": 512, "batch_size": 1}
-    monkeypatch.setenv("COMFY_MODEL", "sd_xl_base_1.0.safetensors")
+    parse_sdxl = make_backend({"COMFY_MODEL": "sd_xl_base_1.0.safetensors"}).endpoints[0].parse
     payload = {
         "prompt": "a fox",
         "negative_prompt": "blur",
@@ -140,7 +144,7 @@ def test_parse_text_to_image(monkeypatch: pytest.MonkeyPatch) -> None:
         "scheduler": "karras",
         "batch_size": 2,
     }
-    job = parse_generate(payload)
+    job = parse_sdxl(payload)
     graph = job.detail.workflow
     assert graph["4"]["inputs"]["ckpt_name"] == "sd_xl_base_1.0.safetensors"
     assert graph["7"]["inputs"]["text"] == "blur"
@@ -148,7 +152,7 @@ def test_parse_text_to_image(monkeypatch: pytest.MonkeyPatch) -> None:
     assert graph["3"]["inputs"]["cfg"] == 5.0
     assert graph["3"]["inputs"]["sampler_name"] == "dpmpp_2m"
     assert job.workload == pytest.approx(image_workload(1024, 768, 28, 2))
-    assert BACKEND.model_id({"COMFY_MODEL": "m.safetensors"}) == "m.safetensors"
+    assert make_backend({"COMFY_MODEL": "m.safetensors"}).model_id == "m.safetensors"
 
 
 @pytest.mark.parametrize(
@@ -210,7 +214,9 @@ def test_backend_declaration() -> None:
     assert BACKEND.name == "comfyui"
     assert not BACKEND.allow_parallel_requests
     assert BACKEND.health_path == "/system_stats"
-    assert BACKEND.endpoint("/generate").run is run_prompt
+    run = BACKEND.endpoint("/generate").run
+    assert isinstance(run, functools.partial)
+    assert run.func is run_prompt
     rule = BACKEND.classify("To see the GUI go to: http://0.0.0.0:8188")
     assert rule is not None
     assert rule.action is LogAction.MODEL_LOADED
@@ -281,26 +287,25 @@ async def test_run_returns_images_and_timings(nursery: trio.Nursery, tmp_path: P
         assert history[answer["prompt_id"]]["prompt"][3]["client_id"]
 
 
-async def test_run_limits_polls_and_timeouts(
-    nursery: trio.Nursery, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_run_limits_polls_and_timeouts(nursery: trio.Nursery, tmp_path: Path) -> None:
     fake = await _start(nursery, tmp_path, "--hang-after", "3")
     async with _context(fake) as context:
         # Model-free prompts never reach the stalling sampler.
-        monkeypatch.setenv("COMFY_USE_WEBSOCKET", "false")
-        reply = await run_prompt(_job({"workflow": _empty_image_workflow(color=1)}), context)
+        polling = RunSettings(use_websocket=False)
+        job = _job({"workflow": _empty_image_workflow(color=1)})
+        reply = await run_prompt(job, context, polling)
         assert reply.status == 200
         assert len(json.loads(reply.body)["images"]) == 2
-        monkeypatch.setenv("COMFY_MAX_OUTPUT_BYTES", "100")
-        reply = await run_prompt(_job({"workflow": _empty_image_workflow(color=2)}), context)
+        small = attrs.evolve(polling, max_output_bytes=100)
+        reply = await run_prompt(_job({"workflow": _empty_image_workflow(color=2)}), context, small)
         assert reply.status == 502
         too_big = json.loads(reply.body)
         assert "exceed 100 bytes" in too_big["error"]
         assert [i["filename"] for i in too_big["images"]] == ["t_00003_.png", "t_00004_.png"]
         # A stuck sampler: the timeout answers 504 and interrupts the prompt.
-        monkeypatch.setenv("COMFY_PROMPT_TIMEOUT", "0.5")
         started = trio.current_time()
-        reply = await run_prompt(_job({"prompt": "stuck", "steps": 10}), context)
+        short = attrs.evolve(small, timeout=0.5)
+        reply = await run_prompt(_job({"prompt": "stuck", "steps": 10}), context, short)
         assert reply.status == 504
         assert trio.current_time() - started < 3
         stats = await _until_stats(context.http, fake.url, "interrupted", 1)

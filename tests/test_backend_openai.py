@@ -16,10 +16,12 @@ import pytest
 import trio
 from fakes import REPO_ROOT
 from harness import Stack, start_stack
+from hypothesis import given
+from hypothesis import strategies as st
 
-import backends.openai as openai_backend
 from backends.openai import (
     Settings,
+    backend_for,
     log_rules,
     make_backend,
     observe_usage,
@@ -27,7 +29,6 @@ from backends.openai import (
     parse_completion,
 )
 from pyworker import LogAction, PayloadError, State, estimate_tokens
-from pyworker._backend import Backend
 
 CHAT = {"messages": [{"role": "user", "content": "Tell me about rivers."}], "max_tokens": 5}
 SHAPES = "a string, a list of strings, a list of token ids or a list of token id lists"
@@ -202,29 +203,41 @@ def test_settings_from_env() -> None:
 
 
 # -- usage -----------------------------------------------------------------------------------
+def usage_seen(*chunks: bytes) -> float | None:
+    """What a fresh observer of one answer makes of ``chunks``."""
+    observer = observe_usage()
+    for chunk in chunks:
+        observer.feed(chunk)
+    return observer.actual
+
+
 def test_observe_usage() -> None:
-    assert observe_usage(b'data: {"choices":[{"delta":{"content":" hi"}}]}\n\n') is None
+    assert usage_seen(b'data: {"choices":[{"delta":{"content":" hi"}}]}\n\n') is None
     whole = b'{"id":"x","usage":{"prompt_tokens":12,"total_tokens":20,"completion_tokens":8}}'
-    assert observe_usage(whole) == 20.0
+    assert usage_seen(whole) == 20.0
     llamacpp = b'{"usage":{"completion_tokens":3,"prompt_tokens":4,"total_tokens":7},"timings":{}}'
-    assert observe_usage(llamacpp) == 7.0
-    assert observe_usage(b'data: {"choices":[],"usage":null}\n\n') is None
-    # Two events in one chunk: the later (running) figure counts.
-    running = (
-        b'data: {"usage":{"prompt_tokens":5,"completion_tokens":1}}\n\n'
-        b'data: {"usage":{"prompt_tokens":5,"completion_tokens":2}}\n\n'
-    )
-    assert observe_usage(running) == 7.0
+    assert usage_seen(llamacpp) == 7.0
+    assert usage_seen(b'data: {"choices":[],"usage":null}\n\n') is None
+    # Two events in one chunk, or in two: the later (running) figure counts.
+    first = b'data: {"usage":{"prompt_tokens":5,"completion_tokens":1}}\n\n'
+    second = b'data: {"usage":{"prompt_tokens":5,"completion_tokens":2}}\n\n'
+    assert usage_seen(first + second) == 7.0
+    assert usage_seen(first, second) == 7.0
     # Generated text that mentions "usage" is escaped JSON and does not count.
     text = b'data: {"delta":{"content":"\\"usage\\": {\\"prompt_tokens\\": 9"}}\n\n'
-    assert observe_usage(text) is None
-    # A usage object split across chunks is not seen (the estimate stands).
-    assert observe_usage(b'..."usage":{"prompt_tokens":12,"total_to') is None
+    assert usage_seen(text) is None
     nested = (
         b'"usage":{"prompt_tokens":3,"completion_tokens":4,'
         b'"prompt_tokens_details":{"cached_tokens":2}}'
     )
-    assert observe_usage(nested) == 7.0
+    assert usage_seen(nested) == 7.0
+
+
+@given(cut=st.integers(min_value=0, max_value=100), second_cut=st.integers(0, 100))
+def test_observe_usage_sees_a_usage_object_split_anywhere(cut: int, second_cut: int) -> None:
+    whole = b'{"id":"x","usage":{"prompt_tokens":12,"total_tokens":20,"completion_tokens":8}}'
+    a, b = sorted((cut % (len(whole) + 1), second_cut % (len(whole) + 1)))
+    assert usage_seen(whole[:a], whole[a:b], whole[b:]) == 20.0
 
 
 # -- log rules -------------------------------------------------------------------------------
@@ -302,16 +315,16 @@ def test_log_rules(server: str, line: str, action: LogAction | None) -> None:
 
 
 def test_server_choices() -> None:
-    auto = make_backend(Settings())
+    auto = backend_for(Settings())
     assert (auto.health_path, auto.allow_parallel_requests) == ("/health", True)
     assert auto.model_server_url == "http://127.0.0.1:8000"
     assert auto.demo is not None
     assert auto.demo.argv(9, "/tmp/log")[-2:] == ["--flavor", "vllm"]
-    assert make_backend(Settings(server="sglang")).model_server_url.endswith(":30000")
-    python = make_backend(Settings(server="llama-cpp-python"))
+    assert backend_for(Settings(server="sglang")).model_server_url.endswith(":30000")
+    python = backend_for(Settings(server="llama-cpp-python"))
     assert (python.health_path, python.allow_parallel_requests) == ("/v1/models", False)
     assert python.demo is None
-    assert auto.model_id({"MODEL_NAME": "m"}) == "m (auto)"
+    assert make_backend({"MODEL_NAME": "m"}).model_id == "m (auto)"
     assert auto.endpoint("/v1/chat/completions").observe is observe_usage
 
 
@@ -326,7 +339,7 @@ async def _idle(stack: Stack) -> None:
 
 
 def _last_finished(stack: Stack) -> float:
-    finished = stack.worker.tracker._finished
+    finished = stack.worker.tracker._completed
     return finished[-1][1]
 
 
@@ -396,7 +409,7 @@ async def test_stream_is_relayed_as_generated(nursery: trio.Nursery, tmp_path: P
 
 
 async def test_payload_errors_are_422(nursery: trio.Nursery, tmp_path: Path) -> None:
-    stack = await start_stack(nursery, tmp_path, "openai", *FAST)
+    stack = await start_stack(nursery, tmp_path, "openai", *FAST, wait_ready=True)
     response = await stack.post(
         "/v1/chat/completions", {"messages": [{"role": "user"}], "max_tokens": 0, "top_p": 2}
     )
@@ -422,18 +435,13 @@ async def test_model_server_errors_are_relayed(nursery: trio.Nursery, tmp_path: 
     assert response.json()["error"]["type"] == "NotFoundError"
 
 
-@pytest.fixture
-def sglang_backend(monkeypatch: pytest.MonkeyPatch) -> Backend:
-    """The backend as ``OPENAI_SERVER=sglang`` makes it."""
-    backend = make_backend(Settings(server="sglang"))
-    monkeypatch.setattr(openai_backend, "BACKEND", backend)
-    return backend
+SGLANG = make_backend({"OPENAI_SERVER": "sglang"})
+"""The backend as ``OPENAI_SERVER=sglang`` makes it."""
 
 
-@pytest.mark.usefixtures("sglang_backend")
 async def test_sglang_ready_only_after_warmup(nursery: trio.Nursery, tmp_path: Path) -> None:
     stack = await start_stack(
-        nursery, tmp_path, "openai", "--flavor", "sglang", *FAST, "--warmup", "0.6"
+        nursery, tmp_path, "openai", "--flavor", "sglang", *FAST, "--warmup", "0.6", backend=SGLANG
     )
     logs_at_loaded: list[str] = []
 
@@ -486,11 +494,19 @@ async def test_fatal_lines_mark_the_worker_errored(
     knob: str,
     reason: str,
 ) -> None:
-    if flavor == "sglang":
-        # Under "auto" the worker would already be benchmarking when SGLang's warm-up fails.
-        monkeypatch.setattr(openai_backend, "BACKEND", make_backend(Settings(server="sglang")))
+    # Under "auto" the worker would already be benchmarking when SGLang's warm-up fails.
+    backend = SGLANG if flavor == "sglang" else None
     stack = await start_stack(
-        nursery, tmp_path, "openai", "--flavor", flavor, "--load-delay", "0", knob, "no luck"
+        nursery,
+        tmp_path,
+        "openai",
+        "--flavor",
+        flavor,
+        "--load-delay",
+        "0",
+        knob,
+        "no luck",
+        backend=backend,
     )
     await stack.wait_state(State.ERRORED)
     assert reason in stack.worker.lifecycle.error_msg

@@ -20,18 +20,21 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from backends.tgi import (
-    BACKEND,
     LOG_RULES,
     Settings,
     benchmark_payload,
+    make_backend,
     observe_stream,
     parse_generate,
 )
 from backends.tgi import _fake_api as tgi
 from pyworker import LogAction, PayloadError, State, Trigger
-from pyworker._demo import example_command
 from pyworker._lifecycle import StateChange
 from pyworker._tokens import estimate_tokens
+from pyworker.devtools._demo import example_command
+
+BACKEND = make_backend({})
+"""The backend with every setting at its default."""
 
 PROMPT = "What is deep learning?"
 DEFAULTS = Settings()
@@ -335,13 +338,25 @@ def test_observe_takes_tgi_counts_from_the_last_event_only() -> None:
         b'"generated_text":" a \\"generated_tokens\\":999","details":{"finish_reason":'
         b'"eos_token","generated_tokens":2,"seed":null,"input_length":5}}\n\n'
     )
-    assert observe_stream(token) is None
-    assert observe_stream(last) == 7
-    assert observe_stream(token + last) == 7
+    assert details_seen(token) is None
+    assert details_seen(last) == 7
+    assert details_seen(token + last) == 7
+    assert details_seen(token, last) == 7
+    # Split anywhere, even inside the marker, the final details are still seen.
+    stream = token + last
+    assert all(details_seen(stream[:i], stream[i:]) == 7 for i in range(len(stream) + 1))
     no_details = last.split(b',"details"')[0] + b',"details":null}\n\n'
-    assert observe_stream(no_details) is None
+    assert details_seen(no_details) is None
     error = b'data:{"error":"Model is overloaded","error_type":"overloaded"}\n\n'
-    assert observe_stream(error) is None
+    assert details_seen(error) is None
+
+
+def details_seen(*chunks: bytes) -> float | None:
+    """What a fresh observer of one stream makes of ``chunks``."""
+    observer = observe_stream()
+    for chunk in chunks:
+        observer.feed(chunk)
+    return observer.actual
 
 
 def test_benchmark_payload_and_demo_example_are_valid_tgi_requests() -> None:
@@ -359,9 +374,10 @@ def test_benchmark_payload_and_demo_example_are_valid_tgi_requests() -> None:
 
 
 def test_model_id_comes_from_the_environment() -> None:
-    assert BACKEND.model_id({"MODEL_ID": "c", "HF_MODEL_ID": "b", "MODEL_NAME": "a"}) == "a"
-    assert BACKEND.model_id({"MODEL_ID": "c", "HF_MODEL_ID": "b"}) == "b"
-    assert BACKEND.model_id({"MODEL_ID": "c"}) == "c"
+    env = {"MODEL_ID": "c", "HF_MODEL_ID": "b", "MODEL_NAME": "a"}
+    assert make_backend(env).model_id == "a"
+    assert make_backend({"MODEL_ID": "c", "HF_MODEL_ID": "b"}).model_id == "b"
+    assert make_backend({"MODEL_ID": "c"}).model_id == "c"
 
 
 # -- end to end: fake TGI process + stand-in autoscaler + worker -----------------------------
@@ -381,8 +397,8 @@ async def _finished_workload(stack: Stack) -> float:
     tracker = stack.worker.tracker
     with trio.fail_after(5):
         while True:
-            if not tracker.in_flight and tracker._finished:
-                return tracker._finished[-1][1]
+            if not tracker.in_flight and tracker._completed:
+                return tracker._completed[-1][1]
             await trio.sleep(0.005)
 
 

@@ -14,7 +14,6 @@ from harness import eventually, seed_benchmark, start_stack
 
 from backends._fakekit import HTTPServer, Request, Response
 from pyworker import Backend, State, load_backend
-from pyworker._backend import RunContext
 from pyworker._benchmark import (
     BenchmarkCache,
     BenchmarkError,
@@ -23,6 +22,7 @@ from pyworker._benchmark import (
     cache_key,
     run_benchmark,
 )
+from pyworker._model import ModelServer
 from pyworker._upstream import UpstreamPool
 
 HELLO = "hello_world"
@@ -129,8 +129,8 @@ async def _measure(
         UpstreamPool(host="127.0.0.1", port=port) as upstream,
         httpx.AsyncClient() as http,
     ):
-        context = RunContext(model_server_url=f"http://127.0.0.1:{port}", http=http)
-        return await run_benchmark(backend, settings, upstream=upstream, context=context, key="k")
+        server = ModelServer(url=f"http://127.0.0.1:{port}", upstream=upstream, http=http)
+        return await run_benchmark(backend, settings, model=server, key="k")
 
 
 async def test_benchmark_measures_workload_per_second(nursery: trio.Nursery) -> None:

@@ -390,7 +390,8 @@ async def test_vast_mode_serves_on_a_chosen_port_and_stops_on_sigterm(tmp_path: 
 
 
 def test_every_option_reads_its_environment_variable_when_not_given() -> None:
-    from pyworker._cli import _ENV_OPTIONS, apply_env_options, build_parser
+    from pyworker._cli import build_parser
+    from pyworker._config import ENV_OPTIONS, apply_env_options
 
     env = {
         "PYWORKER_MAX_QUEUE_TIME": "7.5",
@@ -403,5 +404,5 @@ def test_every_option_reads_its_environment_variable_when_not_given() -> None:
     assert (args.max_queue_time, args.force_benchmark, args.demo) == (7.5, True, False)
     assert args.benchmark_runs == 5  # the command line wins
     help_text = build_parser({}).format_help()
-    for variable, _ in _ENV_OPTIONS.values():
+    for variable, _ in ENV_OPTIONS.values():
         assert f"[{variable}]" in help_text.replace("\n", " ").replace("  ", " ")

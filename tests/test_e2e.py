@@ -22,7 +22,7 @@ import trio
 from harness import Stack, eventually, ready_stack
 
 from pyworker import State, load_backend
-from pyworker._load import LoadTracker, Ticket
+from pyworker._load import LoadTracker, Outcome, OutcomeKind, Ticket
 
 HELLO = "hello_world"
 GUARD = 30  # seconds: the absolute bound on each test
@@ -57,27 +57,24 @@ class Events:
 
 @attrs.define
 class Spy:
-    """Which tickets the worker's load tracker finished and cancelled."""
+    """How the worker's load tracker saw each request end."""
 
-    finished: list[int] = attrs.Factory(list)
-    cancelled: list[int] = attrs.Factory(list)
+    outcomes: list[Outcome] = attrs.Factory(list)
+
+    def kinds(self) -> list[OutcomeKind]:
+        return [outcome.kind for outcome in self.outcomes]
 
 
 @pytest.fixture
 def tracker_spy(monkeypatch: pytest.MonkeyPatch) -> Spy:
     spy = Spy()
-    finished, cancelled = LoadTracker.finished, LoadTracker.cancelled
+    close = LoadTracker.close
 
-    def on_finished(self: LoadTracker, ticket: Ticket, now: float, **kwargs: Any) -> None:
-        spy.finished.append(ticket.id)
-        finished(self, ticket, now, **kwargs)
+    def on_close(self: LoadTracker, ticket: Ticket, outcome: Outcome, now: float) -> None:
+        spy.outcomes.append(outcome)
+        close(self, ticket, outcome, now)
 
-    def on_cancelled(self: LoadTracker, ticket: Ticket) -> None:
-        spy.cancelled.append(ticket.id)
-        cancelled(self, ticket)
-
-    monkeypatch.setattr(LoadTracker, "finished", on_finished)
-    monkeypatch.setattr(LoadTracker, "cancelled", on_cancelled)
+    monkeypatch.setattr(LoadTracker, "close", on_close)
     return spy
 
 
@@ -143,9 +140,9 @@ async def test_model_server_errors_are_passed_through(
         response = await stack.post("/generate_stream", prompt(2))
         assert response.status_code == 500
         await eventually(lambda: stack.worker.tracker.in_flight == 0, what="tracker idle")
-        # The model server answered: finished, not cancelled.
-        assert len(tracker_spy.finished) == 2
-        assert tracker_spy.cancelled == []
+        # The model server answered, with an error: failed (no work done), not cancelled.
+        assert tracker_spy.kinds() == [OutcomeKind.FAILED] * 2
+        assert [outcome.status for outcome in tracker_spy.outcomes] == [500, 500]
 
 
 async def test_signatures_tampering_and_replays(nursery: trio.Nursery, tmp_path: Path) -> None:
@@ -211,8 +208,7 @@ async def test_client_leaving_mid_stream_cancels_upstream(
         assert stats["completed"] == 0
         assert stats["tokens_generated"] < 100
         await eventually(lambda: stack.worker.tracker.in_flight == 0, what="tracker idle")
-        assert len(tracker_spy.cancelled) == 1
-        assert tracker_spy.finished == []
+        assert tracker_spy.kinds() == [OutcomeKind.CANCELLED]
 
 
 async def test_client_leaving_mid_json_request_cancels_upstream(
@@ -227,8 +223,7 @@ async def test_client_leaving_mid_json_request_cancels_upstream(
         stats = await stats_where(stack, lambda s: s["cancelled"] == 1 and s["in_flight"] == 0)
         assert stats["completed"] == 0
         await eventually(lambda: stack.worker.tracker.in_flight == 0, what="tracker idle")
-        assert len(tracker_spy.cancelled) == 1
-        assert tracker_spy.finished == []
+        assert tracker_spy.kinds() == [OutcomeKind.CANCELLED]
         # The worker still serves the next client.
         assert (await stack.post("/generate", prompt(2))).status_code == 200
 

@@ -13,12 +13,15 @@ import pytest
 import trio
 from fakes import FakeServer, spawn_fake, start_fake
 
-from backends.tgi import BACKEND
+from backends.tgi import make_backend
 from backends.tgi._fake_log import TGILog
 from backends.tgi.fake import VARIANTS, parse, run
 from pyworker import LogAction
 from pyworker._process import free_port
 from pyworker._tokens import estimate_tokens
+
+BACKEND = make_backend({})
+"""The backend with every setting at its default."""
 
 MODULE = "backends.tgi.fake"
 PROMPT = "What is deep learning?"

@@ -26,8 +26,7 @@ import trio
 from fakes import REPO_ROOT, FakeServer
 from harness import Stack, start_stack
 
-import backends.openai as openai_backend
-from backends.openai import Settings, make_backend, parse_chat
+from backends.openai import make_backend, parse_chat
 from pyworker import State
 
 pytestmark = pytest.mark.llamacpp
@@ -140,9 +139,6 @@ async def _spawn_server(
 async def _start(
     nursery: trio.Nursery, tmp_path: Path, model: Path, monkeypatch: pytest.MonkeyPatch
 ) -> Stack:
-    monkeypatch.setattr(
-        openai_backend, "BACKEND", make_backend(Settings(server="llama-cpp-python"))
-    )
     monkeypatch.setattr(harness, "spawn_fake", _spawn_server)
     return await start_stack(
         nursery,
@@ -158,6 +154,7 @@ async def _start(
         "--interrupt_requests",
         "False",
         fake_module="llama_cpp.server",
+        backend=make_backend({"OPENAI_SERVER": "llama-cpp-python"}),
         read_timeout=60.0,
     )
 
@@ -212,7 +209,8 @@ async def test_openai_backend_in_front_of_llama_cpp(
     usage = answer["usage"]
     await _idle(stack)
     assert (
-        stack.worker.tracker._finished[-1][1] == usage["prompt_tokens"] + usage["completion_tokens"]
+        stack.worker.tracker._completed[-1][1]
+        == usage["prompt_tokens"] + usage["completion_tokens"]
     )
     completion = await stack.post("/v1/completions", {"prompt": "hello", "max_tokens": 4})
     assert completion.json()["object"] == "text_completion"
@@ -226,7 +224,7 @@ async def test_openai_backend_in_front_of_llama_cpp(
     assert first["choices"][0]["delta"]["role"] == "assistant"
     assert sum(b'"content"' in event for event in events) >= 16
     await _idle(stack)
-    assert stack.worker.tracker._finished[-1][1] == parse_chat(streamed).workload
+    assert stack.worker.tracker._completed[-1][1] == parse_chat(streamed).workload
 
     # Cancellation: dropping a long stream stops the generation in the server, which then
     # serves the next request (it serves one at a time).

@@ -1,9 +1,10 @@
-"""The proxied routes' checks, in their order, over real sockets: size (413), method (405),
-JSON (400), envelope and payload fields (422, each named), signature and replays (401), state
-(503), before anything reaches the model server.
+"""The proxied routes' checks, in their order, over real sockets: method (405), size (413),
+JSON (400), envelope fields (422, each named), signature and replays (401), state (503), then
+the payload (422, each named) and only then the model server.
 
-The model server here never finishes loading, so no request can reach it: every answer comes
-from the worker's own checks.
+Most tests here use a model server that never finishes loading, so no request can reach it:
+every answer comes from the worker's own checks. ``tests/test_pipeline.py`` checks the same
+order in-process, stage by stage.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Any
 
 import pytest
 import trio
-from harness import Stack, eventually, start_stack
+from harness import Stack, eventually, ready_stack, start_stack
 
 GUARD = 20  # seconds: the absolute bound on each test
 PAYLOAD = {"prompt": "hello", "max_response_tokens": 4}
@@ -57,17 +58,10 @@ async def test_refusals_while_loading(nursery: trio.Nursery, tmp_path: Path) -> 
             assert response.status_code == 422, body
             assert response.json() == {"error": "request body must be a JSON object"}
 
-        # Every bad field is named, nested under its part of the envelope.
+        # Every bad field of the envelope is named, nested under its part.
         response = await post(url, json={})
         assert response.status_code == 422
         assert response.json() == {"auth_data": "missing parameter", "payload": "missing parameter"}
-        response = await post(url, json={"auth_data": stack.auth_data(), "payload": {}})
-        assert response.status_code == 422
-        assert response.json() == {"payload": {"prompt": "missing parameter"}}
-        bad = {"prompt": 3, "max_response_tokens": "many"}
-        response = await post(url, json={"auth_data": stack.auth_data(), "payload": bad})
-        assert response.status_code == 422
-        assert set(response.json()["payload"]) == {"prompt", "max_response_tokens"}
         response = await post(url, json={"auth_data": {"signature": "x"}, "payload": PAYLOAD})
         assert response.status_code == 422
         missing = dict.fromkeys(("cost", "endpoint", "reqnum", "url"), "missing parameter")
@@ -76,14 +70,17 @@ async def test_refusals_while_loading(nursery: trio.Nursery, tmp_path: Path) -> 
         assert response.status_code == 422
         assert "auth_data" in response.json()
 
-        # Fields before the signature: a forged request with a bad payload is a 422.
+        # The signature before the payload: the backend's code never sees a forged request.
         forged = stack.auth_data()
         forged["cost"] = 1
         response = await post(url, json={"auth_data": forged, "payload": {}})
-        assert response.status_code == 422
+        assert response.status_code == 401
         # The signature before the state: a forged request is a 401 even while loading.
         response = await post(url, json={"auth_data": forged, "payload": PAYLOAD})
         assert response.status_code == 401
+        # The state before the payload: a signed request with a bad payload waits for ready.
+        response = await post(url, json={"auth_data": stack.auth_data(), "payload": {}})
+        assert response.status_code == 503
         # Unknown auth_data fields (the 2025 router adds some) are ignored.
         extra = {**stack.auth_data(), "request_idx": 12, "future_field": [1]}
         response = await post(url, json={"auth_data": extra, "payload": PAYLOAD})
@@ -141,15 +138,39 @@ async def test_only_2024_signatures(nursery: trio.Nursery, tmp_path: Path) -> No
         assert response.status_code == 503
 
 
-async def test_replay_is_refused_whatever_the_state(nursery: trio.Nursery, tmp_path: Path) -> None:
+async def test_payload_errors_once_ready(nursery: trio.Nursery, tmp_path: Path) -> None:
     with trio.fail_after(GUARD):
-        stack = await loading_stack(nursery, tmp_path)
-        envelope = stack.envelope(PAYLOAD)
+        stack = await ready_stack(nursery, tmp_path)
         url = stack.url + "/generate"
-        first = await stack.http.post(url, json=envelope)
-        assert first.status_code == 503
-        again = await stack.http.post(url, json=envelope)
-        assert again.status_code == 401
+        response = await stack.http.post(url, json={"auth_data": stack.auth_data(), "payload": {}})
+        assert response.status_code == 422
+        assert response.json() == {"payload": {"prompt": "missing parameter"}}
+        bad = {"prompt": 3, "max_response_tokens": "many"}
+        response = await stack.post("/generate", bad)
+        assert response.status_code == 422
+        assert set(response.json()["payload"]) == {"prompt", "max_response_tokens"}
+        response = await stack.post("/generate", [])
+        assert response.json() == {"payload": "must be a JSON object, not array"}
+
+
+async def test_only_accepted_requests_use_up_their_number(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    with trio.fail_after(GUARD):
+        stack = await ready_stack(nursery, tmp_path)
+        url = stack.url + "/generate"
+        auth = stack.auth_data()
+        # Refused for its payload: the same signed auth_data may come again, and is accepted.
+        response = await stack.http.post(url, json={"auth_data": auth, "payload": {}})
+        assert response.status_code == 422
+        response = await stack.http.post(url, json={"auth_data": auth, "payload": PAYLOAD})
+        assert response.status_code == 200
+        # Accepted once: a replay is refused, whatever its payload.
+        response = await stack.http.post(url, json={"auth_data": auth, "payload": PAYLOAD})
+        assert response.status_code == 401
+        assert "replayed" in response.json()["error"]
+        response = await stack.http.post(url, json={"auth_data": auth, "payload": {}})
+        assert response.status_code == 401
 
 
 async def test_unsecured_worker_skips_signatures(nursery: trio.Nursery, tmp_path: Path) -> None:

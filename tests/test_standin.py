@@ -17,21 +17,15 @@ import httpx
 import pytest
 import trio
 import trio.lowlevel
+from harness import accept
 from hypercorn.config import Config
 from hypercorn.trio import serve
 from quart import Response, request
 from quart_trio import QuartTrio
 
-from pyworker import client
-from pyworker._auth import (
-    AuthData,
-    Authenticator,
-    AuthError,
-    RouterSigner,
-    fetch_public_key,
-    pubkey_urls,
-)
-from pyworker._standin import StandIn, describe_report, serve_standin
+from pyworker._auth import AuthData, Authenticator, AuthError
+from pyworker._pubkey import fetch_public_key, pubkey_urls
+from pyworker.devtools import RouterSigner, StandIn, client, describe_report, serve_standin
 
 REPORT = {
     "id": 1,
@@ -51,11 +45,6 @@ REPORT_LINE = (
     "report from worker 1: state=ready loadtime=3.2s max_perf=812.0 cur_load=12.5 cur_perf=100.0"
     " in_flight=2 received=3 error=''"
 )
-
-
-@pytest.fixture(scope="module")
-def signer() -> RouterSigner:
-    return RouterSigner.generate()
 
 
 @attrs.define
@@ -98,7 +87,7 @@ def echo_app(authenticator: Authenticator, release: trio.Event) -> QuartTrio:
     async def checked() -> tuple[Any, AuthData]:
         envelope = await request.get_json()
         auth = AuthData.parse(envelope["auth_data"])
-        authenticator.check(auth)
+        accept(authenticator, auth)
         return envelope["payload"], auth
 
     @app.errorhandler(AuthError)
@@ -173,9 +162,9 @@ async def test_route_hands_out_auth_data_that_the_authenticator_accepts(
     assert replies[0]["url"] == worker_url
 
     for reply in replies:
-        authenticator.check(AuthData.parse(reply))  # extra fields (request_idx) are ignored
+        accept(authenticator, AuthData.parse(reply))  # extra fields (request_idx) are ignored
     with pytest.raises(AuthError, match="replayed"):
-        authenticator.check(AuthData.parse(replies[0]))
+        accept(authenticator, AuthData.parse(replies[0]))
 
 
 async def test_route_can_sign_the_2025_message(router: Running, http: httpx.AsyncClient) -> None:
@@ -184,11 +173,11 @@ async def test_route_can_sign_the_2025_message(router: Running, http: httpx.Asyn
     reply = (await http.post(f"{router.url}/route/", json={"endpoint": "g", "cost": 1})).json()
     authenticator = Authenticator(own_url="http://127.0.0.1:9")
     authenticator.set_public_key(router.standin.signer.public_pem())
-    authenticator.check(AuthData.parse(reply))
+    accept(authenticator, AuthData.parse(reply))
     authenticator = Authenticator(accept_2025=False)
     authenticator.set_public_key(router.standin.signer.public_pem())
     with pytest.raises(AuthError, match="invalid signature"):
-        authenticator.check(AuthData.parse(reply))
+        accept(authenticator, AuthData.parse(reply))
 
 
 async def test_route_without_a_worker_is_503(router: Running, http: httpx.AsyncClient) -> None:

@@ -14,9 +14,9 @@ from harness import Stack, eventually, ready_stack, seed_benchmark, start_stack
 from backends._fakekit import HTTPServer, Request, Response
 from pyworker import State, load_backend
 from pyworker._health import HealthChecker
-from pyworker._lifecycle import Lifecycle, StateChange, Trigger
+from pyworker._lifecycle import Lifecycle, Service, StateChange, Trigger
 from pyworker._upstream import UpstreamPool
-from pyworker._watch import LifecycleWatch
+from pyworker._watch import LifecycleWatch, run_in_states
 
 HELLO = "hello_world"
 GUARD = 30  # seconds: the absolute bound on each test
@@ -329,9 +329,9 @@ async def test_health_failures_of_a_replaced_model_server_do_not_count(
         port: int = await nursery.start(HTTPServer(unhealthy).serve)
         async with UpstreamPool(host="127.0.0.1", port=port) as pool:
             checker = HealthChecker(
-                upstream=pool, path="/health", watch=watch, interval=0.01, failures=2
+                upstream=pool, path="/health", lifecycle=lifecycle, interval=0.01, failures=2
             )
-            await nursery.start(checker.run)
+            await nursery.start(run_in_states, watch, Service.HEALTH_CHECKS, checker.run)
             await first_check.wait()
             # The model server restarts and is ready again before the next check.
             for trigger in (Trigger.MODEL_RESTARTED, Trigger.MODEL_LOADED, Trigger.BENCHMARK_DONE):

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Mapping
+from functools import partial
 
 from pyworker import Backend, DemoServer, Endpoint, LogAction, LogRule
 
@@ -42,13 +43,15 @@ from ._workflow import (
 )
 
 __all__ = [
-    "BACKEND",
     "DEFAULT_CHECKPOINT",
+    "LOG_RULES",
     "STANDARD_WORKLOAD",
     "PromptJob",
     "RunSettings",
+    "backend_for",
     "benchmark_payload",
     "image_workload",
+    "make_backend",
     "parse_generate",
     "run_prompt",
     "text_to_image_workflow",
@@ -57,14 +60,28 @@ __all__ = [
 
 DEFAULT_PORT = 8188
 
-
-def _model_id(env: Mapping[str, str]) -> str:
-    return checkpoint(env)
+LOG_RULES: tuple[LogRule, ...] = (
+    LogRule(action=LogAction.MODEL_LOADED, substring="To see the GUI go to:"),
+    # Fatal at start-up: the port is taken (current wording, then the older traceback's),
+    # or torch has no usable GPU.
+    LogRule(action=LogAction.MODEL_ERROR, substring="is already in use on address"),
+    LogRule(action=LogAction.MODEL_ERROR, substring="OSError: [Errno 98]"),
+    LogRule(
+        action=LogAction.MODEL_ERROR,
+        substring="AssertionError: Torch not compiled with CUDA enabled",
+    ),
+    LogRule(action=LogAction.MODEL_ERROR, substring="Found no NVIDIA driver on your system"),
+    # Per prompt, not fatal: the prompt's own answer carries the error; the server goes on.
+    LogRule(action=LogAction.INFO, substring="!!! Exception during processing !!!"),
+    LogRule(action=LogAction.INFO, substring="(IMPORT FAILED)"),
+)
+"""What ComfyUI's log lines mean."""
 
 
 def _demo_argv(port: int, log_path: str) -> list[str]:
     return [
         sys.executable,
+        "-u",
         "-m",
         "backends.comfyui.fake",
         "--port",
@@ -74,35 +91,32 @@ def _demo_argv(port: int, log_path: str) -> list[str]:
     ]
 
 
-BACKEND = Backend(
-    name="comfyui",
-    model_server_url=f"http://127.0.0.1:{DEFAULT_PORT}",
-    endpoints=(
-        Endpoint(
-            route="/generate",
-            parse=parse_generate,
-            benchmark_payload=benchmark_payload,
-            run=run_prompt,
+def backend_for(
+    ckpt_name: str = DEFAULT_CHECKPOINT, run_settings: RunSettings | None = None
+) -> Backend:
+    """The backend whose default workflow loads ``ckpt_name``, following prompts as
+    ``run_settings`` say (default: :class:`RunSettings`'s defaults)."""
+    return Backend(
+        name="comfyui",
+        model_server_url=f"http://127.0.0.1:{DEFAULT_PORT}",
+        endpoints=(
+            Endpoint(
+                route="/generate",
+                parse=partial(parse_generate, ckpt_name=ckpt_name),
+                benchmark_payload=benchmark_payload,
+                run=partial(run_prompt, settings=run_settings or RunSettings()),
+            ),
         ),
-    ),
-    benchmark_route="/generate",
-    log_rules=(
-        LogRule(action=LogAction.MODEL_LOADED, substring="To see the GUI go to:"),
-        # Fatal at start-up: the port is taken (current wording, then the older traceback's),
-        # or torch has no usable GPU.
-        LogRule(action=LogAction.MODEL_ERROR, substring="is already in use on address"),
-        LogRule(action=LogAction.MODEL_ERROR, substring="OSError: [Errno 98]"),
-        LogRule(
-            action=LogAction.MODEL_ERROR,
-            substring="AssertionError: Torch not compiled with CUDA enabled",
-        ),
-        LogRule(action=LogAction.MODEL_ERROR, substring="Found no NVIDIA driver on your system"),
-        # Per prompt, not fatal: the prompt's own answer carries the error; the server goes on.
-        LogRule(action=LogAction.INFO, substring="!!! Exception during processing !!!"),
-        LogRule(action=LogAction.INFO, substring="(IMPORT FAILED)"),
-    ),
-    allow_parallel_requests=False,
-    health_path="/system_stats",
-    model_id=_model_id,
-    demo=DemoServer(argv=_demo_argv),
-)
+        benchmark_route="/generate",
+        log_rules=LOG_RULES,
+        allow_parallel_requests=False,
+        health_path="/system_stats",
+        model_id=ckpt_name,
+        demo=DemoServer(argv=_demo_argv),
+    )
+
+
+def make_backend(env: Mapping[str, str]) -> Backend:
+    """The backend as the environment configures it: ``COMFY_MODEL``, ``COMFY_PROMPT_TIMEOUT``,
+    ``COMFY_MAX_OUTPUT_BYTES``, ``COMFY_USE_WEBSOCKET``."""
+    return backend_for(checkpoint(env), RunSettings.from_env(env))

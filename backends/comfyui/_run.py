@@ -19,9 +19,10 @@ the prompt finish withdraws it, shielded and within a few seconds: ``POST /queue
 while it is pending, ``POST /interrupt {"prompt_id"}`` while it runs (``GET /queue`` tells which),
 until ComfyUI no longer holds it. Cancellation itself is always re-raised.
 
-Settings come from the environment (read per request): ``COMFY_PROMPT_TIMEOUT`` (seconds, default
-600), ``COMFY_MAX_OUTPUT_BYTES`` (default 32 MiB of image bytes, before base64),
-``COMFY_USE_WEBSOCKET`` (``false`` to poll only).
+Settings come from the environment (:meth:`RunSettings.from_env`, given it by the backend's
+``make_backend``): ``COMFY_PROMPT_TIMEOUT`` (seconds, default 600), ``COMFY_MAX_OUTPUT_BYTES``
+(default 32 MiB of image bytes, before base64), ``COMFY_USE_WEBSOCKET`` (``false`` to poll
+only).
 """
 
 from __future__ import annotations
@@ -30,7 +31,6 @@ import base64
 import json
 import logging
 import math
-import os
 import time
 import uuid
 from collections.abc import AsyncGenerator, Mapping
@@ -117,7 +117,7 @@ class _Failure(Exception):
         self.reply = Reply.json(body, status=status)
 
 
-async def run_prompt(job: Job, context: RunContext) -> Reply:
+async def run_prompt(job: Job, context: RunContext, settings: RunSettings = RunSettings()) -> Reply:
     """Run ``job`` (its ``detail`` is a :class:`~backends.comfyui._workflow.PromptJob`) on
     ComfyUI and answer with its images.
 
@@ -132,7 +132,7 @@ async def run_prompt(job: Job, context: RunContext) -> Reply:
     follower = _Prompt(
         context=context,
         prompt=detail,
-        settings=RunSettings.from_env(os.environ),
+        settings=settings,
     )
     return await follower.run()
 

@@ -16,7 +16,6 @@ ComfyUI's own validation, whose errors ``run`` relays as a 422 too.
 
 from __future__ import annotations
 
-import os
 import random
 from collections.abc import Mapping
 from typing import Any
@@ -204,9 +203,8 @@ class PromptJob:
     seed: int | None = None
 
 
-def checkpoint(env: Mapping[str, str] | None = None) -> str:
+def checkpoint(env: Mapping[str, str]) -> str:
     """The default workflow's checkpoint: ``COMFY_MODEL``, else :data:`DEFAULT_CHECKPOINT`."""
-    env = os.environ if env is None else env
     return env.get("COMFY_MODEL") or DEFAULT_CHECKPOINT
 
 
@@ -217,7 +215,7 @@ def _size(fields: Fields, name: str) -> Any:
     return value
 
 
-def _parse_text_to_image(payload: object) -> Job:
+def _parse_text_to_image(payload: object, ckpt_name: str) -> Job:
     fields = Fields(payload)
     prompt = fields.string("prompt", max_length=MAX_PROMPT_CHARS)
     negative = fields.string(
@@ -248,7 +246,7 @@ def _parse_text_to_image(payload: object) -> Job:
         sampler_name=sampler,
         scheduler=scheduler,
         batch_size=batch_size,
-        ckpt_name=checkpoint(),
+        ckpt_name=ckpt_name,
     )
     return Job(
         workload=image_workload(width, height, steps, batch_size),
@@ -304,8 +302,12 @@ def _parse_workflow(payload: dict[str, Any]) -> Job:
     )
 
 
-def parse_generate(payload: object) -> Job:
+def parse_generate(payload: object, ckpt_name: str = DEFAULT_CHECKPOINT) -> Job:
     """Validate a payload of either form and weigh it.
+
+    Args:
+        payload: the client's payload.
+        ckpt_name: the checkpoint the default (text to image) workflow loads.
 
     Raises:
         PayloadError: names each bad field (answered 422).
@@ -315,7 +317,7 @@ def parse_generate(payload: object) -> Job:
         raise AssertionError("unreachable")
     if "workflow" in payload:
         return _parse_workflow(payload)
-    return _parse_text_to_image(payload)
+    return _parse_text_to_image(payload, ckpt_name)
 
 
 def benchmark_payload(rng: random.Random) -> dict[str, object]:

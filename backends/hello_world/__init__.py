@@ -11,6 +11,8 @@ import random
 import sys
 from collections.abc import Mapping
 
+import attrs
+
 from pyworker import (
     Backend,
     DemoServer,
@@ -99,6 +101,7 @@ def benchmark_payload(rng: random.Random) -> dict[str, object]:
 def _demo_argv(port: int, log_path: str) -> list[str]:
     return [
         sys.executable,
+        "-u",
         "-m",
         "backends.hello_world.server",
         "--port",
@@ -108,8 +111,9 @@ def _demo_argv(port: int, log_path: str) -> list[str]:
     ]
 
 
-def _model_id(env: Mapping[str, str]) -> str:
-    return env.get("MODEL_NAME", "hello_world-demo")
+def make_backend(env: Mapping[str, str]) -> Backend:
+    """The backend; ``MODEL_NAME`` names the model for the benchmark cache."""
+    return attrs.evolve(BACKEND, model_id=env.get("MODEL_NAME", BACKEND.model_id))
 
 
 BACKEND = Backend(
@@ -130,6 +134,7 @@ BACKEND = Backend(
     ),
     allow_parallel_requests=True,
     health_path="/healthcheck",
-    model_id=_model_id,
+    model_id="hello_world-demo",
     demo=DemoServer(argv=_demo_argv),
 )
+"""The backend with its default settings (the worker uses :func:`make_backend`)."""

@@ -37,7 +37,6 @@ Environment:
 
 from __future__ import annotations
 
-import os
 import random
 import re
 import sys
@@ -54,21 +53,23 @@ from pyworker import (
     Job,
     LogAction,
     LogRule,
+    UsageObserver,
     estimate_tokens,
     json_body,
     json_type_name,
 )
 
 __all__ = [
-    "BACKEND",
     "DEFAULT_SETTINGS",
     "SERVERS",
     "Settings",
+    "backend_for",
     "log_rules",
     "make_backend",
     "observe_usage",
     "parse_chat",
     "parse_completion",
+    "parse_usage",
 ]
 
 SERVERS = ("auto", "vllm", "sglang", "llamacpp", "llama-cpp-python")
@@ -342,26 +343,32 @@ _PROMPT_TOKENS = re.compile(rb'"prompt_tokens"\s*:\s*(\d+)')
 _COMPLETION_TOKENS = re.compile(rb'"completion_tokens"\s*:\s*(\d+)')
 
 
-def observe_usage(chunk: bytes) -> float | None:
-    """The actual tokens (``prompt_tokens + completion_tokens``) a response chunk reports.
+USAGE_MARKER = b'"usage"'
 
-    Runs on every chunk relayed, so it only searches bytes: most chunks are one token's event
-    and fail the first ``in`` test. The last ``usage`` object in the chunk counts (with
-    ``continuous_usage_stats`` every event carries the running total). A ``"usage"`` inside
-    generated text is JSON-escaped (``\\"usage\\"``) and so never matches.
 
-    Limit: the object must arrive within one chunk. Streams send each event in one piece, so
-    that holds there; a large JSON answer can be split across reads, and if the split falls
-    inside ``usage`` this returns None and the estimate stands.
+def parse_usage(data: bytes) -> float | None:
+    """The actual tokens (``prompt_tokens + completion_tokens``) of a ``usage`` object.
+
+    A ``"usage"`` inside generated text is JSON-escaped (``\\"usage\\"``) and so never
+    matches; with ``continuous_usage_stats`` every event carries the running total, and the
+    last one seen counts.
+
+    Args:
+        data: bytes starting at :data:`USAGE_MARKER`.
+
+    Returns:
+        The sum, or None for ``"usage": null`` or an object not complete yet.
     """
-    if b'"usage"' not in chunk:
-        return None
-    tail = chunk[chunk.rindex(b'"usage"') :]
-    prompt = _PROMPT_TOKENS.search(tail)
-    completion = _COMPLETION_TOKENS.search(tail)
+    prompt = _PROMPT_TOKENS.search(data)
+    completion = _COMPLETION_TOKENS.search(data)
     if prompt is None or completion is None:
-        return None  # "usage": null, or the object continues in the next chunk
+        return None
     return float(int(prompt.group(1)) + int(completion.group(1)))
+
+
+def observe_usage() -> UsageObserver:
+    """A fresh observer of one answer's ``usage`` (see :func:`parse_usage`)."""
+    return UsageObserver(USAGE_MARKER, parse_usage)
 
 
 # -- benchmark -------------------------------------------------------------------------------
@@ -462,6 +469,7 @@ def _demo_argv(flavor: str) -> Callable[[int, str], list[str]]:
     def argv(port: int, log_path: str) -> list[str]:
         return [
             sys.executable,
+            "-u",
             "-m",
             "backends.openai.fake",
             "--port",
@@ -475,17 +483,19 @@ def _demo_argv(flavor: str) -> Callable[[int, str], list[str]]:
     return argv
 
 
-def _model_id(server: str) -> Callable[[Mapping[str, str]], str]:
-    def model_id(env: Mapping[str, str]) -> str:
-        name = env.get("MODEL_NAME") or env.get("MODEL_ID") or "openai-demo"
-        # The same model serves at a different speed on another server.
-        return f"{name} ({server})"
-
-    return model_id
+def _model_id(env: Mapping[str, str], server: str) -> str:
+    name = env.get("MODEL_NAME") or env.get("MODEL_ID") or "openai-demo"
+    # The same model serves at a different speed on another server.
+    return f"{name} ({server})"
 
 
-def make_backend(settings: Settings) -> Backend:
-    """The backend for ``settings`` (``BACKEND`` is this, from the environment)."""
+def backend_for(settings: Settings, *, model_id: str = "") -> Backend:
+    """The backend for ``settings``.
+
+    Args:
+        settings: which server, and the default token budgets.
+        model_id: names the model for the benchmark cache (default: the demo's).
+    """
     server = settings.server
     one_at_a_time = server == "llama-cpp-python"
     flavor = _FAKE_FLAVORS.get(server)
@@ -511,10 +521,17 @@ def make_backend(settings: Settings) -> Backend:
         allow_parallel_requests=not one_at_a_time,
         # llama-cpp-python has no /health; listing the models is its cheapest answer.
         health_path="/v1/models" if one_at_a_time else "/health",
-        model_id=_model_id(server),
+        model_id=model_id or _model_id({}, server),
         # No fake imitates llama-cpp-python: its demo is the real server (see the tests).
         demo=DemoServer(argv=_demo_argv(flavor)) if flavor is not None else None,
     )
 
 
-BACKEND = make_backend(Settings.from_env(os.environ))
+def make_backend(env: Mapping[str, str]) -> Backend:
+    """The backend as the environment configures it (see the module docstring).
+
+    Raises:
+        ValueError: a variable has an impossible value (the message names it).
+    """
+    settings = Settings.from_env(env)
+    return backend_for(settings, model_id=_model_id(env, settings.server))

@@ -28,27 +28,30 @@ Environment:
 ``TGI_FAKE_ARGS``
     knobs for the demo's fake TGI (``--demo`` only), e.g. ``--token-rate 50 --capacity 800``
     (``python -m backends.tgi.fake --help`` lists them).
+
+The worker builds the backend from these with :func:`make_backend` (it reads the environment
+once and passes it in).
 """
 
 from __future__ import annotations
 
-import os
 import random
 import shlex
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 
 from pyworker import Backend, DemoServer, Endpoint, Job, LogAction, LogRule
 
-from ._payload import Settings, observe_stream, parse_generate
+from ._payload import Settings, observe_stream, parse_details, parse_generate
 
 __all__ = [
-    "BACKEND",
     "LOG_RULES",
     "Settings",
+    "backend_for",
     "benchmark_payload",
     "make_backend",
     "observe_stream",
+    "parse_details",
     "parse_generate",
 ]
 
@@ -139,18 +142,21 @@ def _model_id(env: Mapping[str, str]) -> str:
     return env.get("MODEL_NAME") or env.get("HF_MODEL_ID") or env.get("MODEL_ID") or "tgi-demo"
 
 
-def _demo_argv(port: int, log_path: str) -> list[str]:
-    knobs = shlex.split(os.environ.get("TGI_FAKE_ARGS", ""))
-    return [
-        sys.executable,
-        "-m",
-        "backends.tgi.fake",
-        "--port",
-        str(port),
-        "--log",
-        log_path,
-        *knobs,
-    ]
+def _demo_argv(fake_args: Sequence[str]) -> Callable[[int, str], list[str]]:
+    def argv(port: int, log_path: str) -> list[str]:
+        return [
+            sys.executable,
+            "-u",
+            "-m",
+            "backends.tgi.fake",
+            "--port",
+            str(port),
+            "--log",
+            log_path,
+            *fake_args,
+        ]
+
+    return argv
 
 
 def _parser(settings: Settings, *, stream: bool) -> Callable[[object], Job]:
@@ -160,8 +166,16 @@ def _parser(settings: Settings, *, stream: bool) -> Callable[[object], Job]:
     return parse
 
 
-def make_backend(settings: Settings) -> Backend:
-    """The backend for ``settings`` (``BACKEND`` is this, from the environment)."""
+def backend_for(
+    settings: Settings, *, model_id: str = "tgi-demo", fake_args: Sequence[str] = ()
+) -> Backend:
+    """The backend for ``settings``.
+
+    Args:
+        settings: TGI's limits and the default token budget.
+        model_id: names the model for the benchmark cache.
+        fake_args: knobs for the demo's fake TGI.
+    """
     return Backend(
         name="tgi",
         model_server_url=f"http://127.0.0.1:{DEFAULT_PORT}",
@@ -184,9 +198,19 @@ def make_backend(settings: Settings) -> Backend:
         log_rules=LOG_RULES,
         allow_parallel_requests=True,  # TGI batches continuously
         health_path="/health",
-        model_id=_model_id,
-        demo=DemoServer(argv=_demo_argv),
+        model_id=model_id,
+        demo=DemoServer(argv=_demo_argv(fake_args)),
     )
 
 
-BACKEND = make_backend(Settings.from_env(os.environ))
+def make_backend(env: Mapping[str, str]) -> Backend:
+    """The backend as the environment configures it (see the module docstring).
+
+    Raises:
+        ValueError: a variable has an impossible value (the message names it).
+    """
+    return backend_for(
+        Settings.from_env(env),
+        model_id=_model_id(env),
+        fake_args=shlex.split(env.get("TGI_FAKE_ARGS", "")),
+    )

@@ -14,7 +14,7 @@ from typing import Any, overload
 
 import attrs
 
-from pyworker import Fields, Job, estimate_tokens, json_body
+from pyworker import Fields, Job, UsageObserver, estimate_tokens, json_body
 
 U32_MAX = 2**32 - 1
 U64_MAX = 2**64 - 1
@@ -248,22 +248,31 @@ def parse_generate(payload: object, settings: Settings, *, stream: bool) -> Job:
 
 # Only the last event of a stream has details, and only when the client asked for them. JSON
 # escapes every quote inside a string, so generated text can never forge these keys.
+DETAILS_MARKER = b'"details":{'
 _GENERATED = re.compile(rb'"generated_tokens":(\d+)')
 _INPUT_LENGTH = re.compile(rb'"input_length":(\d+)')
 
 
-def observe_stream(chunk: bytes) -> float | None:
-    """The actual tokens of a finished stream, if ``chunk`` holds its last event's details.
+def parse_details(data: bytes) -> float | None:
+    """The actual tokens of a finished stream from its last event's ``details`` object.
 
     TGI's last stream event carries ``details`` with ``generated_tokens`` and
     ``input_length`` (the prompt's real token count, after truncation) when the request asked
-    for ``details``; their sum replaces the estimate, in the same units. Other chunks cost one
-    substring search.
+    for ``details``; their sum replaces the estimate, in the same units.
+
+    Args:
+        data: bytes starting at :data:`DETAILS_MARKER`.
+
+    Returns:
+        The sum, or None when the object is not complete yet.
     """
-    if b'"generated_tokens":' not in chunk:
+    generated = _GENERATED.search(data)
+    prompt = _INPUT_LENGTH.search(data)
+    if generated is None or prompt is None:
         return None
-    generated = _GENERATED.findall(chunk)
-    prompt = _INPUT_LENGTH.findall(chunk)
-    if not generated or not prompt:
-        return None
-    return float(int(generated[-1]) + int(prompt[-1]))
+    return float(int(generated.group(1)) + int(prompt.group(1)))
+
+
+def observe_stream() -> UsageObserver:
+    """A fresh observer of one stream's final ``details`` (see :func:`parse_details`)."""
+    return UsageObserver(DETAILS_MARKER, parse_details)

@@ -19,13 +19,13 @@ from pathlib import Path
 import attrs
 import trio
 
-from ._auth import RouterSigner
-from ._backend import Backend
-from ._config import ConfigError, WorkerConfig
-from ._lifecycle import State, StateChange
-from ._process import free_port, run_process_logged
+from .._backend import Backend
+from .._config import ConfigError, WorkerConfig
+from .._lifecycle import State, StateChange
+from .._process import free_port, run_process_logged
+from .._worker import Worker
+from ._signer import RouterSigner
 from ._standin import StandIn, serve_standin
-from ._worker import Worker
 
 log = logging.getLogger("pyworker.demo")
 

@@ -22,8 +22,9 @@ from hypercorn.trio import serve
 from quart import Response, request
 from quart_trio import QuartTrio
 
-from ._auth import RouterSigner, _string_or_number
-from ._payload import Fields, PayloadError
+from .._auth import _string_or_number
+from .._payload import Fields, PayloadError
+from ._signer import RouterSigner
 
 __all__ = ["StandIn", "create_app", "describe_report", "serve_standin"]
 

@@ -14,7 +14,7 @@ from functools import partial
 
 import trio
 
-from ._auth import RouterSigner
+from ._signer import RouterSigner
 from ._standin import StandIn, serve_standin
 
 

@@ -1,0 +1,109 @@
+"""Answers to the client over ASGI: the model server's, relayed as it arrives, or the worker's
+own refusals."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Sequence
+
+from ._backend import Observer
+from ._load import Outcome
+from ._model import Answer, WholeAnswer
+from ._typing import Headers, Send
+from ._upstream import UpstreamError
+
+log = logging.getLogger("pyworker.relay")
+
+# Response headers that describe the upstream hop, not the answer (RFC 9110 §7.6.1), plus the
+# ones our server sets itself.
+_HOP_HEADERS = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-authenticate",
+        b"proxy-authorization",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+        b"date",
+        b"server",
+    }
+)
+JSON_TYPE: Headers = [(b"content-type", b"application/json")]
+
+
+async def relay(
+    answer: Answer,
+    send: Send,
+    *,
+    observer: Observer | None = None,
+    before_last: Callable[[], None] | None = None,
+) -> Outcome:
+    """Relay ``answer`` to the client chunk by chunk as it arrives, and say how it ended.
+
+    Args:
+        answer: the model server's answer (closed by the caller).
+        send: the ASGI send of the client's request.
+        observer: fed every chunk of a successful answer, to learn its actual workload.
+        before_last: called just before the final body message goes out. The server may
+            deliver the client's disconnect from inside that very send (the response is then
+            complete), so this is where to stop treating a disconnect as the client leaving.
+
+    Returns:
+        Completed or failed by the answer's status (and the worker's own error), or failed
+        when the model server broke off mid-answer: the headers are gone by then, so the final
+        body message is withheld and the server closes the connection, and the client sees a
+        broken response rather than a silently truncated success.
+    """
+    status = answer.status
+    headers = [(k, v) for k, v in answer.headers if k not in _HOP_HEADERS]
+    if isinstance(answer, WholeAnswer):
+        headers.append((b"content-length", str(len(answer.body)).encode()))
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        return await _last(send, answer.body, answer, None, before_last)
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    feed = observer.feed if observer is not None and status < 400 else None
+    try:
+        while chunk := await answer.receive():
+            if feed is not None:
+                feed(chunk)
+            if answer.complete:
+                # The usual JSON answer: one chunk, sent with the end of the response.
+                return await _last(send, chunk, answer, observer, before_last)
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+    except UpstreamError as exc:
+        log.warning("model server failed mid-response: %s", exc)
+        return Outcome.failed(status, f"model server failed mid-response: {exc}")
+    return await _last(send, b"", answer, observer, before_last)
+
+
+async def _last(
+    send: Send,
+    chunk: bytes,
+    answer: Answer,
+    observer: Observer | None,
+    before_last: Callable[[], None] | None,
+) -> Outcome:
+    if before_last is not None:
+        before_last()
+    await send({"type": "http.response.body", "body": chunk, "more_body": False})
+    if answer.error:
+        return Outcome.failed(answer.status, answer.error)
+    return Outcome.answered(answer.status, None if observer is None else observer.actual)
+
+
+async def send_json(
+    send: Send, status: int, body: object, headers: Sequence[tuple[bytes, bytes]] = ()
+) -> None:
+    """Send a whole JSON answer."""
+    data = json.dumps(body).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [*JSON_TYPE, (b"content-length", str(len(data)).encode()), *headers],
+        }
+    )
+    await send({"type": "http.response.body", "body": data, "more_body": False})
