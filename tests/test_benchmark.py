@@ -299,3 +299,19 @@ async def test_unwritable_cache_does_not_stop_the_worker(
     assert completed == 3
     assert max_perf > 0
     assert await trio.Path(blocker).is_file()
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        BenchmarkSettings(runs=2, concurrency=1),
+        BenchmarkSettings(runs=8, concurrency=1, max_concurrency=1),
+    ],
+    ids=["fixed-count", "adaptive"],
+)
+def test_cache_key_follows_the_parallel_flag_alone(settings: BenchmarkSettings) -> None:
+    """Same settings, only the flag differs (for_backend would change the settings too): a
+    figure measured one at a time is not the capacity of a model taking parallel requests."""
+    serial = attrs.evolve(BACKEND, allow_parallel_requests=False)
+    assert BACKEND.allow_parallel_requests
+    assert cache_key(BACKEND, "model-a", settings) != cache_key(serial, "model-a", settings)
