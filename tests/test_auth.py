@@ -456,3 +456,26 @@ def test_messages_match_json_dumps_indent_4_for_any_scalars(
     fields = {"cost": cost, "endpoint": endpoint, "reqnum": reqnum, "url": url}
     assert message_2024(auth) == json.dumps(fields, indent=4).encode("ascii")
     assert message_2025(auth) == json.dumps({"url": url}, indent=4).encode("ascii")
+
+
+@pytest.mark.parametrize("message", [message_2024, message_2025])
+def test_signed_messages_keep_the_url_byte_for_byte(
+    message: Callable[[AuthData], bytes],
+) -> None:
+    # The router signs the URL as it has it; a trailing slash, case or a default port
+    # "normalised" away here would make good signatures fail (or one URL's sign another's).
+    urls = [
+        "http://x:1/",
+        "http://x:1",
+        "http://x:1//",
+        "HTTP://X:1",
+        "http://x:80",
+        "http://x",
+        " http://x:1 ",
+    ]
+    messages = {}
+    for url in urls:
+        auth = AuthData(signature="s", cost=1, endpoint="e", reqnum=1, url=url)
+        messages[url] = message(auth)
+        assert messages[url].endswith(b'"url": %s\n}' % json.dumps(url).encode())
+    assert len(set(messages.values())) == len(urls), messages

@@ -299,3 +299,41 @@ async def test_unwritable_cache_does_not_stop_the_worker(
     assert completed == 3
     assert max_perf > 0
     assert await trio.Path(blocker).is_file()
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        BenchmarkSettings(runs=2, concurrency=1),
+        BenchmarkSettings(runs=8, concurrency=1, max_concurrency=1),
+    ],
+    ids=["fixed-count", "adaptive"],
+)
+def test_cache_key_follows_the_parallel_flag_alone(settings: BenchmarkSettings) -> None:
+    """Same settings, only the flag differs (for_backend would change the settings too): a
+    figure measured one at a time is not the capacity of a model taking parallel requests."""
+    serial = attrs.evolve(BACKEND, allow_parallel_requests=False)
+    assert BACKEND.allow_parallel_requests
+    assert cache_key(BACKEND, "model-a", settings) != cache_key(serial, "model-a", settings)
+
+
+async def test_adaptive_benchmark_measures_after_the_start_up_wave(
+    nursery: trio.Nursery,
+) -> None:
+    """The level's first wave arrives all at once at an empty model: with 2 slots and 8 sent,
+    its requests finish after 1, 2, 3 and 4 service times, whereas every later request waits
+    behind 7 others (4 service times). Little's law over the wave would read 8 x 8 / (2 x
+    (1+2+3+4)) = 3.2 requests per service time, 1.6 x the truth of 2 (the slots); over the
+    requests sent after the first answer it reads the truth."""
+    model = Model(rate=1000.0, slots=trio.Semaphore(2))  # 64 ms per request
+    settings = BenchmarkSettings(
+        runs=8, concurrency=8, max_concurrency=8, ramp_seconds=0.0, duration=20.0
+    )
+    with trio.fail_after(GUARD):
+        result = await _measure(nursery, model, settings)
+    truth = 2 * (result.workload / result.runs) / 0.064
+    # Saturated at once (the wave ran at about half speed), so measured at 8 in flight.
+    assert model.max_in_flight == 8
+    assert result.runs >= settings.runs
+    # The estimator's accuracy, not a speed: the band is for scheduling noise on a busy host.
+    assert result.max_perf == pytest.approx(truth, rel=0.2)

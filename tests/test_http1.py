@@ -117,3 +117,73 @@ def test_an_endless_head_is_refused() -> None:
     reader.feed(b"HTTP/1.1 200 OK\r\n" + b"X: y\r\n" * 20_000)
     with pytest.raises(ProtocolError, match="too large"):
         reader.next_event()
+
+
+@pytest.mark.parametrize(
+    ("status", "head_request", "framing"),
+    [
+        (304, False, b"Content-Length: 5"),
+        (304, False, b"Transfer-Encoding: chunked"),
+        (204, False, b"Content-Length: 5"),
+        (200, True, b"Content-Length: 5"),
+        (200, True, b"Transfer-Encoding: chunked"),
+    ],
+)
+def test_304_204_and_head_answers_have_no_body_even_with_framing_headers(
+    status: int, head_request: bool, framing: bytes
+) -> None:
+    # The framing header describes the body a GET would have had (RFC 9112 §6.3): reading it
+    # as a body would eat the next response on the connection.
+    reader = ResponseReader()
+    reader.expect(head_request=head_request)
+    reader.feed(b"HTTP/1.1 %d X\r\n%s\r\n\r\n" % (status, framing))
+    reader.feed(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nnext")
+    head, body, _ = _read_all([], reader)
+    assert (head.status, body, head.keep_alive) == (status, b"", True)
+    reader.expect()
+    head, body, _ = _read_all([], reader)
+    assert (head.status, body, reader.reusable) == (200, b"next", True)
+
+
+def test_304_alone_is_complete_and_reusable_at_once() -> None:
+    reader = ResponseReader()
+    reader.expect()
+    reader.feed(b"HTTP/1.1 304 Not Modified\r\nContent-Length: 1234\r\nETag: x\r\n\r\n")
+    assert isinstance(reader.next_event(), ResponseHead)
+    assert reader.next_event() is END  # not NEED_DATA: no body is coming
+    assert reader.reusable
+
+
+@pytest.mark.parametrize(
+    ("wire", "keep_alive"),
+    [
+        (b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok", False),
+        (b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 2\r\n\r\nok", True),
+        (b"HTTP/1.0 200 OK\r\nConnection: Keep-Alive\r\nContent-Length: 2\r\n\r\nok", True),
+        (b"HTTP/1.0 200 OK\r\nConnection: keep-alive, close\r\nContent-Length: 2\r\n\r\nok", False),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", True),
+        (b"HTTP/1.1 200 OK\r\nConnection: keep-alive\r\nContent-Length: 2\r\n\r\nok", True),
+    ],
+    ids=[
+        "1.0",
+        "1.0-keep-alive",
+        "1.0-Keep-Alive",
+        "1.0-keep-alive-close",
+        "1.1",
+        "1.1-keep-alive",
+    ],
+)
+def test_http10_is_keep_alive_only_when_it_says_so(wire: bytes, keep_alive: bool) -> None:
+    reader = ResponseReader()
+    reader.expect()
+    reader.feed(wire)  # no EOF: a Content-Length body ends without one
+    head, body, _ = _read_all([], reader)
+    assert (body, head.keep_alive, reader.reusable) == (b"ok", keep_alive, keep_alive)
+
+
+def test_http10_keep_alive_without_a_length_still_ends_at_close() -> None:
+    reader = ResponseReader()
+    reader.expect()
+    wire = b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\n\r\nuntil close"
+    head, body, _ = _read_all([wire], reader)
+    assert (body, head.keep_alive, reader.reusable) == (b"until close", False, False)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import attrs
@@ -257,3 +258,56 @@ async def test_cancellation_closes_the_file(tmp_path: Path) -> None:
         assert _open_fds() == before + 1
         nursery.cancel_scope.cancel()
     assert _open_fds() == before
+
+
+# --- changes made between two polls ---------------------------------------------------------
+
+
+async def _start_meddling(
+    nursery: trio.Nursery, path: Path, at: str, meddle: Callable[[], None]
+) -> Recorder:
+    """Start a tailer that runs ``meddle()`` from its callback for the line ``at``: after one
+    poll has returned and before the next begins, whatever the scheduling."""
+    rec = Recorder()
+
+    def on_line(line: str) -> None:
+        rec.on_line(line)
+        if line == at:
+            meddle()
+
+    await nursery.start(LogTailer(path, poll_interval=POLL).run, on_line, rec.on_new_file)
+    return rec
+
+
+async def _at_least(rec: Recorder, count: int) -> list[str]:
+    """The events once there are ``count`` (a poll's callbacks all run before this looks)."""
+    with trio.fail_after(5):
+        while len(rec.events) < count:
+            await rec._changed.wait()
+            rec._changed = trio.Event()
+    return rec.events
+
+
+async def test_truncation_by_one_byte_is_noticed(tmp_path: Path, nursery: trio.Nursery) -> None:
+    log = tmp_path / "model.log"
+    log.write_bytes(b"one\ntwo\n")
+    rec = await _start_meddling(nursery, log, "two", lambda: os.truncate(log, 7))
+    # Re-read from the start: "two" has lost its line ending, so it waits for one.
+    await rec.wait_for(["one", "two", NEW, "one"])
+    _append(log, b"\n")
+    await rec.wait_for(["one", "two", NEW, "one", "two"])
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="a file truncated and rewritten past the read position between two polls reads as "
+    "appended data: the tailer compares only the size with its position, at EOF",
+)
+async def test_truncation_then_regrowth_between_polls_is_noticed(
+    tmp_path: Path, nursery: trio.Nursery
+) -> None:
+    log = tmp_path / "model.log"
+    log.write_bytes(b"old\n")
+    # write_bytes truncates in place (same inode), then writes more than was there.
+    rec = await _start_meddling(nursery, log, "old", lambda: log.write_bytes(b"restarted\n"))
+    assert await _at_least(rec, 2) == ["old", NEW, "restarted"]

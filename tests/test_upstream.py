@@ -384,3 +384,75 @@ async def _read_request(stream: trio.SocketStream) -> None:
             parser.receive_data(data)
         elif isinstance(event, h11.EndOfMessage | h11.ConnectionClosed):
             return
+
+
+async def _next_request(stream: trio.SocketStream) -> bool:
+    """Read one bodyless request's head; False if the client hung up instead."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        more = await stream.receive_some(65536)
+        if not more:
+            return False
+        data += more
+    return True
+
+
+@pytest.mark.parametrize(
+    ("answer", "reused"),
+    [
+        (b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 2\r\n\r\nok", False),
+        (b"HTTP/1.0 200 OK\r\ncontent-length: 2\r\n\r\nok", False),
+        (b"HTTP/1.0 200 OK\r\nconnection: keep-alive\r\ncontent-length: 2\r\n\r\nok", True),
+    ],
+    ids=["connection-close", "http10", "http10-keep-alive"],
+)
+async def test_connection_is_reused_only_when_the_answer_allows_it(
+    nursery: trio.Nursery, answer: bytes, reused: bool
+) -> None:
+    """The server keeps every connection open and answers whatever arrives on it, so only the
+    pool's own judgement keeps it from sending a second request on a connection it was told
+    not to reuse (unlike a server that closes, which the idle check would catch anyway)."""
+    requests_per_connection: list[int] = []
+
+    async def handler(stream: trio.SocketStream) -> None:
+        requests_per_connection.append(0)
+        mine = len(requests_per_connection) - 1
+        while await _next_request(stream):
+            requests_per_connection[mine] += 1
+            await stream.send_all(answer)
+
+    with trio.fail_after(GUARD):
+        async with await _raw_server(nursery, handler) as pool:
+            for _ in range(2):
+                async with await pool.request(b"GET", b"/") as response:
+                    assert await response.read() == b"ok"
+        assert requests_per_connection == ([2] if reused else [1, 1])
+
+
+async def test_answer_read_until_close_closes_the_connection_at_once(
+    nursery: trio.Nursery,
+) -> None:
+    """A body framed by the connection's end (no length, not chunked): the server half-closes
+    and keeps listening; the pool must hang up at once rather than park the connection."""
+    connections = 0
+    hung_up = trio.Event()
+
+    async def handler(stream: trio.SocketStream) -> None:
+        nonlocal connections
+        connections += 1
+        if not await _next_request(stream):
+            return
+        await stream.send_all(b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\n\r\nuntil close")
+        await stream.send_eof()
+        if not await _next_request(stream):
+            hung_up.set()
+
+    with trio.fail_after(GUARD):
+        async with await _raw_server(nursery, handler) as pool:
+            async with await pool.request(b"GET", b"/") as response:
+                assert await response.read() == b"until close"
+                assert response.complete
+            await hung_up.wait()  # before any other request could have closed it
+            async with await pool.request(b"GET", b"/") as response:
+                assert await response.read() == b"until close"
+        assert connections == 2
