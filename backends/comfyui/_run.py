@@ -30,7 +30,6 @@ from __future__ import annotations
 import base64
 import json
 import logging
-import math
 import time
 import uuid
 from collections.abc import AsyncGenerator, Mapping
@@ -55,6 +54,7 @@ _CALL_TIMEOUT = httpx.Timeout(10.0)
 _POLL_FAILURES = 3
 """Consecutive failed history polls tolerated before giving up on ComfyUI."""
 _WS_CONNECT_TIMEOUT = 1.0
+"""Seconds for the websocket's TCP connection and opening handshake together."""
 _WS_RETRY_AFTER = 60.0
 """After the websocket failed to open, poll only for this long before trying it again."""
 _ws_unavailable_until: dict[str, float] = {}
@@ -147,7 +147,7 @@ def _snippet(response: httpx.Response) -> str:
 
 def _ws_url(base: str, client_id: str) -> str | None:
     if not base.startswith("http://"):
-        return None  # the small client speaks no TLS; polling alone still works
+        return None  # ws:// only (see ._ws); polling alone still works
     return "ws://" + base.removeprefix("http://").rstrip("/") + f"/ws?clientId={client_id}"
 
 
@@ -399,26 +399,25 @@ class _Prompt:
         no event of the prompt can be missed.
         """
         url = _ws_url(self.base, self.client_id)
+        if url is None or time.monotonic() < _ws_unavailable_until.get(self.base, 0.0):
+            task_status.started()
+            return
         started = False
-        if url is not None and time.monotonic() >= _ws_unavailable_until.get(self.base, 0.0):
-            try:
-                with trio.CancelScope(
-                    deadline=trio.current_time() + _WS_CONNECT_TIMEOUT
-                ) as connecting:
-                    async with connect_websocket(url) as websocket:
-                        connecting.deadline = math.inf
-                        task_status.started()
-                        started = True
-                        while True:
-                            message = await websocket.receive()
-                            if isinstance(message, str) and self._ends_prompt(message):
-                                self._hint.set()
-            except (OSError, ValueError, WebSocketError) as exc:
-                log.debug("ComfyUI websocket: %s; following the prompt by polling", exc)
-            if not started:
-                # It could not open (or not in time): do not pay for that on every request.
-                _ws_unavailable_until[self.base] = time.monotonic() + _WS_RETRY_AFTER
+        try:
+            async with connect_websocket(url, connect_timeout=_WS_CONNECT_TIMEOUT) as websocket:
+                task_status.started()
+                started = True
+                while True:
+                    message = await websocket.receive()
+                    # Binary messages are previews: of no use here (and bounded by the cap).
+                    if isinstance(message, str) and self._ends_prompt(message):
+                        self._hint.set()
+        except (OSError, WebSocketError) as exc:
+            # Including a message over the size cap: the websocket is gone, polling goes on.
+            log.debug("ComfyUI websocket: %s; following the prompt by polling", exc)
         if not started:
+            # It could not open (or not in time): do not pay for that on every request.
+            _ws_unavailable_until[self.base] = time.monotonic() + _WS_RETRY_AFTER
             task_status.started()
 
     def _ends_prompt(self, message: str) -> bool:
