@@ -13,8 +13,8 @@ a client, the demo) are in :mod:`pyworker.devtools`.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING
+import importlib as _importlib
+import typing as _typing
 
 from ._backend import Backend as Backend
 from ._backend import DemoServer as DemoServer
@@ -38,7 +38,7 @@ from ._payload import json_type_name as json_type_name
 from ._tokens import estimate_tokens as estimate_tokens
 from ._version import __version__ as __version__
 
-if TYPE_CHECKING:
+if _typing.TYPE_CHECKING:
     from ._lifecycle import Lifecycle as Lifecycle
     from ._lifecycle import State as State
     from ._lifecycle import StateChange as StateChange
@@ -90,7 +90,7 @@ def __getattr__(name: str) -> object:
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(module, __name__), name)
+    value = getattr(_importlib.import_module(module, __name__), name)
     value.__module__ = __name__
     globals()[name] = value  # later look-ups skip this function
     return value

@@ -1,0 +1,71 @@
+"""The public API is exactly what ``__init__`` curates (as trio's ``test_exports`` holds it).
+
+Every public name of ``pyworker`` and ``pyworker.devtools`` is in ``__all__``, every name in
+``__all__`` resolves, and each class or function says it belongs to the public package. And the
+backend API stays light: importing it loads none of the server stack.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import subprocess
+import sys
+import types
+
+import pytest
+
+import pyworker
+import pyworker.devtools
+
+PACKAGES = [pyworker, pyworker.devtools]
+
+
+def _public_names(module: types.ModuleType) -> set[str]:
+    """What ``dir()`` shows that is neither private nor a submodule."""
+    return {
+        name
+        for name in dir(module)
+        if not name.startswith("_")
+        and not isinstance(getattr(module, name), types.ModuleType)
+        and name not in {"annotations"}  # from __future__
+    }
+
+
+@pytest.mark.parametrize("module", PACKAGES, ids=lambda m: m.__name__)
+def test_all_is_exactly_the_public_names(module: types.ModuleType) -> None:
+    assert len(module.__all__) == len(set(module.__all__))
+    assert set(module.__all__) == _public_names(module)
+
+
+@pytest.mark.parametrize("module", PACKAGES, ids=lambda m: m.__name__)
+def test_exported_names_belong_to_the_public_package(module: types.ModuleType) -> None:
+    for name in module.__all__:
+        value = getattr(module, name)
+        if inspect.isclass(value) or inspect.isfunction(value):
+            assert value.__module__ == module.__name__, name
+
+
+def test_unknown_names_are_attribute_errors() -> None:
+    with pytest.raises(AttributeError, match="no attribute 'Nope'"):
+        _ = pyworker.Nope  # type: ignore[attr-defined]
+
+
+def test_the_backend_api_imports_light() -> None:
+    """``import pyworker`` and loading a backend pull in no server (Quart, Hypercorn, Flask)
+    nor the worker's own machinery; the worker loads on first use."""
+    code = (
+        "import json, sys, pyworker; pyworker.load_backend('hello_world'); "
+        "before = sorted(m for m in sys.modules if m.split('.')[0] in "
+        "{'quart', 'hypercorn', 'flask', 'trio', 'httpx', 'transitions', 'cryptography'} "
+        "or m.startswith(('pyworker._worker', 'pyworker._pipeline', 'pyworker.devtools'))); "
+        "pyworker.Worker; "
+        "after = {m.split('.')[0] for m in sys.modules}; "
+        "print(json.dumps([before, sorted(after & {'quart', 'hypercorn', 'trio'})]))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    before, after = json.loads(result.stdout)
+    assert before == []
+    assert after == ["hypercorn", "quart", "trio"]

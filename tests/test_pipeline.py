@@ -1,0 +1,247 @@
+"""The request pipeline in-process, stage by stage: its order and what each stage may touch.
+
+The pipeline is driven as an ASGI app with hand-made ``receive``/``send``; the model server is
+an endpoint's own ``run`` that records every job it gets. ``tests/test_proxy.py`` and
+``tests/test_e2e.py`` check the same over real sockets.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import attrs
+import httpx
+import pytest
+import trio
+
+from pyworker import Backend, Endpoint, Fields, Job, Reply, RunContext, Trigger
+from pyworker._admission import Admission
+from pyworker._auth import Authenticator
+from pyworker._lifecycle import Lifecycle, State
+from pyworker._load import LoadTracker
+from pyworker._model import ModelServer
+from pyworker._pipeline import Limits, Pipeline
+from pyworker._typing import Message
+from pyworker._upstream import UpstreamPool
+from pyworker.devtools import RouterSigner
+
+URL = "http://127.0.0.1:41234"
+PAYLOAD = {"prompt": "hi", "work": 10}
+
+
+@attrs.define
+class Model:
+    """The backend's hooks, recording what reached them."""
+
+    parsed: list[object] = attrs.Factory(list)
+    ran: list[Job] = attrs.Factory(list)
+    status: int = 200
+    gate: trio.Event | None = None
+    """When set, each run waits for it (a model server busy with the request)."""
+    started: trio.Event = attrs.Factory(trio.Event)
+
+    def parse(self, payload: object) -> Job:
+        self.parsed.append(payload)
+        fields = Fields(payload)
+        prompt = fields.string("prompt")
+        work = fields.number("work", default=1.0, minimum=0)
+        fields.check()
+        return Job(workload=work, body=json.dumps(prompt).encode(), upstream_path="/x")
+
+    async def run(self, job: Job, context: RunContext) -> Reply:
+        self.ran.append(job)
+        self.started.set()
+        if self.gate is not None:
+            await self.gate.wait()
+        return Reply.json({"echo": json.loads(job.body)}, status=self.status)
+
+    def backend(self) -> Backend:
+        endpoint = Endpoint(
+            route="/generate", parse=self.parse, benchmark_payload=lambda r: {}, run=self.run
+        )
+        return Backend(
+            name="recorder",
+            model_server_url="http://127.0.0.1:9",
+            endpoints=(endpoint,),
+            benchmark_route="/generate",
+            log_rules=(),
+        )
+
+
+@attrs.define
+class Rig:
+    model: Model
+    pipeline: Pipeline
+    lifecycle: Lifecycle
+    tracker: LoadTracker
+    signer: RouterSigner
+    reqnum: int = 0
+
+    def auth(self, **changes: Any) -> dict[str, Any]:
+        self.reqnum += 1
+        fields = {"cost": 10, "endpoint": "e", "reqnum": self.reqnum, "url": URL} | changes
+        return self.signer.sign(**fields)
+
+    async def post(self, body: object, *, method: str = "POST") -> tuple[int, Any]:
+        """One request through the pipeline; (status, decoded JSON body)."""
+        data = body if isinstance(body, bytes) else json.dumps(body).encode()
+        sent: list[Message] = []
+        pending = [{"type": "http.request", "body": data, "more_body": False}]
+
+        async def receive() -> Message:
+            if pending:
+                return pending.pop()
+            await trio.sleep_forever()
+            raise AssertionError
+
+        async def send(message: Message) -> None:
+            sent.append(message)
+
+        scope = {"type": "http", "path": "/generate", "method": method, "headers": []}
+        await self.pipeline(scope, receive, send)
+        status = sent[0]["status"]
+        return status, json.loads(b"".join(m.get("body", b"") for m in sent[1:]))
+
+
+async def _no_fallback(scope: Any, receive: Any, send: Any) -> None:
+    raise AssertionError("only proxied routes here")
+
+
+@asynccontextmanager
+async def rig(
+    signer: RouterSigner, *, state: State = State.READY, **admission: Any
+) -> AsyncIterator[Rig]:
+    model = Model()
+    lifecycle = Lifecycle(started_at=0.0)
+    if state is State.READY:
+        lifecycle.fire(Trigger.MODEL_LOADED, now=0.0)
+        lifecycle.fire(Trigger.BENCHMARK_DONE, now=0.0, max_perf=10.0)
+    authenticator = Authenticator(own_url=URL)
+    authenticator.set_public_key(signer.public_pem())
+    tracker = LoadTracker(now=trio.current_time())
+    async with httpx.AsyncClient() as http, UpstreamPool(host="127.0.0.1", port=9) as pool:
+        pipeline = Pipeline(
+            backend=model.backend(),
+            lifecycle=lifecycle,
+            authenticator=authenticator,
+            admission=Admission(tracker=tracker, capacity=lambda: lifecycle.max_perf, **admission),
+            model=ModelServer(url="http://127.0.0.1:9", upstream=pool, http=http),
+            fallback=_no_fallback,
+            limits=Limits(max_body_bytes=1000),
+        )
+        yield Rig(
+            model=model, pipeline=pipeline, lifecycle=lifecycle, tracker=tracker, signer=signer
+        )
+
+
+async def test_a_bad_signature_never_reaches_the_backend(signer: RouterSigner) -> None:
+    async with rig(signer) as r:
+        forged = {**r.auth(), "cost": 99}
+        assert await r.post({"auth_data": forged, "payload": PAYLOAD}) == (
+            401,
+            {"error": "invalid signature"},
+        )
+        status, _ = await r.post({"auth_data": forged, "payload": {"not": "valid"}})
+        assert status == 401
+        assert r.model.parsed == []
+        assert r.model.ran == []
+
+
+async def test_a_refused_request_does_not_use_up_its_number(signer: RouterSigner) -> None:
+    async with rig(signer) as r:
+        auth = r.auth()
+        status, body = await r.post({"auth_data": auth, "payload": {"work": 1}})
+        assert (status, body) == (422, {"payload": {"prompt": "missing parameter"}})
+        assert await r.post({"auth_data": auth, "payload": PAYLOAD}) == (200, {"echo": "hi"})
+        # Accepted: now it is used up.
+        status, body = await r.post({"auth_data": auth, "payload": PAYLOAD})
+        assert status == 401
+        assert "replayed" in body["error"]
+        assert len(r.model.ran) == 1
+
+
+async def test_an_overloaded_request_does_not_use_up_its_number(signer: RouterSigner) -> None:
+    async with rig(signer, max_queue_time=1.0) as r:
+        # 10 units/s of capacity: a second request of 10 waits 2 s behind the first.
+        r.model.gate = release = trio.Event()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(r.post, {"auth_data": r.auth(), "payload": PAYLOAD})
+            await r.model.started.wait()
+            auth = r.auth()
+            assert (await r.post({"auth_data": auth, "payload": PAYLOAD}))[0] == 429
+            release.set()
+        assert await r.post({"auth_data": auth, "payload": PAYLOAD}) == (200, {"echo": "hi"})
+
+
+async def test_state_is_checked_after_the_signature_and_before_the_payload(
+    signer: RouterSigner,
+) -> None:
+    async with rig(signer, state=State.LOADING) as r:
+        forged = {**r.auth(), "reqnum": 0}
+        assert (await r.post({"auth_data": forged, "payload": PAYLOAD}))[0] == 401
+        status, body = await r.post({"auth_data": r.auth(), "payload": {"bad": True}})
+        assert (status, body) == (503, {"error": "model is loading", "state": "loading"})
+        assert r.model.parsed == []
+
+
+@pytest.mark.parametrize(
+    ("body", "method", "status"),
+    [
+        (b"{}", "GET", 405),
+        (b"x" * 2000, "POST", 413),
+        (b"{not json", "POST", 400),
+        (b"[1]", "POST", 422),
+        (b"{}", "POST", 422),
+        (b'{"auth_data": {"signature": "x"}, "payload": {}}', "POST", 422),
+    ],
+)
+async def test_early_stages_answer_before_any_backend_code(
+    signer: RouterSigner, body: bytes, method: str, status: int
+) -> None:
+    async with rig(signer) as r:
+        assert (await r.post(body, method=method))[0] == status
+        assert r.model.parsed == []
+        assert r.tracker.in_flight == 0
+
+
+async def test_outcomes_are_recorded(signer: RouterSigner) -> None:
+    async with rig(signer) as r:
+        assert (await r.post({"auth_data": r.auth(), "payload": PAYLOAD}))[0] == 200
+        r.model.status = 500
+        assert (await r.post({"auth_data": r.auth(), "payload": PAYLOAD}))[0] == 500
+        at = trio.current_time() + 1.0
+        snap = r.tracker.snapshot(at)
+        # Only the successful answer is work done; both arrived, neither was cancelled.
+        assert snap.num_requests_received == 2
+        assert snap.cur_perf * (at - r.tracker.now) == pytest.approx(10.0)
+        assert r.tracker.in_flight == 0
+
+
+async def test_a_client_that_leaves_cancels_its_request(signer: RouterSigner) -> None:
+    async with rig(signer) as r:
+        r.model.gate = trio.Event()  # never set: the model server is still at it
+        data = json.dumps({"auth_data": r.auth(), "payload": PAYLOAD}).encode()
+        messages = [{"type": "http.request", "body": data, "more_body": False}]
+        gone = trio.Event()
+
+        async def receive() -> Message:
+            if messages:
+                return messages.pop()
+            await gone.wait()
+            return {"type": "http.disconnect"}
+
+        async def send(message: Message) -> None:
+            raise AssertionError("nothing is sent to a client that left")
+
+        scope = {"type": "http", "path": "/generate", "method": "POST", "headers": []}
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(r.pipeline, scope, receive, send)
+            await r.model.started.wait()
+            gone.set()
+        assert r.tracker.in_flight == 0
+        snap = r.tracker.snapshot(r.tracker.now + 1.0)
+        # Received, then cancelled: no load is left, and no work was done.
+        assert (snap.new_load, snap.cur_load, snap.cur_perf) == (pytest.approx(10.0), 0.0, 0.0)
