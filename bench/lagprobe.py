@@ -16,6 +16,7 @@ import functools
 import gc
 import json
 import os
+import runpy
 import sys
 import time
 from typing import Any
@@ -72,7 +73,7 @@ def _tune_gc(how: str) -> None:
     """
     for part in filter(None, how.split(",")):
         if part == "freeze":
-            import pyworker._worker  # noqa: F401  (what the worker imports, frozen too)
+            from pyworker import Worker  # noqa: F401  (loads what the worker imports, frozen too)
 
             gc.collect()
             gc.freeze()
@@ -87,11 +88,10 @@ def main() -> int:
     gc.callbacks.append(collections_)
     original = trio.run
     trio.run = functools.partial(original, instruments=[steps])  # type: ignore[assignment]
-    from pyworker._cli import main as worker_main
-
     _tune_gc(os.environ.get("BENCH_GC", ""))
+    sys.argv = ["pyworker", *args]
     try:
-        worker_main(args)
+        runpy.run_module("pyworker", run_name="__main__", alter_sys=True)
     finally:
         trio.run = original  # type: ignore[assignment]
         summary = {

@@ -17,7 +17,7 @@ from typing import Any
 import attrs
 
 from bench.procs import DRIVER_CPU, WORKER_CPU, Proc, Procs, free_port, http_get, wait_for
-from pyworker._auth import RouterSigner
+from pyworker.devtools import RouterSigner
 
 _START_TIMEOUT = 30.0
 _SIGNER: RouterSigner | None = None

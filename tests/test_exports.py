@@ -12,6 +12,7 @@ import json
 import subprocess
 import sys
 import types
+from pathlib import Path
 
 import pytest
 
@@ -69,3 +70,21 @@ def test_the_backend_api_imports_light() -> None:
     before, after = json.loads(result.stdout)
     assert before == []
     assert after == ["hypercorn", "quart", "trio"]
+
+
+def test_the_readme_backend_example_works_as_written() -> None:
+    """The README's "Write your own backend" example, run as written, makes a valid backend
+    whose route validates, weighs and forwards a payload."""
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = readme.split("### Write your own backend", 1)[1]
+    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    namespace: dict[str, object] = {}
+    exec(compile(code, "README.md", "exec"), namespace)
+    backend = namespace["BACKEND"]
+    assert isinstance(backend, pyworker.Backend)
+    endpoint = backend.endpoint("/generate")
+    job = endpoint.parse({"prompt": "hello there", "max_response_tokens": 8})
+    assert job.workload == pyworker.estimate_tokens("hello there") + 8
+    assert json.loads(job.body) == {"prompt": "hello there", "max_response_tokens": 8}
+    with pytest.raises(pyworker.PayloadError):
+        endpoint.parse({"max_response_tokens": 0})

@@ -38,7 +38,6 @@ Environment:
 from __future__ import annotations
 
 import random
-import re
 import sys
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -69,7 +68,6 @@ __all__ = [
     "observe_usage",
     "parse_chat",
     "parse_completion",
-    "parse_usage",
 ]
 
 SERVERS = ("auto", "vllm", "sglang", "llamacpp", "llama-cpp-python")
@@ -339,36 +337,13 @@ def parse_chat(payload: object, settings: Settings = DEFAULT_SETTINGS) -> Job:
 
 
 # -- actual usage ----------------------------------------------------------------------------
-_PROMPT_TOKENS = re.compile(rb'"prompt_tokens"\s*:\s*(\d+)')
-_COMPLETION_TOKENS = re.compile(rb'"completion_tokens"\s*:\s*(\d+)')
-
-
-USAGE_MARKER = b'"usage"'
-
-
-def parse_usage(data: bytes) -> float | None:
-    """The actual tokens (``prompt_tokens + completion_tokens``) of a ``usage`` object.
-
-    A ``"usage"`` inside generated text is JSON-escaped (``\\"usage\\"``) and so never
-    matches; with ``continuous_usage_stats`` every event carries the running total, and the
-    last one seen counts.
-
-    Args:
-        data: bytes starting at :data:`USAGE_MARKER`.
-
-    Returns:
-        The sum, or None for ``"usage": null`` or an object not complete yet.
-    """
-    prompt = _PROMPT_TOKENS.search(data)
-    completion = _COMPLETION_TOKENS.search(data)
-    if prompt is None or completion is None:
-        return None
-    return float(int(prompt.group(1)) + int(completion.group(1)))
-
-
 def observe_usage() -> UsageObserver:
-    """A fresh observer of one answer's ``usage`` (see :func:`parse_usage`)."""
-    return UsageObserver(USAGE_MARKER, parse_usage)
+    """A fresh observer of one answer's ``usage``: ``prompt_tokens + completion_tokens``.
+
+    With ``continuous_usage_stats`` every event carries the running total; the last one seen
+    counts. ``"usage": null`` (the stream's other events) leaves the estimate standing.
+    """
+    return UsageObserver(b'"usage"', ("prompt_tokens", "completion_tokens"))
 
 
 # -- benchmark -------------------------------------------------------------------------------

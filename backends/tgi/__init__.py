@@ -42,7 +42,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 from pyworker import Backend, DemoServer, Endpoint, Job, LogAction, LogRule
 
-from ._payload import Settings, observe_stream, parse_details, parse_generate
+from ._payload import Settings, observe_stream, parse_generate
 
 __all__ = [
     "LOG_RULES",
@@ -51,7 +51,6 @@ __all__ = [
     "benchmark_payload",
     "make_backend",
     "observe_stream",
-    "parse_details",
     "parse_generate",
 ]
 

@@ -8,7 +8,6 @@ not know pass through untouched: newer TGI versions add parameters.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from typing import Any, overload
 
@@ -246,33 +245,12 @@ def parse_generate(payload: object, settings: Settings, *, stream: bool) -> Job:
     )
 
 
-# Only the last event of a stream has details, and only when the client asked for them. JSON
-# escapes every quote inside a string, so generated text can never forge these keys.
-DETAILS_MARKER = b'"details":{'
-_GENERATED = re.compile(rb'"generated_tokens":(\d+)')
-_INPUT_LENGTH = re.compile(rb'"input_length":(\d+)')
-
-
-def parse_details(data: bytes) -> float | None:
-    """The actual tokens of a finished stream from its last event's ``details`` object.
-
-    TGI's last stream event carries ``details`` with ``generated_tokens`` and
-    ``input_length`` (the prompt's real token count, after truncation) when the request asked
-    for ``details``; their sum replaces the estimate, in the same units.
-
-    Args:
-        data: bytes starting at :data:`DETAILS_MARKER`.
-
-    Returns:
-        The sum, or None when the object is not complete yet.
-    """
-    generated = _GENERATED.search(data)
-    prompt = _INPUT_LENGTH.search(data)
-    if generated is None or prompt is None:
-        return None
-    return float(int(generated.group(1)) + int(prompt.group(1)))
-
-
 def observe_stream() -> UsageObserver:
-    """A fresh observer of one stream's final ``details`` (see :func:`parse_details`)."""
-    return UsageObserver(DETAILS_MARKER, parse_details)
+    """A fresh observer of one stream's actual tokens.
+
+    TGI's last stream event carries ``details`` with ``generated_tokens`` and ``input_length``
+    (the prompt's real token count, after truncation) when the request asked for ``details``;
+    their sum replaces the estimate, in the same units. Other events say ``"details":null``,
+    which the marker (an object's opening brace) skips.
+    """
+    return UsageObserver(b'"details":{', ("generated_tokens", "input_length"))
