@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import random
 import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -24,7 +23,10 @@ import attrs
 import trio
 
 from backends._fakekit import (
+    TABLE_SIZE,
+    VOCABULARY,
     CapacityModel,
+    Faults,
     Job,
     Knobs,
     Request,
@@ -32,7 +34,6 @@ from backends._fakekit import (
     Stats,
     StreamResponse,
 )
-from backends._fakekit._text import TABLE_SIZE, VOCABULARY
 
 from ._fake_api import (
     PLAIN,
@@ -177,8 +178,8 @@ class TGIFakeServer:
     _successes: int = attrs.field(init=False, default=0)
     _ready_at: float | None = attrs.field(init=False, default=None)
     _capacity: CapacityModel = attrs.field(init=False)
+    _faults: Faults = attrs.field(init=False)
     _table: tuple[Token, ...] = attrs.field(init=False)
-    _error_rng: random.Random = attrs.field(init=False)
     _seed_rng: random.Random = attrs.field(init=False)
     _last_request: int = attrs.field(init=False, default=0)
     _routes: dict[str, dict[str, _Route]] = attrs.field(init=False)
@@ -186,12 +187,12 @@ class TGIFakeServer:
     def __attrs_post_init__(self) -> None:
         self._failures = dict.fromkeys(_FAILURE_KINDS, 0)
         self._capacity = self.knobs.capacity_model()
+        self._faults = self.knobs.faults()
         rng = random.Random(self.knobs.seed)
         self._table = tuple(
             Token.make(100 + index, " " + VOCABULARY[index], -round(rng.uniform(0.01, 3), 4))
             for index in (rng.randrange(len(VOCABULARY)) for _ in range(TABLE_SIZE))
         )
-        self._error_rng = random.Random(f"errors:{self.knobs.seed}")
         self._seed_rng = random.Random(f"seeds:{self.knobs.seed}")
         health: dict[str, _Route] = {"GET": self._health}
         self._routes = {
@@ -232,8 +233,7 @@ class TGIFakeServer:
         )
 
     async def _health(self, request: Request) -> Response:
-        if self.knobs.slow_health:
-            await trio.sleep(self.knobs.slow_health)
+        await self._faults.health_delay()
         if self._unhealthy():
             body = {"error": "unhealthy", "error_type": "healthcheck"}
             return Response(status=503, body=_dumps(body))
@@ -321,7 +321,7 @@ class TGIFakeServer:
         if self.stats.in_flight >= self.limits.max_concurrent_requests:
             raise overloaded()
         gen = validate(parsed, self.limits)
-        if self.knobs.error_rate and self._error_rng.random() < self.knobs.error_rate:
+        if self._faults.fail_request():
             raise TGIError(
                 424,
                 "Request failed during generation: Server error: CUDA out of memory "
@@ -507,7 +507,7 @@ class TGIFakeServer:
             await job.serve(job.total)
             count = gen.max_new_tokens - run.produced
         else:
-            count = await job.serve_some(self._next_batch(run.produced, gen.max_new_tokens))
+            count = await job.serve_some(self._faults.until_fault(run.produced, gen.max_new_tokens))
         tokens = []
         for _ in range(count):
             tokens.append(run.step())
@@ -518,28 +518,22 @@ class TGIFakeServer:
             await self._fail_point(run.produced)
         return tokens
 
-    def _next_batch(self, produced: int, wanted: int) -> int:
-        """How many tokens to wait for next: all that are left, up to a failure point."""
-        limit = wanted - produced
-        for point in (self.knobs.hang_after, self.knobs.crash_after):
-            if point is not None and point > produced:
-                limit = min(limit, point - produced)
-        return limit
-
     async def _fail_point(self, produced: int) -> None:
         """Crash or hang here if the knobs say so (after ``produced`` tokens)."""
-        if produced == self.knobs.crash_after:
-            log = self.log
-            log.error("Shard 0 crashed")
-            log.info("Terminating webserver")
-            log.info("Waiting for webserver to gracefully shutdown")
-            log.info("webserver terminated")
-            log.info("Shutting down shards")
-            log.fatal("ShardFailed")
-            os._exit(1)
-        if produced == self.knobs.hang_after:
-            self.log.warning(f"hanging after {produced} tokens (--hang-after)")
-            await trio.sleep_forever()
+        await self._faults.fail_point(produced, on_crash=self._crashing, on_hang=self._hanging)
+
+    def _crashing(self, produced: int) -> None:
+        # The shard dies; the launcher notices, stops the webserver and exits.
+        log = self.log
+        log.error("Shard 0 crashed")
+        log.info("Terminating webserver")
+        log.info("Waiting for webserver to gracefully shutdown")
+        log.info("webserver terminated")
+        log.info("Shutting down shards")
+        log.fatal("ShardFailed")
+
+    def _hanging(self, produced: int) -> None:
+        self.log.warning(f"hanging after {produced} tokens (--hang-after)")
 
 
 async def _once(chunk: bytes) -> AsyncIterator[bytes]:
