@@ -10,10 +10,9 @@ from typing import Any
 import httpx
 import pytest
 import trio
-from fakes import FakeServer, spawn_fake, start_fake
+from fakes import FakeServer, free_port, poll_stats, spawn_fake, start_fake
 
-from pyworker._process import free_port
-from pyworker._tokens import estimate_tokens
+from pyworker import estimate_tokens
 
 MODULE = "backends.openai.fake"
 MODEL = "fake-org/Fake-Llama-3-8B-Instruct"
@@ -64,20 +63,6 @@ def _events(raw: bytes) -> list[bytes]:
         assert event.startswith(b"data: "), event  # with a space, as the real servers
         payloads.append(event.removeprefix(b"data: "))
     return payloads
-
-
-async def _stats(client: httpx.AsyncClient) -> dict[str, int]:
-    stats: dict[str, int] = (await client.get("/stats")).json()
-    return stats
-
-
-async def _wait_for_cancelled(client: httpx.AsyncClient, count: int) -> dict[str, int]:
-    with trio.fail_after(5):
-        while True:
-            stats = await _stats(client)
-            if stats["cancelled"] >= count:
-                return stats
-            await trio.sleep(0.02)
 
 
 # -- vLLM --------------------------------------------------------------------------------------
@@ -254,7 +239,7 @@ async def test_disconnect_aborts_generation(
     # A JSON answer is abandoned the same way.
     with trio.move_on_after(0.2):
         await client.post("/v1/completions", json={"prompt": "x", "max_tokens": 1000})
-    stats = await _wait_for_cancelled(client, 2)
+    stats = await poll_stats(client, "cancelled", 2)
     assert stats["in_flight"] == 0
     assert stats["completed"] == 0
     assert stats["tokens_generated"] < 1000
@@ -296,7 +281,7 @@ async def test_hang_after_keeps_the_connection_open(nursery: trio.Nursery, tmp_p
                     scope.deadline = trio.current_time() + 0.3
     assert scope.cancelled_caught
     assert tokens == 3
-    await _wait_for_cancelled(client, 1)
+    await poll_stats(client, "cancelled", 1)
 
 
 async def test_crash_after_exits(nursery: trio.Nursery, tmp_path: Path) -> None:
