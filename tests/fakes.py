@@ -49,6 +49,12 @@ async def accepts(port: int) -> bool:
     return True
 
 
+async def get_stats(client: httpx.AsyncClient) -> dict[str, Any]:
+    """A fake's counters (its fake-only ``GET /stats``), ``client`` having its base URL."""
+    stats: dict[str, Any] = (await client.get("/stats")).json()
+    return stats
+
+
 async def poll_stats(client: httpx.AsyncClient, name: str, at_least: int) -> dict[str, Any]:
     """Poll a fake's ``GET /stats`` until counter ``name`` reaches ``at_least``; returns them.
 
@@ -57,7 +63,7 @@ async def poll_stats(client: httpx.AsyncClient, name: str, at_least: int) -> dic
     """
     with trio.fail_after(POLL_SECONDS):
         while True:
-            stats: dict[str, Any] = (await client.get("/stats")).json()
+            stats = await get_stats(client)
             if stats[name] >= at_least:
                 return stats
             await trio.sleep(_POLL_INTERVAL)

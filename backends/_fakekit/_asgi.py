@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from functools import partial
 from typing import Any
 
+import attrs
 import trio
 from hypercorn.config import Config
 from hypercorn.trio import serve
@@ -56,15 +57,27 @@ async def serve_asgi(
     config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
     config.graceful_timeout = 1.0
     config.keep_alive_timeout = keep_alive_timeout
-    async with trio.open_nursery() as nursery:
-        try:
-            binds: list[str] = await nursery.start(
-                partial(serve, partial(_app_with_lifespan, app), config, mode="asgi")
-            )
-        except* OSError as group:
-            # Raised from within hypercorn's nurseries: give the caller the error itself.
-            raise _first_leaf(group) from None
-        task_status.started(int(binds[0].rsplit(":", 1)[1]))
+    status = _PortStatus(task_status)
+    try:
+        await serve(partial(_app_with_lifespan, app), config, task_status=status, mode="asgi")
+    except* OSError as group:
+        if status.started_yet:
+            raise
+        # Raised from within hypercorn's nurseries: give the caller the error itself.
+        raise _first_leaf(group) from None
+
+
+@attrs.define(eq=False)
+class _PortStatus:
+    """Passes hypercorn's "started" on as the bound port (hypercorn gives its bind URLs)."""
+
+    task_status: trio.TaskStatus[int]
+    started_yet: bool = False
+
+    def started(self, value: list[str] | None = None) -> None:
+        assert value, "hypercorn gives the URLs it listens on"
+        self.started_yet = True
+        self.task_status.started(int(value[0].rsplit(":", 1)[1]))
 
 
 def _first_leaf(group: BaseExceptionGroup[OSError]) -> OSError:
