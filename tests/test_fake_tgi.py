@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 import pytest
 import trio
-from fakes import FakeServer, free_port, poll_stats, spawn_fake, start_fake
+from fakes import FakeServer, free_port, get_stats, poll_stats, spawn_fake, start_fake
 
 from backends._fakekit import serve_fake
 from backends.tgi import BACKEND
@@ -48,11 +48,6 @@ def _events(raw: bytes) -> list[dict[str, Any]]:
         assert b"\n" not in block
         events.append(json.loads(block.removeprefix(b"data:")))
     return events
-
-
-async def _stats(client: httpx.AsyncClient) -> dict[str, int]:
-    stats: dict[str, int] = (await client.get("/stats")).json()
-    return stats
 
 
 # -- start and stop ----------------------------------------------------------------------------
@@ -228,7 +223,7 @@ async def test_eos_and_stop_sequences_end_generation_early(
         details = stop.json()["details"]
         assert details["finish_reason"] == "stop_sequence"
         assert details["generated_tokens"] == 2
-        stats = await _stats(client)
+        stats = await get_stats(client)
     assert stats["tokens_generated"] == 6
 
 
@@ -291,7 +286,7 @@ async def test_stream_errors_are_one_event_under_200(nursery: trio.Nursery, tmp_
                 "error"
             ]
         )
-        assert (await _stats(client))["errors"] == 4
+        assert (await get_stats(client))["errors"] == 4
 
 
 async def test_errors_have_tgi_shapes(nursery: trio.Nursery, tmp_path: Path) -> None:
