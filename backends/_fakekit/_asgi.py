@@ -8,6 +8,7 @@ instead, with the same start and stop as every other fake (see :meth:`Launch.lis
 from __future__ import annotations
 
 import logging
+import socket
 from collections.abc import Awaitable, Callable, MutableMapping
 from functools import partial
 from typing import Any
@@ -37,8 +38,9 @@ async def serve_asgi(
 ) -> None:
     """Serve ``app`` over HTTP/1.1 and websockets with hypercorn until cancelled.
 
-    Use as ``port = await nursery.start(partial(serve_asgi, app, port=p))``. Hypercorn's log
-    lines are dropped (a fake logs its server's own), and so is its access log.
+    Use as ``port = await nursery.start(partial(serve_asgi, app, port=p))``. Hypercorn's
+    access log and its information lines are left out (a fake logs its server's own); its
+    warnings and errors (an application that raised) reach stderr, as a traceback would.
 
     Args:
         app: the application; it sees ``http`` and ``websocket`` scopes only.
@@ -50,41 +52,40 @@ async def serve_asgi(
     Raises:
         OSError: the address cannot be bound.
     """
+    # Bound here rather than by hypercorn: a port in use is then this OSError itself (not
+    # one wrapped in hypercorn's exception groups, its socket left unclosed).
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        raise
+    bound: int = sock.getsockname()[1]
     config = Config()
     # Log fields first: hypercorn builds its logger on the first access to config.log.
     config.accesslog = None
     config.errorlog = logging.getLogger("backends._fakekit.asgi")
-    config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
+    config.bind = [f"fd://{sock.detach()}"]  # hypercorn owns the socket from here on
     config.graceful_timeout = 1.0
     config.keep_alive_timeout = keep_alive_timeout
-    status = _PortStatus(task_status)
-    try:
-        await serve(partial(_app_with_lifespan, app), config, task_status=status, mode="asgi")
-    except* OSError as group:
-        if status.started_yet:
-            raise
-        # Raised from within hypercorn's nurseries: give the caller the error itself.
-        raise _first_leaf(group) from None
+    await serve(
+        partial(_app_with_lifespan, app),
+        config,
+        task_status=_Listening(task_status, bound),
+        mode="asgi",
+    )
 
 
-@attrs.define(eq=False)
-class _PortStatus:
-    """Passes hypercorn's "started" on as the bound port (hypercorn gives its bind URLs)."""
+@attrs.frozen
+class _Listening:
+    """Tells ``task_status`` the port once hypercorn listens (it reports its bind URLs)."""
 
     task_status: trio.TaskStatus[int]
-    started_yet: bool = False
+    port: int
 
     def started(self, value: list[str] | None = None) -> None:
-        assert value, "hypercorn gives the URLs it listens on"
-        self.started_yet = True
-        self.task_status.started(int(value[0].rsplit(":", 1)[1]))
-
-
-def _first_leaf(group: BaseExceptionGroup[OSError]) -> OSError:
-    error: OSError | BaseExceptionGroup[OSError] = group
-    while isinstance(error, BaseExceptionGroup):
-        error = error.exceptions[0]
-    return error
+        self.task_status.started(self.port)
 
 
 async def _app_with_lifespan(app: ASGIApp, scope: Scope, receive: Receive, send: Send) -> None:
