@@ -24,24 +24,18 @@ READY = {
 CHAT = {"messages": [{"role": "user", "content": "Say hello to the world."}], "max_tokens": 4}
 
 
+def _fast(flavor: str) -> tuple[str, ...]:
+    """The arguments of a ``flavor`` fake that starts at once."""
+    return ("--flavor", flavor, "--load-delay", "0", "--warmup", "0")
+
+
 # Every wait is bounded (httpx timeouts, start_fake's own bound, fail_after around polling),
 # so a misbehaving fake fails its test instead of hanging the run.
 async def _start(
     nursery: trio.Nursery, tmp_path: Path, flavor: str, *args: str
 ) -> tuple[FakeServer, httpx.AsyncClient]:
     fake = await start_fake(
-        nursery,
-        MODULE,
-        "--flavor",
-        flavor,
-        "--load-delay",
-        "0",
-        "--warmup",
-        "0",
-        "--token-rate",
-        "2000",
-        *args,
-        log_path=tmp_path / f"{flavor}.log",
+        nursery, MODULE, *_fast(flavor), "--token-rate", "2000", *args, log_path=tmp_path / "f.log"
     )
     if flavor != "vllm":
         # SGLang warms up and llama.cpp loads after listening: wait for the ready line.
@@ -376,17 +370,7 @@ async def test_failed_starts_exit_1_with_the_flavors_lines(
 ) -> None:
     # (vLLM's failed load is among every fake's, in test_fake_knobs.)
     fake = await spawn_fake(
-        nursery,
-        MODULE,
-        "--flavor",
-        flavor,
-        "--load-delay",
-        "0",
-        "--warmup",
-        "0",
-        knob,
-        "out of luck",
-        log_path=tmp_path / f"{flavor}.log",
+        nursery, MODULE, *_fast(flavor), knob, "out of luck", log_path=tmp_path / "f.log"
     )
     with trio.fail_after(10):
         assert await fake.wait() == 1

@@ -62,3 +62,4 @@ from ._process import write_port_file as write_port_file
 from ._stats import Stats as Stats
 from ._text import TABLE_SIZE as TABLE_SIZE
 from ._text import VOCABULARY as VOCABULARY
+from ._text import word_table as word_table

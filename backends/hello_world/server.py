@@ -20,7 +20,6 @@ then one unit per generated token, so streams emit tokens as they are generated.
 from __future__ import annotations
 
 import json
-import random
 import sys
 import zlib
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
@@ -31,7 +30,6 @@ import attrs
 
 from backends._fakekit import (
     TABLE_SIZE,
-    VOCABULARY,
     CapacityModel,
     Faults,
     Knobs,
@@ -42,6 +40,7 @@ from backends._fakekit import (
     StreamResponse,
     knob_parser,
     run_fake,
+    word_table,
 )
 from pyworker import estimate_tokens
 
@@ -110,8 +109,7 @@ class HelloWorldServer:
     def __attrs_post_init__(self) -> None:
         self._capacity = self.knobs.capacity_model()
         self._faults = self.knobs.faults()
-        rng = random.Random(self.knobs.seed)
-        self._words = tuple(" " + rng.choice(VOCABULARY) for _ in range(TABLE_SIZE))
+        self._words = word_table(self.knobs.seed)
         # Pre-encoded SSE events: a streamed token costs no serialisation.
         self._events = tuple(
             b"data: " + json.dumps({"token": word}).encode() + b"\n\n" for word in self._words
@@ -206,8 +204,7 @@ class HelloWorldServer:
     ) -> AsyncGenerator[int, None]:
         """Serve a request in the capacity model, prompt first; yields each batch's tokens."""
         stats = self.stats
-        stats.in_flight += 1
-        stats.max_concurrent = max(stats.max_concurrent, stats.in_flight)
+        stats.started()
         self._last_request += 1
         number = self._last_request
         finished = False
@@ -227,11 +224,7 @@ class HelloWorldServer:
                     yield count
             finished = True
         finally:
-            stats.in_flight -= 1
-            if finished:
-                stats.completed += 1
-            elif request.client_gone:
-                stats.cancelled += 1
+            if stats.ended(finished=finished, client_gone=request.client_gone):
                 self.log.info(f"request {number} cancelled by client")
 
     def _crashing(self, number: int, done: int) -> None:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import http
 import json
-import random
 import time
 import zlib
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
@@ -26,13 +25,13 @@ import attrs
 
 from backends._fakekit import (
     TABLE_SIZE,
-    VOCABULARY,
     CapacityModel,
     Faults,
     Knobs,
     Request,
     Response,
     StreamResponse,
+    word_table,
 )
 from backends._fakekit import Stats as BaseStats
 
@@ -83,8 +82,7 @@ class OpenAIFake:
     def __attrs_post_init__(self) -> None:
         self._capacity = self.knobs.capacity_model()
         self._faults = self.knobs.faults()
-        rng = random.Random(self.knobs.seed)
-        self._words = tuple(" " + rng.choice(VOCABULARY) for _ in range(TABLE_SIZE))
+        self._words = word_table(self.knobs.seed)
         self._encoded = tuple(json.dumps(word).encode() for word in self._words)
         slots = self.knobs.max_parallel or 4
         self._free_slots = list(range(slots - 1, -1, -1))
@@ -246,8 +244,7 @@ class OpenAIFake:
         """Serve the request in the capacity model; yields (choice, its token number)."""
         gen = answer.gen
         stats = self.stats
-        stats.in_flight += 1
-        stats.max_concurrent = max(stats.max_concurrent, stats.in_flight)
+        stats.started()
         stats.prompt_tokens += gen.total_prompt
         self._tasks += 1
         task = self._tasks
@@ -274,17 +271,13 @@ class OpenAIFake:
                         stats.tokens_generated += 1
             finished = True
         finally:
-            stats.in_flight -= 1
             self._free_slots.append(slot)
-            if finished:
-                stats.completed += 1
-            elif request.client_gone:
-                stats.cancelled += 1
+            aborted = stats.ended(finished=finished, client_gone=request.client_gone)
             self.log.request_ended(
                 answer.id,
                 slot=slot,
                 task=task,
                 tokens=gen.total_prompt + wanted,
-                aborted=not finished and request.client_gone,
+                aborted=aborted,
                 idle=not stats.in_flight,
             )

@@ -472,9 +472,7 @@ class TGIFakeServer:
     @contextlib.asynccontextmanager
     async def _running(self, request: Request, gen: Generation) -> AsyncIterator[_Run]:
         """Count the request in flight, wait for a batch slot, serve its prefill."""
-        stats = self.stats
-        stats.in_flight += 1
-        stats.max_concurrent = max(stats.max_concurrent, stats.in_flight)
+        self.stats.started()
         self._last_request += 1
         number = self._last_request
         offset = zlib.crc32(gen.inputs.encode("utf-8", "surrogatepass")) % TABLE_SIZE
@@ -487,11 +485,7 @@ class TGIFakeServer:
                 await job.serve(gen.input_length * gen.best_of)
                 yield run
         finally:
-            stats.in_flight -= 1
-            if run.finish is not None:
-                stats.completed += 1
-            elif request.client_gone:
-                stats.cancelled += 1
+            if self.stats.ended(finished=run.finish is not None, client_gone=request.client_gone):
                 self._failures["dropped"] += 1
                 self.log.router("INFO", f"request {number} dropped: the client went away")
             run.job = None
