@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import math
 import re
+import signal
 import socket
 from collections.abc import AsyncIterator
 from functools import partial
@@ -537,14 +538,14 @@ class _FailsAfterListening:
         self.port = launch.port
         raise StartupFailed
 
-    def stopping(self, signum: object) -> None:
+    def stopping(self, signum: signal.Signals) -> None:
         pass
 
 
 async def test_a_start_that_fails_after_listening_stops_listening() -> None:
     fake = _FailsAfterListening()
     with trio.fail_after(5):
-        assert await serve_fake(fake, Knobs(load_delay=0)) == 1  # type: ignore[arg-type]
+        assert await serve_fake(fake, Knobs(load_delay=0)) == 1
     assert fake.port is not None
     with pytest.raises(OSError, match="connect"):
         await trio.open_tcp_stream("127.0.0.1", fake.port)

@@ -8,7 +8,8 @@ from these parts:
   :class:`StreamResponse` (trio + h11, keep-alive, chunked streams, client-disconnect
   cancellation); :func:`serve_asgi` for a server with websockets (hypercorn);
 * :class:`CapacityModel`, whose throughput truth is ``min(capacity, max_parallel *
-  token_rate)``;
+  token_rate)``; :class:`Stats`, the counters of a fake's ``GET /stats``; :func:`word_table`,
+  the seeded words of generated text;
 * :func:`knob_parser` and :class:`Knobs` for the command-line knobs every fake shares, and
   argparse types (:func:`positive`, :func:`non_negative`, :func:`fraction`, :func:`count`,
   :func:`at_least_one`) for a fake's own;
