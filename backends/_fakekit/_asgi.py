@@ -72,12 +72,12 @@ async def serve_asgi(
     await serve(
         partial(_app_with_lifespan, app),
         config,
-        task_status=_Listening(task_status, bound),
+        task_status=_Listening(task_status=task_status, port=bound),
         mode="asgi",
     )
 
 
-@attrs.frozen
+@attrs.frozen(kw_only=True)
 class _Listening:
     """Tells ``task_status`` the port once hypercorn listens (it reports its bind URLs)."""
 
