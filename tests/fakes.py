@@ -11,19 +11,62 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import attrs
+import httpx
 import trio
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 START_SECONDS = 30.0
 """How long :func:`start_fake` waits for the fake to listen."""
-_POLL_SECONDS = 0.01
+POLL_SECONDS = 5.0
+"""How long :func:`poll_stats` waits for its condition."""
+_POLL_INTERVAL = 0.01
 _KILL_AFTER_SECONDS = 5.0
+
+
+def free_port() -> int:
+    """A port on 127.0.0.1 that was free a moment ago (for a fake told which port to bind)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+async def accepts(port: int) -> bool:
+    """Whether 127.0.0.1:``port`` accepts a connection now."""
+    try:
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+    except OSError:
+        return False
+    await stream.aclose()
+    return True
+
+
+async def get_stats(client: httpx.AsyncClient) -> dict[str, Any]:
+    """A fake's counters (its fake-only ``GET /stats``), ``client`` having its base URL."""
+    stats: dict[str, Any] = (await client.get("/stats")).json()
+    return stats
+
+
+async def poll_stats(client: httpx.AsyncClient, name: str, at_least: int) -> dict[str, Any]:
+    """Poll a fake's ``GET /stats`` until counter ``name`` reaches ``at_least``; returns them.
+
+    Raises:
+        trio.TooSlowError: not within :data:`POLL_SECONDS`.
+    """
+    with trio.fail_after(POLL_SECONDS):
+        while True:
+            stats = await get_stats(client)
+            if stats[name] >= at_least:
+                return stats
+            await trio.sleep(_POLL_INTERVAL)
 
 
 class FakeExitedError(RuntimeError):
@@ -90,7 +133,7 @@ class FakeServer:
                     f"fake exited with {self.process.returncode} before listening; "
                     f"log:\n{self.log_text()}"
                 )
-            await trio.sleep(_POLL_SECONDS)
+            await trio.sleep(_POLL_INTERVAL)
 
     async def wait_for_log(self, substring: str) -> str:
         """Wait until a log line contains ``substring``; returns that line.
@@ -108,7 +151,7 @@ class FakeServer:
                     f"fake exited with {self.process.returncode} without logging "
                     f"{substring!r}; log:\n{self.log_text()}"
                 )
-            await trio.sleep(_POLL_SECONDS)
+            await trio.sleep(_POLL_INTERVAL)
 
     async def wait(self) -> int:
         """Wait for the process to exit; returns its exit status."""

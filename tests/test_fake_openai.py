@@ -10,14 +10,23 @@ from typing import Any
 import httpx
 import pytest
 import trio
-from fakes import FakeServer, spawn_fake, start_fake
+from fakes import FakeServer, free_port, poll_stats, spawn_fake, start_fake
 
-from pyworker._process import free_port
-from pyworker._tokens import estimate_tokens
+from pyworker import estimate_tokens
 
 MODULE = "backends.openai.fake"
 MODEL = "fake-org/Fake-Llama-3-8B-Instruct"
+READY = {
+    "vllm": "Application startup complete.",
+    "sglang": "The server is fired up and ready to roll!",
+    "llamacpp": "srv  llama_server: server is listening on",
+}
 CHAT = {"messages": [{"role": "user", "content": "Say hello to the world."}], "max_tokens": 4}
+
+
+def _fast(flavor: str) -> tuple[str, ...]:
+    """The arguments of a ``flavor`` fake that starts at once."""
+    return ("--flavor", flavor, "--load-delay", "0", "--warmup", "0")
 
 
 # Every wait is bounded (httpx timeouts, start_fake's own bound, fail_after around polling),
@@ -26,22 +35,11 @@ async def _start(
     nursery: trio.Nursery, tmp_path: Path, flavor: str, *args: str
 ) -> tuple[FakeServer, httpx.AsyncClient]:
     fake = await start_fake(
-        nursery,
-        MODULE,
-        "--flavor",
-        flavor,
-        "--load-delay",
-        "0",
-        "--warmup",
-        "0",
-        "--token-rate",
-        "2000",
-        *args,
-        log_path=tmp_path / f"{flavor}.log",
+        nursery, MODULE, *_fast(flavor), "--token-rate", "2000", *args, log_path=tmp_path / "f.log"
     )
     if flavor != "vllm":
         # SGLang warms up and llama.cpp loads after listening: wait for the ready line.
-        await fake.wait_for_log("ready to roll" if flavor == "sglang" else "listening on")
+        await fake.wait_for_log(READY[flavor])
     client = httpx.AsyncClient(base_url=fake.url, timeout=5.0, trust_env=False)
     nursery.start_soon(_close_at_end, client)
     return fake, client
@@ -64,20 +62,6 @@ def _events(raw: bytes) -> list[bytes]:
         assert event.startswith(b"data: "), event  # with a space, as the real servers
         payloads.append(event.removeprefix(b"data: "))
     return payloads
-
-
-async def _stats(client: httpx.AsyncClient) -> dict[str, int]:
-    stats: dict[str, int] = (await client.get("/stats")).json()
-    return stats
-
-
-async def _wait_for_cancelled(client: httpx.AsyncClient, count: int) -> dict[str, int]:
-    with trio.fail_after(5):
-        while True:
-            stats = await _stats(client)
-            if stats["cancelled"] >= count:
-                return stats
-            await trio.sleep(0.02)
 
 
 # -- vLLM --------------------------------------------------------------------------------------
@@ -216,26 +200,6 @@ async def test_vllm_errors(nursery: trio.Nursery, tmp_path: Path) -> None:
     assert missing.status_code == 404
 
 
-async def test_vllm_fail_load(nursery: trio.Nursery, tmp_path: Path) -> None:
-    fake = await spawn_fake(
-        nursery,
-        MODULE,
-        "--flavor",
-        "vllm",
-        "--load-delay",
-        "0",
-        "--fail-load",
-        "boom",
-        log_path=tmp_path / "vllm.log",
-    )
-    with trio.fail_after(10):
-        assert await fake.wait() == 1
-    log = fake.log_text()
-    assert "torch.OutOfMemoryError: CUDA out of memory." in log
-    assert "RuntimeError: Engine core initialization failed." in log
-    assert "Application startup complete." not in log
-
-
 @pytest.mark.parametrize("flavor", ["vllm", "sglang", "llamacpp"])
 async def test_disconnect_aborts_generation(
     nursery: trio.Nursery, tmp_path: Path, flavor: str
@@ -254,7 +218,7 @@ async def test_disconnect_aborts_generation(
     # A JSON answer is abandoned the same way.
     with trio.move_on_after(0.2):
         await client.post("/v1/completions", json={"prompt": "x", "max_tokens": 1000})
-    stats = await _wait_for_cancelled(client, 2)
+    stats = await poll_stats(client, "cancelled", 2)
     assert stats["in_flight"] == 0
     assert stats["completed"] == 0
     assert stats["tokens_generated"] < 1000
@@ -296,16 +260,7 @@ async def test_hang_after_keeps_the_connection_open(nursery: trio.Nursery, tmp_p
                     scope.deadline = trio.current_time() + 0.3
     assert scope.cancelled_caught
     assert tokens == 3
-    await _wait_for_cancelled(client, 1)
-
-
-async def test_crash_after_exits(nursery: trio.Nursery, tmp_path: Path) -> None:
-    fake, client = await _start(nursery, tmp_path, "vllm", "--crash-after", "2")
-    with pytest.raises(httpx.TransportError):
-        await client.post("/v1/completions", json={"prompt": "x", "max_tokens": 5})
-    with trio.fail_after(5):
-        assert await fake.wait() == 1
-    assert "EngineDeadError" in fake.log_text()
+    await poll_stats(client, "cancelled", 1)
 
 
 # -- SGLang ------------------------------------------------------------------------------------
@@ -350,35 +305,6 @@ async def test_sglang_health_503_until_warm(nursery: trio.Nursery, tmp_path: Pat
     startup = next(i for i, line in enumerate(lines) if "Application startup complete." in line)
     ready = next(i for i, line in enumerate(lines) if "fired up" in line)
     assert startup < ready
-
-
-@pytest.mark.parametrize(
-    ("knob", "expected"),
-    [
-        ("--fail-load", "Not enough memory. Please try to increase --mem-fraction-static"),
-        ("--fail-warmup", "Initialization failed. warmup error"),
-    ],
-)
-async def test_sglang_fails(
-    nursery: trio.Nursery, tmp_path: Path, knob: str, expected: str
-) -> None:
-    fake = await spawn_fake(
-        nursery,
-        MODULE,
-        "--flavor",
-        "sglang",
-        "--load-delay",
-        "0",
-        "--warmup",
-        "0",
-        knob,
-        "out of luck",
-        log_path=tmp_path / "sglang.log",
-    )
-    with trio.fail_after(10):
-        assert await fake.wait() == 1
-    assert expected in fake.log_text()
-    assert "fired up" not in fake.log_text()
 
 
 # -- llama.cpp ---------------------------------------------------------------------------------
@@ -426,20 +352,27 @@ async def test_llamacpp_listens_early_and_answers_503_while_loading(
     assert "srv  llama_server: model loaded" in fake.log_text()
 
 
-async def test_llamacpp_fail_load(nursery: trio.Nursery, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("flavor", "knob", "expected"),
+    [
+        (
+            "sglang",
+            "--fail-load",
+            "Not enough memory. Please try to increase --mem-fraction-static",
+        ),
+        ("sglang", "--fail-warmup", "Initialization failed. warmup error"),
+        ("llamacpp", "--fail-load", "llama_model_load: error loading model: out of luck"),
+        ("llamacpp", "--fail-load", "srv  llama_server: exiting due to model loading error"),
+    ],
+)
+async def test_failed_starts_exit_1_with_the_flavors_lines(
+    nursery: trio.Nursery, tmp_path: Path, flavor: str, knob: str, expected: str
+) -> None:
+    # (vLLM's failed load is among every fake's, in test_fake_knobs.)
     fake = await spawn_fake(
-        nursery,
-        MODULE,
-        "--flavor",
-        "llamacpp",
-        "--load-delay",
-        "0",
-        "--fail-load",
-        "tensor 'blk.0' has wrong shape",
-        log_path=tmp_path / "llamacpp.log",
+        nursery, MODULE, *_fast(flavor), knob, "out of luck", log_path=tmp_path / "f.log"
     )
     with trio.fail_after(10):
         assert await fake.wait() == 1
-    log = fake.log_text()
-    assert "llama_model_load: error loading model: tensor 'blk.0' has wrong shape" in log
-    assert "srv  llama_server: exiting due to model loading error" in log
+    assert expected in fake.log_text()
+    assert READY[flavor] not in fake.log_text()

@@ -11,14 +11,14 @@ from typing import Any
 import httpx
 import pytest
 import trio
-from fakes import FakeServer, spawn_fake, start_fake
+from fakes import FakeServer, free_port, get_stats, poll_stats, spawn_fake, start_fake
 
+from backends._fakekit import serve_fake
 from backends.tgi import make_backend
+from backends.tgi._fake_launcher import VARIANTS
 from backends.tgi._fake_log import TGILog
-from backends.tgi.fake import VARIANTS, parse, run
-from pyworker import LogAction
-from pyworker._process import free_port
-from pyworker._tokens import estimate_tokens
+from backends.tgi.fake import launcher, parse
+from pyworker import LogAction, estimate_tokens
 
 BACKEND = make_backend({})
 """The backend with every setting at its default."""
@@ -51,20 +51,6 @@ def _events(raw: bytes) -> list[dict[str, Any]]:
         assert b"\n" not in block
         events.append(json.loads(block.removeprefix(b"data:")))
     return events
-
-
-async def _stats(client: httpx.AsyncClient) -> dict[str, int]:
-    stats: dict[str, int] = (await client.get("/stats")).json()
-    return stats
-
-
-async def _poll_stats(client: httpx.AsyncClient, name: str, at_least: int) -> dict[str, int]:
-    with trio.fail_after(5):
-        while True:
-            stats = await _stats(client)
-            if stats[name] >= at_least:
-                return stats
-            await trio.sleep(0.02)
 
 
 # -- start and stop ----------------------------------------------------------------------------
@@ -145,7 +131,7 @@ async def test_each_fatal_variant_logs_tgi_lines_then_its_error(variant: str) ->
     knobs, options = parse(["--load-delay", "0", "--fail-load", variant])
     out = io.StringIO()
     with trio.fail_after(5):
-        code = await run(knobs, options, TGILog(out))
+        code = await serve_fake(launcher(knobs, options, TGILog(out)), knobs)
     assert code == 1
     lines = out.getvalue().splitlines()
     assert lines[-1].startswith(f"Error: {variant}")
@@ -240,7 +226,7 @@ async def test_eos_and_stop_sequences_end_generation_early(
         details = stop.json()["details"]
         assert details["finish_reason"] == "stop_sequence"
         assert details["generated_tokens"] == 2
-        stats = await _stats(client)
+        stats = await get_stats(client)
     assert stats["tokens_generated"] == 6
 
 
@@ -303,7 +289,7 @@ async def test_stream_errors_are_one_event_under_200(nursery: trio.Nursery, tmp_
                 "error"
             ]
         )
-        assert (await _stats(client))["errors"] == 4
+        assert (await get_stats(client))["errors"] == 4
 
 
 async def test_errors_have_tgi_shapes(nursery: trio.Nursery, tmp_path: Path) -> None:
@@ -436,7 +422,7 @@ async def test_client_disconnect_stops_generation(nursery: trio.Nursery, tmp_pat
             async with client.stream("POST", "/generate_stream", json=_body(1000)) as response:
                 async for _ in response.aiter_raw():
                     drop.cancel()  # after the first token
-        stats = await _poll_stats(client, "cancelled", 1)
+        stats = await poll_stats(client, "cancelled", 1)
         assert stats["in_flight"] == 0
         assert stats["tokens_generated"] < 1000
         metrics = (await client.get("/metrics")).text

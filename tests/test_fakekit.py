@@ -1,12 +1,17 @@
-"""The fake-server kit in-process: HTTP serving, the capacity model, knobs and the log."""
+"""The fake-server kit in-process: HTTP, the capacity model, knobs, faults, logs, start-up."""
 
 from __future__ import annotations
 
+import io
 import math
 import re
+import signal
+import socket
 from collections.abc import AsyncIterator
+from functools import partial
 from pathlib import Path
 
+import attrs
 import httpx
 import pytest
 import trio
@@ -14,13 +19,24 @@ import trio.testing
 
 from backends._fakekit import (
     CapacityModel,
+    Faults,
     HTTPServer,
     Knobs,
+    Launch,
     LogWriter,
+    PlainFake,
+    Receive,
     Request,
     Response,
+    Scope,
+    Send,
+    Startup,
+    StartupFailed,
     StreamResponse,
+    bare,
     knob_parser,
+    serve_asgi,
+    serve_fake,
 )
 
 # --- HTTP server -------------------------------------------------------------------------
@@ -351,3 +367,208 @@ def test_log_lines_are_timestamped_and_appended(tmp_path: Path) -> None:
     stamp = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z"
     assert re.fullmatch(stamp + r" INFO loading model: 40%", lines[1])
     assert re.fullmatch(stamp + r" ERROR Error: model failed to load: x", lines[2])
+
+
+def test_knobs_without_the_capacity_model() -> None:
+    parser = knob_parser("test", port=1, capacity=False, unit="steps")
+    assert "--token-rate" not in parser.format_help()
+    assert "after N steps" in parser.format_help()
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--max-parallel", "2"])
+    namespace = parser.parse_args(["--hang-after", "3", "--error-rate", "0.5", "--seed", "7"])
+    faults = Knobs.from_namespace(namespace).faults()
+    assert (faults.hang_after, faults.error_rate, faults.seed) == (3, 0.5, 7)
+
+
+def test_log_lines_go_to_the_stream_their_server_uses() -> None:
+    out, err = io.StringIO(), io.StringIO()
+    log = LogWriter(out, err, line_format=bare, levels_on_stderr=True)
+    log.info("Starting server")
+    log.line("to stdout")
+    log.line("to stderr", stderr=True)
+    assert out.getvalue() == "to stdout\n"
+    assert err.getvalue() == "Starting server\nto stderr\n"
+    # One stream for both kinds by default, as with a log file.
+    both = io.StringIO()
+    LogWriter(both).line("x", stderr=True)
+    assert both.getvalue() == "x\n"
+
+
+# --- faults --------------------------------------------------------------------------------
+
+
+def test_fail_request_draws_the_same_requests_for_a_seed() -> None:
+    draws = [Faults(error_rate=0.3, seed=5).fail_request() for _ in range(2)]
+    assert draws[0] == draws[1]
+    faults = Faults(error_rate=0.3, seed=5)
+    failed = [faults.fail_request() for _ in range(2000)]
+    again = Faults(error_rate=0.3, seed=5)
+    assert failed == [again.fail_request() for _ in range(2000)]
+    assert sum(failed) / len(failed) == pytest.approx(0.3, abs=0.05)
+    assert not any(Faults().fail_request() for _ in range(100))
+    assert all(Faults(error_rate=1).fail_request() for _ in range(100))
+
+
+@pytest.mark.parametrize("fields", [{"error_rate": 1.5}, {"hang_after": -1}, {"slow_health": -0.1}])
+def test_faults_reject_nonsense(fields: dict[str, float]) -> None:
+    with pytest.raises(ValueError, match="must be"):
+        Faults(**fields)  # type: ignore[arg-type]
+
+
+def test_batches_stop_at_failure_points() -> None:
+    faults = Faults(hang_after=5, crash_after=8)
+    assert faults.until_fault(0, 100) == 5
+    assert faults.until_fault(5, 100) == 3
+    assert faults.until_fault(8, 100) == 92
+    assert faults.until_fault(0, 3) == 3
+    assert Faults().until_fault(10, 12) == 2
+
+
+async def test_a_hang_lasts_until_its_end(autojump_clock: trio.testing.MockClock) -> None:
+    faults = Faults(hang_after=2)
+    logged: list[str] = []
+
+    def never(done: int) -> None:
+        raise AssertionError("no crash was asked for")
+
+    ended = trio.Event()
+    await faults.fail_point(1, on_crash=never, on_hang=lambda done: logged.append("hang"))
+    assert logged == []
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(
+            partial(
+                faults.fail_point,
+                2,
+                on_crash=never,
+                on_hang=lambda done: logged.append(f"hang at {done}"),
+                hang_until=ended.wait,
+            )
+        )
+        await trio.testing.wait_all_tasks_blocked()
+        assert logged == ["hang at 2"]
+        ended.set()
+    # By default a hang lasts until cancelled.
+    with trio.move_on_after(100) as scope:
+        await faults.fail_point(2, on_crash=never, on_hang=lambda done: None)
+    assert scope.cancelled_caught
+
+
+async def test_produce_serves_a_job_up_to_the_hang(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    faults = Faults(hang_after=3)
+    hung: list[int] = []
+    counts: list[int] = []
+    async with CapacityModel(token_rate=100).job(10) as job:
+        with trio.move_on_after(100):
+            done = 0
+            while count := await faults.produce(
+                job, done, 10, on_crash=lambda done: None, on_hang=hung.append
+            ):
+                counts.append(count)
+                done += count
+    assert sum(counts) == 3
+    assert hung == [3]
+    finished: list[int] = []
+    async with CapacityModel(token_rate=100).job(4) as job:
+        done = 0
+        while count := await Faults().produce(
+            job, done, 4, on_crash=lambda done: None, on_hang=lambda done: None
+        ):
+            finished.append(count)
+            done += count
+    assert sum(finished) == 4
+
+
+# --- a fake's start-up -----------------------------------------------------------------------
+
+
+def _plain_fake(**startup: str) -> tuple[PlainFake, io.StringIO]:
+    out = io.StringIO()
+    return PlainFake(_echo, LogWriter(out), Startup(**startup)), out
+
+
+async def test_serve_fake_starts_a_plain_fake(nursery: trio.Nursery, tmp_path: Path) -> None:
+    fake, out = _plain_fake(ready="ready on {url} (port {port})")
+    port_file = tmp_path / "port"
+    knobs = Knobs(load_delay=0, port_file=str(port_file))
+    launch: Launch = await nursery.start(serve_fake, fake, knobs)
+    assert launch.url == f"http://127.0.0.1:{launch.port}"
+    assert port_file.read_text() == f"{launch.port}\n"
+    async with httpx.AsyncClient(base_url=launch.url) as client:
+        assert (await client.get("/x")).json()["path"] == "/x"
+    messages = [line.split(" ", 2)[2] for line in out.getvalue().splitlines()]
+    assert messages == [
+        *(f"loading model: {percent}%" for percent in (0, 20, 40, 60, 80, 100)),
+        f"ready on {launch.url} (port {launch.port})",
+    ]
+
+
+async def test_a_failed_start_returns_1_without_listening(tmp_path: Path) -> None:
+    fake, out = _plain_fake()
+    port_file = tmp_path / "port"
+    knobs = Knobs(load_delay=0, fail_load="no weights", port_file=str(port_file))
+    with trio.fail_after(5):
+        assert await serve_fake(fake, knobs) == 1
+    assert (
+        out.getvalue().splitlines()[-1].endswith(" ERROR Error: model failed to load: no weights")
+    )
+    assert not port_file.exists()
+
+
+async def test_a_port_in_use_fails_the_start() -> None:
+    fake, out = _plain_fake()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with trio.fail_after(5):
+            assert await serve_fake(fake, Knobs(load_delay=0, port=port)) == 1
+    assert f"ERROR Error: cannot listen on 127.0.0.1:{port}: " in out.getvalue()
+
+
+@attrs.define(eq=False)
+class _FailsAfterListening:
+    """A fake whose start fails once it listens (as SGLang's warm-up can)."""
+
+    port: int | None = None
+
+    async def start(self, launch: Launch) -> None:
+        await launch.listen(_echo, on_bind_error=lambda exc: None)
+        self.port = launch.port
+        raise StartupFailed
+
+    def stopping(self, signum: signal.Signals) -> None:
+        pass
+
+
+async def test_a_start_that_fails_after_listening_stops_listening() -> None:
+    fake = _FailsAfterListening()
+    with trio.fail_after(5):
+        assert await serve_fake(fake, Knobs(load_delay=0)) == 1
+    assert fake.port is not None
+    with pytest.raises(OSError, match="connect"):
+        await trio.open_tcp_stream("127.0.0.1", fake.port)
+
+
+# --- ASGI through hypercorn ------------------------------------------------------------------
+
+
+async def _hello_app(scope: Scope, receive: Receive, send: Send) -> None:
+    assert scope["type"] == "http"  # the kit answers lifespan itself
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": b"hello " + scope["path"].encode()})
+
+
+async def test_serve_asgi_gives_the_port_and_serves(nursery: trio.Nursery) -> None:
+    port = await nursery.start(serve_asgi, _hello_app)
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+        assert (await client.get("/there")).text == "hello /there"
+
+
+async def test_serve_asgi_raises_the_bind_error_itself(nursery: trio.Nursery) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        with trio.fail_after(5), pytest.raises(OSError, match="in use"):
+            await nursery.start(partial(serve_asgi, _hello_app, port=taken.getsockname()[1]))

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 import attrs
 
 from ._capacity import CapacityModel
+from ._faults import Faults
 
 
 def positive(text: str) -> float:
@@ -76,7 +77,12 @@ class Knobs:
         Raises:
             SystemExit: bad arguments (argparse prints why), or ``--help``.
         """
-        namespace = parser.parse_args(argv)
+        return cls.from_namespace(parser.parse_args(argv))
+
+    @classmethod
+    def from_namespace(cls, namespace: argparse.Namespace) -> Knobs:
+        """The knobs in ``namespace``, parsed by a :func:`knob_parser` parser; the fake's own
+        flags in it are left for the fake to read."""
         fields = {field.name for field in attrs.fields(cls)}
         return cls(**{k: v for k, v in vars(namespace).items() if k in fields})
 
@@ -86,6 +92,16 @@ class Knobs:
             token_rate=self.token_rate, capacity=self.capacity, max_parallel=self.max_parallel
         )
 
+    def faults(self) -> Faults:
+        """The injected failures these knobs describe."""
+        return Faults(
+            hang_after=self.hang_after,
+            crash_after=self.crash_after,
+            error_rate=self.error_rate,
+            slow_health=self.slow_health,
+            seed=self.seed,
+        )
+
 
 def knob_parser(
     description: str,
@@ -93,6 +109,8 @@ def knob_parser(
     port: int,
     load_delay: float = 2.0,
     token_rate: float = 100.0,
+    capacity: bool = True,
+    unit: str = "tokens",
 ) -> argparse.ArgumentParser:
     """An argument parser with the shared knobs; a fake may add its own before parsing.
 
@@ -101,21 +119,66 @@ def knob_parser(
         port: the default ``--port`` (the real server's usual port).
         load_delay: the default ``--load-delay``.
         token_rate: the default ``--token-rate``.
+        capacity: offer the capacity model's knobs (``--token-rate``, ``--capacity``,
+            ``--max-parallel``); a fake that does not serve through it leaves them out.
+        unit: what a request produces, in the help of ``--hang-after`` and ``--crash-after``.
     """
     parser = argparse.ArgumentParser(description=description)
     add = parser.add_argument
     add("--host", default="127.0.0.1", help="address to bind (default: %(default)s)")
     add("--port", type=int, default=port, help="port to bind, 0 for any (default: %(default)s)")
     add("--port-file", help="once listening, write the bound port to this file (atomically)")
-    add("--log", help="append log lines to this file, with stdout and stderr (default: stdout)")
+    add(
+        "--log",
+        help="append log lines to this file, with stdout and stderr (default: the streams the "
+        "real server writes to)",
+    )
     add(
         "--load-delay",
         type=non_negative,
         default=load_delay,
         metavar="S",
-        help="seconds spent 'loading the model' before listening (default: %(default)s)",
+        help="seconds spent 'loading the model' (default: %(default)s)",
     )
-    add("--fail-load", metavar="REASON", help="fail to load the model with this reason; exit 1")
+    add(
+        "--fail-load",
+        metavar="REASON",
+        help="fail to start, logging the real server's fatal lines for REASON; exit 1",
+    )
+    if capacity:
+        _add_capacity_knobs(parser, token_rate)
+    add(
+        "--hang-after",
+        type=count,
+        metavar="N",
+        help=f"a request stalls after N {unit}, nothing closed (default: never)",
+    )
+    add(
+        "--crash-after",
+        type=count,
+        metavar="N",
+        help=f"the process dies (exit 1) once a request has produced N {unit} (default: never)",
+    )
+    add(
+        "--error-rate",
+        type=fraction,
+        default=0.0,
+        metavar="F",
+        help="fraction of requests that fail with the server's error (deterministic per --seed)",
+    )
+    add(
+        "--slow-health",
+        type=non_negative,
+        default=0.0,
+        metavar="S",
+        help="seconds the health route takes to answer (default: %(default)s)",
+    )
+    add("--seed", type=int, default=0, help="seed of the generated output and injected failures")
+    return parser
+
+
+def _add_capacity_knobs(parser: argparse.ArgumentParser, token_rate: float) -> None:
+    add = parser.add_argument
     add(
         "--token-rate",
         type=positive,
@@ -135,31 +198,3 @@ def knob_parser(
         metavar="N",
         help="requests served at once, the rest wait FIFO (default: unbounded)",
     )
-    add(
-        "--hang-after",
-        type=count,
-        metavar="N",
-        help="stop answering a request after N tokens, keeping its connection open",
-    )
-    add(
-        "--crash-after",
-        type=count,
-        metavar="N",
-        help="kill the process (exit 1) once a request has produced N tokens",
-    )
-    add(
-        "--error-rate",
-        type=fraction,
-        default=0.0,
-        metavar="F",
-        help="fraction of requests answered 500 (deterministic per --seed)",
-    )
-    add(
-        "--slow-health",
-        type=non_negative,
-        default=0.0,
-        metavar="S",
-        help="seconds the health route takes to answer",
-    )
-    add("--seed", type=int, default=0, help="seed of the generated text and injected errors")
-    return parser

@@ -24,3 +24,24 @@ class Stats:
     errors: int = 0
     max_concurrent: int = 0
     tokens_generated: int = 0
+
+    def started(self) -> None:
+        """Count a generation request in flight."""
+        self.in_flight += 1
+        self.max_concurrent = max(self.max_concurrent, self.in_flight)
+
+    def ended(self, *, finished: bool, client_gone: bool) -> bool:
+        """Count a generation request out of flight; returns whether it was cancelled.
+
+        Args:
+            finished: it produced all its tokens (it is then completed).
+            client_gone: its client went away (it is then cancelled, unless finished); a
+                request stopped for any other reason (the server stopping) is neither.
+        """
+        self.in_flight -= 1
+        if finished:
+            self.completed += 1
+        elif client_gone:
+            self.cancelled += 1
+            return True
+        return False

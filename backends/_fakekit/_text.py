@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+
 _WORDS = (
     "the a model server token stream answer prompt worker load request queue batch light "
     "river stone cloud garden window paper music quiet bright swift gentle ancient green "
@@ -14,3 +16,9 @@ VOCABULARY: tuple[str, ...] = tuple(_WORDS.split())
 TABLE_SIZE = 4096
 """Generated text walks a seed-dependent table of this many tokens from an offset that depends
 on the prompt: deterministic per (seed, prompt), with no random draws on the request path."""
+
+
+def word_table(seed: int) -> tuple[str, ...]:
+    """The table of :data:`TABLE_SIZE` words for ``seed``, each with its leading space."""
+    rng = random.Random(seed)
+    return tuple(" " + rng.choice(VOCABULARY) for _ in range(TABLE_SIZE))

@@ -13,7 +13,6 @@ from __future__ import annotations
 import copy
 import itertools
 import json
-import os
 import posixpath
 import random
 import struct
@@ -24,6 +23,8 @@ from typing import Any
 
 import attrs
 import trio
+
+from backends._fakekit import Faults
 
 from ._nodes import NodeClass, catalogue, execution_order, validate_prompt
 from ._png import color_from_int, color_from_seed, encode_png
@@ -52,9 +53,6 @@ class EngineSettings:
         node_failure_rate: fraction of prompts whose sampler raises (``execution_error``).
         fail_on_text: prompts with a ``CLIPTextEncode`` text containing this raise too
             (a deterministic trigger for tests).
-        hang_after: a sampler stops making progress after this many steps (an interrupt still
-            stops it).
-        crash_after: the process exits (status 1) once a sampler reaches this many steps.
         previews: send binary preview frames after each sampler step.
         seed: seeds the failure draws.
     """
@@ -63,8 +61,6 @@ class EngineSettings:
     step_time: float = 0.005
     node_failure_rate: float = 0.0
     fail_on_text: str | None = None
-    hang_after: int | None = None
-    crash_after: int | None = None
     previews: bool = False
     seed: int = 0
 
@@ -81,6 +77,7 @@ class Stats:
         interrupted: prompts stopped by ``POST /interrupt``.
         deleted: pending prompts removed by ``POST /queue``.
         interrupt_requests: ``POST /interrupt`` calls.
+        errors: requests answered 500 (a body that is not JSON, ``--error-rate``).
         steps: sampler steps run.
         max_queue_remaining: the most prompts held at once (running + pending).
     """
@@ -92,6 +89,7 @@ class Stats:
     interrupted: int = 0
     deleted: int = 0
     interrupt_requests: int = 0
+    errors: int = 0
     steps: int = 0
     max_queue_remaining: int = 0
 
@@ -206,13 +204,16 @@ class Hub:
 class Engine:
     """The fake's state and its one executor (:meth:`run`).
 
-    Args:
+    Attributes:
         settings: speed, failures, checkpoints.
         log: writes one line of the server's log.
+        faults: the samplers' hangs (``--hang-after``) and crashes (``--crash-after``), in
+            sampler steps; an interrupt ends a hang.
     """
 
     settings: EngineSettings
     log: Callable[[str], None]
+    faults: Faults = attrs.field(factory=Faults)
     hub: Hub = attrs.field(factory=Hub)
     stats: Stats = attrs.field(factory=Stats)
     classes: dict[str, NodeClass] = attrs.field(init=False)
@@ -613,12 +614,12 @@ class Engine:
         for step in range(steps):
             if fail and step == steps // 2:
                 raise _NodeFailure("fake node failure (--node-failure-rate)")
-            if settings.crash_after is not None and step >= settings.crash_after:
-                self.log(f"fake crash after {step} sampler steps (--crash-after)")
-                os._exit(1)
-            if settings.hang_after is not None and step >= settings.hang_after:
-                self.log(f"sampler stuck after {step} steps (--hang-after)")
-                await self._interrupt.wait()
+            await self.faults.fail_point(
+                step,
+                on_crash=self._crashing,
+                on_hang=self._hanging,
+                hang_until=self._interrupt.wait,
+            )
             await self._work(per_step)
             self.stats.steps += 1
             self.hub.send(
@@ -634,6 +635,12 @@ class Engine:
             f"100%|{'█' * 10}| {steps}/{steps} [00:{int(elapsed):02d}<00:00, "
             f"{steps / elapsed:6.2f}it/s]"
         )
+
+    def _crashing(self, step: int) -> None:
+        self.log(f"fake crash after {step} sampler steps (--crash-after)")
+
+    def _hanging(self, step: int) -> None:
+        self.log(f"sampler stuck after {step} steps (--hang-after)")
 
     def _save(self, item: QueueItem, kind: str, inputs: dict[str, Any]) -> list[dict[str, str]]:
         images: _Images = inputs["images"]

@@ -20,17 +20,18 @@ then one unit per generated token, so streams emit tokens as they are generated.
 from __future__ import annotations
 
 import json
-import os
-import random
 import sys
 import zlib
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import aclosing
+from functools import partial
 
 import attrs
-import trio
 
 from backends._fakekit import (
+    TABLE_SIZE,
     CapacityModel,
+    Faults,
     Knobs,
     LogWriter,
     Request,
@@ -39,9 +40,9 @@ from backends._fakekit import (
     StreamResponse,
     knob_parser,
     run_fake,
+    word_table,
 )
-from backends._fakekit._text import TABLE_SIZE, VOCABULARY
-from pyworker._tokens import estimate_tokens
+from pyworker import estimate_tokens
 
 DEFAULT_PORT = 5001
 DEFAULT_MAX_RESPONSE_TOKENS = 256
@@ -97,9 +98,9 @@ class HelloWorldServer:
     log: LogWriter
     stats: Stats = attrs.field(init=False, factory=Stats)
     _capacity: CapacityModel = attrs.field(init=False)
+    _faults: Faults = attrs.field(init=False)
     _words: tuple[str, ...] = attrs.field(init=False)
     _events: tuple[bytes, ...] = attrs.field(init=False)
-    _error_rng: random.Random = attrs.field(init=False)
     _last_request: int = attrs.field(init=False, default=0)
     _routes: dict[str, tuple[str, Callable[[Request], Awaitable[Response | StreamResponse]]]] = (
         attrs.field(init=False)
@@ -107,13 +108,12 @@ class HelloWorldServer:
 
     def __attrs_post_init__(self) -> None:
         self._capacity = self.knobs.capacity_model()
-        rng = random.Random(self.knobs.seed)
-        self._words = tuple(" " + rng.choice(VOCABULARY) for _ in range(TABLE_SIZE))
+        self._faults = self.knobs.faults()
+        self._words = word_table(self.knobs.seed)
         # Pre-encoded SSE events: a streamed token costs no serialisation.
         self._events = tuple(
             b"data: " + json.dumps({"token": word}).encode() + b"\n\n" for word in self._words
         )
-        self._error_rng = random.Random(f"errors:{self.knobs.seed}")
         self._routes = {
             "/generate": ("POST", self._generate),
             "/generate_stream": ("POST", self._generate_stream),
@@ -141,8 +141,7 @@ class HelloWorldServer:
         return response
 
     async def _healthcheck(self, request: Request) -> Response:
-        if self.knobs.slow_health:
-            await trio.sleep(self.knobs.slow_health)
+        await self._faults.health_delay()
         return _HEALTHY
 
     async def _stats(self, request: Request) -> Response:
@@ -154,44 +153,11 @@ class HelloWorldServer:
             prompt, wanted = _parse(request.body)
         except _BadRequest as exc:
             return exc.response
-        if self.knobs.error_rate and self._error_rng.random() < self.knobs.error_rate:
+        if self._faults.fail_request():
             self.log.warning("injected failure (--error-rate)")
             return Response.json({"error": "injected failure"}, status=500)
         offset = zlib.crc32(prompt.encode("utf-8", "surrogatepass")) % TABLE_SIZE
         return prompt, wanted, offset
-
-    def _begin(self) -> int:
-        stats = self.stats
-        stats.in_flight += 1
-        stats.max_concurrent = max(stats.max_concurrent, stats.in_flight)
-        self._last_request += 1
-        return self._last_request
-
-    def _end(self, request: Request, number: int, finished: bool) -> None:
-        stats = self.stats
-        stats.in_flight -= 1
-        if finished:
-            stats.completed += 1
-        elif request.client_gone:
-            stats.cancelled += 1
-            self.log.info(f"request {number} cancelled by client")
-
-    def _next_batch(self, produced: int, wanted: int) -> int:
-        """How many tokens to wait for next: all that are left, up to a failure point."""
-        limit = wanted - produced
-        for point in (self.knobs.hang_after, self.knobs.crash_after):
-            if point is not None and point > produced:
-                limit = min(limit, point - produced)
-        return limit
-
-    async def _fail_point(self, number: int, produced: int) -> None:
-        """Crash or hang here if the knobs say so (after ``produced`` tokens)."""
-        if produced == self.knobs.crash_after:
-            self.log.error(f"request {number}: model server crashed after {produced} tokens")
-            os._exit(1)
-        if produced == self.knobs.hang_after:
-            self.log.warning(f"request {number}: hanging after {produced} tokens")
-            await trio.sleep_forever()
 
     async def _generate(self, request: Request) -> Response:
         admitted = self._admit(request)
@@ -199,21 +165,9 @@ class HelloWorldServer:
             return admitted
         prompt, wanted, offset = admitted
         prompt_tokens = estimate_tokens(prompt)
-        number = self._begin()
-        finished = False
-        try:
-            async with self._capacity.job(prompt_tokens + wanted) as job:
-                await job.serve(prompt_tokens)
-                produced = 0
-                while produced < wanted:
-                    await self._fail_point(number, produced)
-                    count = await job.serve_some(self._next_batch(produced, wanted))
-                    produced += count
-                    self.stats.tokens_generated += count
-                await self._fail_point(number, produced)
-            finished = True
-        finally:
-            self._end(request, number, finished)
+        async with aclosing(self._run(request, prompt_tokens, wanted)) as batches:
+            async for _ in batches:
+                pass
         words = self._words
         text = "".join([words[(offset + i) % TABLE_SIZE] for i in range(wanted)])
         return Response.json(
@@ -233,26 +187,51 @@ class HelloWorldServer:
         self, request: Request, prompt: str, wanted: int, offset: int
     ) -> AsyncIterator[bytes]:
         prompt_tokens = estimate_tokens(prompt)
-        number = self._begin()
-        finished = False
         events = self._events
+        produced = 0
+        # Closed explicitly: when the client leaves, this generator is closed at a yield, and
+        # the capacity job inside _run must be released now, not at garbage collection.
+        async with aclosing(self._run(request, prompt_tokens, wanted)) as batches:
+            async for count in batches:
+                for _ in range(count):
+                    yield events[(offset + produced) % TABLE_SIZE]
+                    produced += 1
+        done = {"done": True, "prompt_tokens": prompt_tokens, "generated_tokens": wanted}
+        yield b"data: " + json.dumps(done).encode() + b"\n\n"
+
+    async def _run(
+        self, request: Request, prompt_tokens: int, wanted: int
+    ) -> AsyncGenerator[int, None]:
+        """Serve a request in the capacity model, prompt first; yields each batch's tokens."""
+        stats = self.stats
+        stats.started()
+        self._last_request += 1
+        number = self._last_request
+        finished = False
         try:
             async with self._capacity.job(prompt_tokens + wanted) as job:
                 await job.serve(prompt_tokens)
                 produced = 0
-                while produced < wanted:
-                    await self._fail_point(number, produced)
-                    count = await job.serve_some(self._next_batch(produced, wanted))
-                    for _ in range(count):
-                        yield events[(offset + produced) % TABLE_SIZE]
-                        produced += 1
-                        self.stats.tokens_generated += 1
-                await self._fail_point(number, produced)
+                while count := await self._faults.produce(
+                    job,
+                    produced,
+                    wanted,
+                    on_crash=partial(self._crashing, number),
+                    on_hang=partial(self._hanging, number),
+                ):
+                    produced += count
+                    stats.tokens_generated += count
+                    yield count
             finished = True
-            done = {"done": True, "prompt_tokens": prompt_tokens, "generated_tokens": wanted}
-            yield b"data: " + json.dumps(done).encode() + b"\n\n"
         finally:
-            self._end(request, number, finished)
+            if stats.ended(finished=finished, client_gone=request.client_gone):
+                self.log.info(f"request {number} cancelled by client")
+
+    def _crashing(self, number: int, done: int) -> None:
+        self.log.error(f"request {number}: model server crashed after {done} tokens")
+
+    def _hanging(self, number: int, done: int) -> None:
+        self.log.warning(f"request {number}: hanging after {done} tokens")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

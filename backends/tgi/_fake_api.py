@@ -20,7 +20,7 @@ from typing import Any
 import attrs
 
 from backends._fakekit import Request
-from pyworker._tokens import estimate_tokens
+from pyworker import estimate_tokens
 
 PLAIN = b"text/plain; charset=utf-8"
 """The content type of axum's rejections."""

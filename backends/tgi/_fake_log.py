@@ -21,10 +21,9 @@ Fatal exits print the launcher's error enum, ``Error: <Variant>``, as a plain li
 from __future__ import annotations
 
 import json
-import sys
 import time
 
-from backends._fakekit import LogWriter
+from backends._fakekit import LogWriter, utc_timestamp
 
 _LEVELS = {"WARNING": "WARN"}  # tracing's level names
 
@@ -32,10 +31,8 @@ ROUTER_SERVER = ("text_generation_router::server", "router/src/server.rs")
 ROUTER_V3 = ("text_generation_router_v3", "backends/v3/src/lib.rs")
 
 
-def _timestamp(now: float) -> str:
-    seconds = int(now)
-    micros = int((now - seconds) * 1_000_000)
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{micros:06d}Z"
+def _timestamp() -> str:
+    return utc_timestamp(time.time(), digits=6)
 
 
 def _dumps(obj: object) -> str:
@@ -46,17 +43,6 @@ def _dumps(obj: object) -> str:
 class TGILog(LogWriter):
     """Writes the fake TGI's log lines; ``info``/``warning``/``error`` are launcher lines."""
 
-    @classmethod
-    def open_file(cls, path: str | None) -> TGILog:
-        """Append to ``path`` (created if missing), or write to stdout when it is None.
-
-        Raises:
-            OSError: the file cannot be opened for appending.
-        """
-        if path is None:
-            return cls(sys.stdout)
-        return cls(open(path, "a", buffering=1, encoding="utf-8"), owns_stream=True)
-
     def write(self, level: str, message: str) -> None:
         """Append a launcher line at ``level``."""
         self.launcher(level, message)
@@ -64,7 +50,7 @@ class TGILog(LogWriter):
     def launcher(self, level: str, message: str, *, rank: int | None = None) -> None:
         """Append a launcher line; ``rank`` puts it in shard ``rank``'s span."""
         record: dict[str, object] = {
-            "timestamp": _timestamp(time.time()),
+            "timestamp": _timestamp(),
             "level": _LEVELS.get(level, level),
             "fields": {"message": message},
             "target": "text_generation_launcher",
@@ -88,7 +74,7 @@ class TGILog(LogWriter):
         self.line(
             _dumps(
                 {
-                    "timestamp": _timestamp(time.time()),
+                    "timestamp": _timestamp(),
                     "level": _LEVELS.get(level, level),
                     "message": message,
                     "target": target,
@@ -99,11 +85,5 @@ class TGILog(LogWriter):
         )
 
     def fatal(self, variant: str) -> None:
-        """Append the launcher's exit line, ``Error: <variant>``."""
-        self.line(f"Error: {variant}")
-
-    def line(self, text: str) -> None:
-        """Append ``text`` as one line, as it is."""
-        self._stream.write(text + "\n")
-        if not self._owns_stream:
-            self._stream.flush()
+        """Append the launcher's exit line, ``Error: <variant>`` (on stderr)."""
+        self.line(f"Error: {variant}", stderr=True)

@@ -14,8 +14,6 @@ remaining units back.
 from __future__ import annotations
 
 import contextlib
-import json
-import os
 import random
 import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -24,15 +22,15 @@ import attrs
 import trio
 
 from backends._fakekit import (
+    TABLE_SIZE,
     CapacityModel,
-    Job,
+    Faults,
     Knobs,
     Request,
     Response,
     Stats,
     StreamResponse,
 )
-from backends._fakekit._text import TABLE_SIZE, VOCABULARY
 
 from ._fake_api import (
     PLAIN,
@@ -49,11 +47,10 @@ from ._fake_api import (
     validate,
 )
 from ._fake_log import TGILog
+from ._fake_run import Run, Token, dumps, token_table
 
 VERSION = "3.3.4"
 COMPUTE_TYPE = "1-fake-gpu"
-EOS_ID = 2
-EOS_TEXT = "</s>"
 
 _Route = Callable[[Request], Awaitable[Response | StreamResponse]]
 _FAILURE_KINDS = ("overloaded", "validation", "generation", "incomplete", "dropped")
@@ -64,91 +61,9 @@ _SSE_HEADERS = (
 )
 
 
-def _dumps(obj: object) -> bytes:
-    # serde_json: compact, non-ASCII as is.
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
-
-
 def _event(obj: object) -> bytes:
     # axum's Sse writes "data:" with no space after the colon.
-    return b"data:" + _dumps(obj) + b"\n\n"
-
-
-@attrs.frozen
-class Token:
-    """A generated token, with its JSON pre-encoded (a streamed token costs no serialising)."""
-
-    id: int
-    text: str
-    logprob: float
-    special: bool = False
-    json: bytes = b""
-
-    @classmethod
-    def make(cls, token_id: int, text: str, logprob: float, special: bool = False) -> Token:
-        """A token and its JSON ``{"id","text","logprob","special"}``."""
-        record = {"id": token_id, "text": text, "logprob": logprob, "special": special}
-        return cls(token_id, text, logprob, special, _dumps(record))
-
-    def record(self) -> dict[str, object]:
-        """The token as TGI's JSON object."""
-        return {"id": self.id, "text": self.text, "logprob": self.logprob, "special": self.special}
-
-
-EOS = Token.make(EOS_ID, EOS_TEXT, -0.01, special=True)
-
-
-@attrs.define(eq=False)
-class _Run:
-    """One sequence being generated: its tokens so far and why it stopped."""
-
-    gen: Generation
-    table: tuple[Token, ...]
-    offset: int
-    eos_after: int | None
-    tokens: list[Token] = attrs.field(factory=list)
-    finish: str | None = None
-    admitted_at: float = 0.0
-    job: Job | None = None
-    _tail: str = ""
-    _stop_window: int = 0
-
-    def __attrs_post_init__(self) -> None:
-        self._stop_window = max((len(s) for s in self.gen.stop), default=0)
-        if self.gen.max_new_tokens == 0:
-            self.finish = "length"
-
-    @property
-    def done(self) -> bool:
-        """Whether the sequence has ended (:attr:`finish` says why)."""
-        return self.finish is not None
-
-    @property
-    def produced(self) -> int:
-        """Tokens generated so far."""
-        return len(self.tokens)
-
-    def step(self) -> Token:
-        """Generate the next token (the caller checks :attr:`finish` first)."""
-        count = len(self.tokens) + 1
-        if count == self.eos_after:
-            token = EOS
-            self.finish = "eos_token"
-        else:
-            token = self.table[(self.offset + count - 1) % TABLE_SIZE]
-            if self._stop_window:
-                self._tail = (self._tail + token.text)[-self._stop_window :]
-                if any(self._tail.endswith(stop) for stop in self.gen.stop):
-                    self.finish = "stop_sequence"
-            if self.finish is None and count == self.gen.max_new_tokens:
-                self.finish = "length"
-        self.tokens.append(token)
-        return token
-
-    def text(self) -> str:
-        """The generated text (special tokens left out, the prompt first if asked)."""
-        text = "".join(t.text for t in self.tokens if not t.special)
-        return self.gen.inputs + text if self.gen.return_full_text else text
+    return b"data:" + dumps(obj) + b"\n\n"
 
 
 @attrs.define(eq=False)
@@ -177,8 +92,8 @@ class TGIFakeServer:
     _successes: int = attrs.field(init=False, default=0)
     _ready_at: float | None = attrs.field(init=False, default=None)
     _capacity: CapacityModel = attrs.field(init=False)
+    _faults: Faults = attrs.field(init=False)
     _table: tuple[Token, ...] = attrs.field(init=False)
-    _error_rng: random.Random = attrs.field(init=False)
     _seed_rng: random.Random = attrs.field(init=False)
     _last_request: int = attrs.field(init=False, default=0)
     _routes: dict[str, dict[str, _Route]] = attrs.field(init=False)
@@ -186,12 +101,8 @@ class TGIFakeServer:
     def __attrs_post_init__(self) -> None:
         self._failures = dict.fromkeys(_FAILURE_KINDS, 0)
         self._capacity = self.knobs.capacity_model()
-        rng = random.Random(self.knobs.seed)
-        self._table = tuple(
-            Token.make(100 + index, " " + VOCABULARY[index], -round(rng.uniform(0.01, 3), 4))
-            for index in (rng.randrange(len(VOCABULARY)) for _ in range(TABLE_SIZE))
-        )
-        self._error_rng = random.Random(f"errors:{self.knobs.seed}")
+        self._faults = self.knobs.faults()
+        self._table = token_table(self.knobs.seed)
         self._seed_rng = random.Random(f"seeds:{self.knobs.seed}")
         health: dict[str, _Route] = {"GET": self._health}
         self._routes = {
@@ -232,11 +143,10 @@ class TGIFakeServer:
         )
 
     async def _health(self, request: Request) -> Response:
-        if self.knobs.slow_health:
-            await trio.sleep(self.knobs.slow_health)
+        await self._faults.health_delay()
         if self._unhealthy():
             body = {"error": "unhealthy", "error_type": "healthcheck"}
-            return Response(status=503, body=_dumps(body))
+            return Response(status=503, body=dumps(body))
         return Response(status=200, content_type=PLAIN)
 
     async def _info(self, request: Request) -> Response:
@@ -257,11 +167,11 @@ class TGIFakeServer:
             "sha": None,
             "docker_label": None,
         }
-        return Response(body=_dumps(info))
+        return Response(body=dumps(info))
 
     async def _models(self, request: Request) -> Response:
         model = {"id": self.model_id, "object": "model", "created": 0, "owned_by": self.model_id}
-        return Response(body=_dumps({"object": "list", "data": [model]}))
+        return Response(body=dumps({"object": "list", "data": [model]}))
 
     async def _metrics(self, request: Request) -> Response:
         capacity = self._capacity
@@ -281,7 +191,7 @@ class TGIFakeServer:
         return Response(body=body, content_type=b"text/plain; version=0.0.4")
 
     async def _stats(self, request: Request) -> Response:
-        return Response(body=_dumps(attrs.asdict(self.stats)))
+        return Response(body=dumps(attrs.asdict(self.stats)))
 
     # -- generation routes -------------------------------------------------------------------
     async def _generate(self, request: Request) -> Response:
@@ -321,7 +231,7 @@ class TGIFakeServer:
         if self.stats.in_flight >= self.limits.max_concurrent_requests:
             raise overloaded()
         gen = validate(parsed, self.limits)
-        if self.knobs.error_rate and self._error_rng.random() < self.knobs.error_rate:
+        if self._faults.fail_request():
             raise TGIError(
                 424,
                 "Request failed during generation: Server error: CUDA out of memory "
@@ -345,7 +255,7 @@ class TGIFakeServer:
             gen = self._admit(parsed, stream=False)
         except TGIError as exc:
             self._refused(exc)
-            return Response(status=exc.status, body=_dumps(exc.body()))
+            return Response(status=exc.status, body=dumps(exc.body()))
         validated = trio.current_time()
         async with self._running(request, gen) as run:
             while not run.done:
@@ -370,11 +280,11 @@ class TGIFakeServer:
             "x-generated-tokens": str(run.produced),
         }
         return Response(
-            body=_dumps(body),
+            body=dumps(body),
             headers=tuple((k.encode(), v.encode()) for k, v in headers.items()),
         )
 
-    def _details(self, run: _Run) -> dict[str, object]:
+    def _details(self, run: Run) -> dict[str, object]:
         gen = run.gen
         details: dict[str, object] = {
             "finish_reason": run.finish,
@@ -391,7 +301,7 @@ class TGIFakeServer:
             ]
         return details
 
-    def _prefill(self, run: _Run) -> list[dict[str, object]]:
+    def _prefill(self, run: Run) -> list[dict[str, object]]:
         table = self._table
         first = (run.offset + TABLE_SIZE // 2) % TABLE_SIZE
         tokens = [table[(first + i) % TABLE_SIZE] for i in range(run.gen.input_length)]
@@ -400,14 +310,14 @@ class TGIFakeServer:
             for i, t in enumerate(tokens)
         ]
 
-    def _top_tokens(self, run: _Run, position: int) -> list[dict[str, object]]:
+    def _top_tokens(self, run: Run, position: int) -> list[dict[str, object]]:
         table = self._table
         start = run.offset + position
         return [table[(start + k) % TABLE_SIZE].record() for k in range(run.gen.top_n_tokens)]
 
-    def _other_sequence(self, run: _Run, k: int) -> dict[str, object]:
+    def _other_sequence(self, run: Run, k: int) -> dict[str, object]:
         # The other sequences best_of generated (already paid for): same length, other words.
-        other = _Run(run.gen, self._table, (run.offset + 7919 * k) % TABLE_SIZE, None)
+        other = Run(run.gen, self._table, (run.offset + 7919 * k) % TABLE_SIZE, None)
         while other.finish is None and other.produced < run.produced:
             other.step()
         return {
@@ -441,12 +351,12 @@ class TGIFakeServer:
                 for index, token in enumerate(tokens, run.produced - len(tokens) + 1):
                     if index == last:
                         break
-                    top = middle % _dumps(self._top_tokens(run, index - 1)) if middle else b""
+                    top = middle % dumps(self._top_tokens(run, index - 1)) if middle else b""
                     yield head % index + token.json + top + tail
             yield self._last_event(run)
         self._succeeded()
 
-    def _last_event(self, run: _Run) -> bytes:
+    def _last_event(self, run: Run) -> bytes:
         gen = run.gen
         event: dict[str, object] = {"index": run.produced, "token": run.tokens[-1].record()}
         if gen.top_n_tokens:
@@ -470,15 +380,13 @@ class TGIFakeServer:
 
     # -- the generation loop -----------------------------------------------------------------
     @contextlib.asynccontextmanager
-    async def _running(self, request: Request, gen: Generation) -> AsyncIterator[_Run]:
+    async def _running(self, request: Request, gen: Generation) -> AsyncIterator[Run]:
         """Count the request in flight, wait for a batch slot, serve its prefill."""
-        stats = self.stats
-        stats.in_flight += 1
-        stats.max_concurrent = max(stats.max_concurrent, stats.in_flight)
+        self.stats.started()
         self._last_request += 1
         number = self._last_request
         offset = zlib.crc32(gen.inputs.encode("utf-8", "surrogatepass")) % TABLE_SIZE
-        run = _Run(gen, self._table, offset, self.eos_after)
+        run = Run(gen, self._table, offset, self.eos_after)
         units = (gen.input_length + gen.max_new_tokens) * gen.best_of
         try:
             async with self._capacity.job(units) as job:
@@ -487,16 +395,12 @@ class TGIFakeServer:
                 await job.serve(gen.input_length * gen.best_of)
                 yield run
         finally:
-            stats.in_flight -= 1
-            if run.finish is not None:
-                stats.completed += 1
-            elif request.client_gone:
-                stats.cancelled += 1
+            if self.stats.ended(finished=run.finish is not None, client_gone=request.client_gone):
                 self._failures["dropped"] += 1
                 self.log.router("INFO", f"request {number} dropped: the client went away")
             run.job = None
 
-    async def _advance(self, run: _Run) -> list[Token]:
+    async def _advance(self, run: Run) -> list[Token]:
         """Wait for the next tokens of ``run`` and return them (at least one)."""
         job = run.job
         assert job is not None
@@ -507,7 +411,7 @@ class TGIFakeServer:
             await job.serve(job.total)
             count = gen.max_new_tokens - run.produced
         else:
-            count = await job.serve_some(self._next_batch(run.produced, gen.max_new_tokens))
+            count = await job.serve_some(self._faults.until_fault(run.produced, gen.max_new_tokens))
         tokens = []
         for _ in range(count):
             tokens.append(run.step())
@@ -518,28 +422,22 @@ class TGIFakeServer:
             await self._fail_point(run.produced)
         return tokens
 
-    def _next_batch(self, produced: int, wanted: int) -> int:
-        """How many tokens to wait for next: all that are left, up to a failure point."""
-        limit = wanted - produced
-        for point in (self.knobs.hang_after, self.knobs.crash_after):
-            if point is not None and point > produced:
-                limit = min(limit, point - produced)
-        return limit
-
     async def _fail_point(self, produced: int) -> None:
         """Crash or hang here if the knobs say so (after ``produced`` tokens)."""
-        if produced == self.knobs.crash_after:
-            log = self.log
-            log.error("Shard 0 crashed")
-            log.info("Terminating webserver")
-            log.info("Waiting for webserver to gracefully shutdown")
-            log.info("webserver terminated")
-            log.info("Shutting down shards")
-            log.fatal("ShardFailed")
-            os._exit(1)
-        if produced == self.knobs.hang_after:
-            self.log.warning(f"hanging after {produced} tokens (--hang-after)")
-            await trio.sleep_forever()
+        await self._faults.fail_point(produced, on_crash=self._crashing, on_hang=self._hanging)
+
+    def _crashing(self, produced: int) -> None:
+        # The shard dies; the launcher notices, stops the webserver and exits.
+        log = self.log
+        log.error("Shard 0 crashed")
+        log.info("Terminating webserver")
+        log.info("Waiting for webserver to gracefully shutdown")
+        log.info("webserver terminated")
+        log.info("Shutting down shards")
+        log.fatal("ShardFailed")
+
+    def _hanging(self, produced: int) -> None:
+        self.log.warning(f"hanging after {produced} tokens (--hang-after)")
 
 
 async def _once(chunk: bytes) -> AsyncIterator[bytes]:
