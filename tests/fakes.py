@@ -49,6 +49,15 @@ async def accepts(port: int) -> bool:
     return True
 
 
+async def close_when_cancelled(client: httpx.AsyncClient) -> None:
+    """Keep ``client`` open until this task is cancelled (start it in the test's nursery)."""
+    try:
+        await trio.sleep_forever()
+    finally:
+        with trio.CancelScope(shield=True):
+            await client.aclose()
+
+
 async def get_stats(client: httpx.AsyncClient) -> dict[str, Any]:
     """A fake's counters (its fake-only ``GET /stats``), ``client`` having its base URL."""
     stats: dict[str, Any] = (await client.get("/stats")).json()

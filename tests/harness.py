@@ -25,13 +25,12 @@ from typing import Any
 import attrs
 import httpx
 import trio
-from fakes import FakeServer, spawn_fake
+from fakes import FakeServer, close_when_cancelled, free_port, spawn_fake
 
 from pyworker import Backend, State, load_backend
 from pyworker._auth import AuthData, Authenticator
 from pyworker._benchmark import BenchmarkCache, BenchmarkResult, BenchmarkSettings, cache_key
 from pyworker._config import WorkerConfig
-from pyworker._process import free_port
 from pyworker._worker import Worker, WorkerInfo
 from pyworker.devtools import RouterSigner, StandIn, serve_standin
 
@@ -231,7 +230,7 @@ async def start_stack(
     info: WorkerInfo = await nursery.start(partial(worker.serve, shutdown=shutdown))
     standin.worker_url = info.url
     http = httpx.AsyncClient(timeout=30.0, trust_env=False)
-    nursery.start_soon(_close_at_cancel, http)
+    nursery.start_soon(close_when_cancelled, http)
     stack = Stack(
         fake=fake,
         standin=standin,
@@ -247,14 +246,6 @@ async def start_stack(
     if wait_ready:
         await stack.wait_state(State.READY)
     return stack
-
-
-async def _close_at_cancel(http: httpx.AsyncClient) -> None:
-    try:
-        await trio.sleep_forever()
-    finally:
-        with trio.CancelScope(shield=True):
-            await http.aclose()
 
 
 async def ready_stack(

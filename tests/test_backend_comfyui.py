@@ -34,7 +34,7 @@ from backends.comfyui import (
     text_to_image_workflow,
     workflow_workload,
 )
-from backends.comfyui._png import PNG_SIGNATURE, png_size
+from backends.comfyui._fake_png import PNG_SIGNATURE, png_size
 from pyworker import Job, LogAction, PayloadError, RunContext, State
 
 BACKEND = make_backend({})

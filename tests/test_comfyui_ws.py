@@ -32,7 +32,7 @@ from backends.comfyui import (
     run_prompt,
     text_to_image_workflow,
 )
-from backends.comfyui._png import PNG_SIGNATURE
+from backends.comfyui._fake_png import PNG_SIGNATURE
 from backends.comfyui._ws import MAX_MESSAGE_SIZE, WebSocketError, connect_websocket
 from pyworker import Job, RunContext
 

@@ -88,3 +88,21 @@ def test_the_readme_backend_example_works_as_written() -> None:
     assert json.loads(job.body) == {"prompt": "hello there", "max_response_tokens": 8}
     with pytest.raises(pyworker.PayloadError):
         endpoint.parse({"max_response_tokens": 0})
+
+
+def test_the_worker_never_imports_a_fake() -> None:
+    """Fakes (``backends/_fakekit``, ``fake.py``, ``_fake_*`` modules, the demo server) run as
+    their own processes: loading every backend and the worker imports none of them."""
+    code = (
+        "import json, sys, pyworker\n"
+        "for name in pyworker.available_backends(): pyworker.load_backend(name, {})\n"
+        "pyworker.Worker\n"
+        "print(json.dumps(sorted(m for m in sys.modules if m.startswith('backends'))))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    loaded = json.loads(result.stdout)
+    assert "backends.comfyui" in loaded
+    fakes = [m for m in loaded if "fake" in m or m == "backends.hello_world.server"]
+    assert fakes == []

@@ -18,7 +18,7 @@ import trio
 from fakes import FakeServer, get_stats, spawn_fake, start_fake
 
 from backends.comfyui import text_to_image_workflow
-from backends.comfyui._png import PNG_SIGNATURE, png_size
+from backends.comfyui._fake_png import PNG_SIGNATURE, png_size
 from backends.comfyui._ws import WebSocket, connect_websocket
 from backends.comfyui.fake import parse
 

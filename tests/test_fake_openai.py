@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 import pytest
 import trio
-from fakes import FakeServer, free_port, poll_stats, spawn_fake, start_fake
+from fakes import FakeServer, close_when_cancelled, free_port, poll_stats, spawn_fake, start_fake
 
 from pyworker import estimate_tokens
 
@@ -41,16 +41,8 @@ async def _start(
         # SGLang warms up and llama.cpp loads after listening: wait for the ready line.
         await fake.wait_for_log(READY[flavor])
     client = httpx.AsyncClient(base_url=fake.url, timeout=5.0, trust_env=False)
-    nursery.start_soon(_close_at_end, client)
+    nursery.start_soon(close_when_cancelled, client)
     return fake, client
-
-
-async def _close_at_end(client: httpx.AsyncClient) -> None:
-    try:
-        await trio.sleep_forever()
-    finally:
-        with trio.CancelScope(shield=True):
-            await client.aclose()
 
 
 def _events(raw: bytes) -> list[bytes]:

@@ -19,8 +19,8 @@ import attrs
 
 from backends._fakekit import Knobs, Launch, LogWriter, StartupFailed
 
-from ._engine import Engine
 from ._fake_app import VERSION, FakeComfyUI
+from ._fake_engine import Engine
 
 _STARTUP_LINES = (
     "Total VRAM 24564 MB, total RAM 64228 MB",

@@ -5,7 +5,7 @@ Nothing listens while it "imports custom nodes" (``--load-delay``); once the por
 logs ComfyUI's ready line ``To see the GUI go to: http://HOST:PORT`` (see
 :mod:`backends.comfyui._fake_launcher`). Its routes and websocket are those of ComfyUI's
 server (see :mod:`backends.comfyui._fake_app`), served through hypercorn by the kit, since the
-kit's own HTTP server has no websockets; prompts run in :mod:`backends.comfyui._engine`.
+kit's own HTTP server has no websockets; prompts run in :mod:`backends.comfyui._fake_engine`.
 
 Nodes: ``CheckpointLoaderSimple``, ``CLIPTextEncode``, ``EmptyLatentImage``, ``KSampler``,
 ``VAEDecode``, ``EmptyImage``, ``SaveImage``, ``PreviewImage``.
@@ -34,7 +34,7 @@ from backends._fakekit import (
     run_process,
 )
 
-from ._engine import Engine, EngineSettings
+from ._fake_engine import Engine, EngineSettings
 from ._fake_launcher import Launcher
 
 DEFAULT_PORT = 8188
