@@ -1,17 +1,43 @@
-"""The worker's non-proxied routes, as a Quart-Trio app (none of them is on the hot path)."""
+"""The worker's other routes, as a Quart-Trio app (none of them is on the hot path):
+``/ping``, ``/healthcheck``, ``/status`` and ``POST /pyworker/update``."""
 
 from __future__ import annotations
 
+import hmac
+import logging
+from collections.abc import Sized
+from pathlib import Path
 from typing import Any
 
+import attrs
 import trio
-from quart import Response, jsonify
+from quart import Response, jsonify, request
 from quart_trio import QuartTrio
 
 from ._backend import Backend
 from ._lifecycle import Lifecycle
 from ._load import LoadTracker
 from ._upstream import UpstreamError, UpstreamPool
+
+log = logging.getLogger("pyworker.app")
+
+
+@attrs.frozen(kw_only=True)
+class UpdateGate:
+    """``POST /pyworker/update`` (vast-2026.md §10): Vast's rolling updates.
+
+    Authorised by ``Authorization: Bearer <MASTER_TOKEN>`` (a bare token too); refused outright
+    when no token is configured, so an unset variable never opens the route to anyone. On
+    success it creates ``flag_file``, which the template's start script acts on.
+    """
+
+    mtoken: str
+    flag_file: Path
+
+    def authorised(self, header: str) -> bool:
+        """Whether an ``Authorization`` header value carries the token (constant time)."""
+        token = header.removeprefix("Bearer ").strip()
+        return bool(self.mtoken) and hmac.compare_digest(token.encode(), self.mtoken.encode())
 
 
 def create_app(
@@ -20,9 +46,11 @@ def create_app(
     lifecycle: Lifecycle,
     tracker: LoadTracker,
     upstream: UpstreamPool,
+    update: UpdateGate,
+    sessions: Sized,
     health_timeout: float = 10.0,
 ) -> QuartTrio:
-    """Build the Quart-Trio app serving ``/ping``, ``/healthcheck`` and ``/status``."""
+    """Build the Quart-Trio app of the worker's non-proxied routes."""
     app = QuartTrio("pyworker")
     app.config["PROVIDE_AUTOMATIC_OPTIONS"] = True
 
@@ -53,11 +81,29 @@ def create_app(
         return jsonify(
             backend=backend.name,
             state=lifecycle.current.value,
+            admits_requests=lifecycle.admits_requests,
             error_msg=lifecycle.error_msg,
             max_perf=lifecycle.max_perf,
+            loadtime=lifecycle.loadtime,
             in_flight=tracker.in_flight,
             pending_workload=tracker.pending_workload,
+            sessions=len(sessions),
         )
+
+    @app.post("/pyworker/update")
+    async def pyworker_update() -> Any:
+        """Ask the start script to update the worker (it acts on the flag file)."""
+        if not update.mtoken:
+            return jsonify(error="updates are disabled: no MASTER_TOKEN is configured"), 403
+        if not update.authorised(request.headers.get("Authorization", "")):
+            return jsonify(error="unauthorized"), 401
+        try:
+            await trio.Path(update.flag_file).touch()
+        except OSError as exc:
+            log.error("cannot write the update flag %s: %s", update.flag_file, exc)
+            return jsonify(error=f"failed to write file: {exc}"), 500
+        log.info("update requested: created %s", update.flag_file)
+        return jsonify(ok=True), 200
 
     @app.errorhandler(404)
     async def not_found(_: Exception) -> Any:

@@ -11,8 +11,10 @@ from __future__ import annotations
 import base64
 import binascii
 import collections
+import enum
 import json
 import logging
+import math
 
 import attrs
 from cryptography.exceptions import InvalidSignature
@@ -26,6 +28,7 @@ __all__ = [
     "AuthError",
     "Authenticator",
     "ReplayGuard",
+    "Signed",
     "load_public_key",
     "message_2024",
     "message_2025",
@@ -64,6 +67,8 @@ class AuthData:
         endpoint: the endpoint group's name.
         reqnum: the router's request counter; increases with every request it routes.
         url: the public URL of the worker the router chose.
+        request_idx: the router's identity of the request (newest generation); older routers
+            omit it.
     """
 
     signature: str
@@ -71,6 +76,21 @@ class AuthData:
     endpoint: object
     reqnum: int
     url: str
+    request_idx: int | None = None
+
+    @property
+    def idx(self) -> int:
+        """The request's identity for the router: ``request_idx``, else ``reqnum``."""
+        return self.reqnum if self.request_idx is None else self.request_idx
+
+    @property
+    def cost_value(self) -> float | None:
+        """``cost`` as a finite number, when it is one (numbers and numeric strings)."""
+        try:
+            value = float(self.cost)  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            return None
+        return value if math.isfinite(value) and not isinstance(self.cost, bool) else None
 
     @classmethod
     def parse(cls, obj: object) -> AuthData:
@@ -94,8 +114,16 @@ class AuthData:
         endpoint = _string_or_number(fields, "endpoint")
         reqnum = fields.integer("reqnum")
         url = fields.string("url")
+        request_idx = fields.integer("request_idx", default=None)
         fields.check()
-        return cls(signature=signature, cost=cost, endpoint=endpoint, reqnum=reqnum, url=url)
+        return cls(
+            signature=signature,
+            cost=cost,
+            endpoint=endpoint,
+            reqnum=reqnum,
+            url=url,
+            request_idx=request_idx,
+        )
 
 
 _dumps = json.dumps
@@ -140,6 +168,14 @@ def load_public_key(pem: bytes) -> rsa.RSAPublicKey:
     if not isinstance(key, rsa.RSAPublicKey):
         raise ValueError(f"the router's key must be RSA, not {type(key).__name__}")
     return key
+
+
+class Signed(enum.Enum):
+    """What a verified signature covers."""
+
+    NOTHING = "nothing: signatures are not checked (unsecured)"
+    WORKER = "this worker's URL only (the 2025 message): the same for every request"
+    REQUEST = "the request's cost, endpoint, reqnum and URL (the 2024 message)"
 
 
 class AuthError(Exception):
@@ -254,59 +290,69 @@ class Authenticator:
         self.public_key = load_public_key(pem)
         self._good_2025.clear()
 
-    def verify(self, auth: AuthData) -> None:
-        """Check ``auth``'s destination, freshness and signature; remember nothing.
+    def verify(self, auth: AuthData, *, reused: bool = False) -> Signed:
+        """Check ``auth``'s destination and signature, and the replay window where it applies.
 
-        Call :meth:`remember` once the request is accepted, so that a request refused later
-        (a 422, a 429) does not use up its request number. RSA-2048 verification costs tens of
-        microseconds, so this runs on the event loop rather than in a thread (which would cost
-        more than it saves).
+        The replay window guards only requests signed over the 2024 message, whose ``reqnum``
+        the router signed: a 2025 signature covers only this worker's URL, so its ``reqnum`` is
+        whatever the client chose and must never move the window (nor can a replay of it be
+        told from a new request: the signature is the same for every request to this worker).
+        Nothing is remembered here: call :meth:`remember` once the request is accepted, so that
+        a request refused later (a 422, a 429, a 503) does not use up its number.
+
+        RSA-2048 verification costs tens of microseconds, so this runs on the event loop rather
+        than in a thread (which would cost more than it saves).
+
+        Args:
+            auth: the request's ``auth_data``.
+            reused: the client presents the very ``auth_data`` its session was created with
+                (every request in a session does): exempt from the replay window.
+
+        Returns:
+            What the signature covers (see :class:`Signed`).
 
         Raises:
             AuthError: 503 when no public key is known yet; 401 for a request meant for another
                 worker, a bad signature, a replay or a too old ``reqnum``.
         """
         if self.unsecured:
-            return
+            return Signed.NOTHING
         key = self.public_key
         if key is None:
             raise AuthError(503, "no public key yet: the router's key has not been fetched")
         if self.own_url is not None and auth.url.rstrip("/") != self.own_url.rstrip("/"):
             raise AuthError(401, "auth_data.url is not this worker's URL")
-        signature = _decode_signature(auth.signature)
-        message = message_2024(auth)
-        # The 2025 message is the same for every request to this worker, so replays are tracked
-        # on the full auth_data whichever message was signed; checked first, as it is cheap.
-        problem = self.replay.problem(auth, message)
-        if problem is not None:
-            raise AuthError(401, problem)
-        if not self._signature_ok(key, signature, message, auth):
+        signed = self._signed(key, _decode_signature(auth.signature), auth)
+        if signed is None:
             raise AuthError(401, "invalid signature")
+        if signed is Signed.REQUEST and not reused:
+            problem = self.replay.problem(auth)
+            if problem is not None:
+                raise AuthError(401, problem)
+        return signed
 
-    def remember(self, auth: AuthData) -> None:
-        """Remember an accepted request against replays (nothing in unsecured mode)."""
-        if not self.unsecured:
+    def remember(self, auth: AuthData, signed: Signed) -> None:
+        """Remember an accepted request against replays (only 2024-signed ones are)."""
+        if signed is Signed.REQUEST:
             self.replay.record(auth)
 
-    def _signature_ok(
-        self, key: rsa.RSAPublicKey, signature: bytes, message: bytes, auth: AuthData
-    ) -> bool:
+    def _signed(self, key: rsa.RSAPublicKey, signature: bytes, auth: AuthData) -> Signed | None:
         # A 2025 signature covers only the URL, so a client reuses it for every request:
         # remember the ones already verified and skip the RSA work on later requests
         # (verification is a pure function of key, message and signature; set_public_key
         # clears the memory). 2024 signatures differ per request, so they are not cached.
-        if not self.accept_2025:
-            return _verifies(key, signature, message)
-        message_25 = message_2025(auth)
+        message_25 = message_2025(auth) if self.accept_2025 else None
         known = self._good_2025
-        if known.get(signature) == message_25 or _verifies(key, signature, message):
-            return True
-        if not _verifies(key, signature, message_25):
-            return False
+        if message_25 is not None and known.get(signature) == message_25:
+            return Signed.WORKER
+        if _verifies(key, signature, message_2024(auth)):
+            return Signed.REQUEST
+        if message_25 is None or not _verifies(key, signature, message_25):
+            return None
         if len(known) >= _MAX_CACHED_2025:
             known.clear()
         known[signature] = message_25
-        return True
+        return Signed.WORKER
 
 
 def _decode_signature(text: str) -> bytes:

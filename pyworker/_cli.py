@@ -152,6 +152,31 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         help="timed benchmark requests (default: the backend's)",
     )
     add(
+        "--report-format",
+        choices=["2026", "2024"],
+        default=None,
+        help="which generation's meanings the load reports carry (default 2026: Vast's newest; "
+        "see the README)",
+    )
+    add(
+        "--max-sessions",
+        type=int,
+        default=None,
+        help="sessions open at once at most; more are refused with 429 (0: no limit; default 10)",
+    )
+    add(
+        "--http-port",
+        type=int,
+        default=None,
+        help="port of the internal plain-HTTP listener serving only POST /session/end "
+        "(default: the worker's port + 1) [WORKER_HTTP_PORT]",
+    )
+    add(
+        "--update-flag-file",
+        default=None,
+        help="the file POST /pyworker/update creates for the start script (default /.force_update)",
+    )
+    add(
         "--state-dir",
         default=None,
         help=f"benchmark cache and demo files (default {default_state_dir(env)}) "
@@ -266,8 +291,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     try:
         config, demo = load_config(args, env)
         if not demo and config.port == 0:
-            # Choose the port now: the URL in reports and signatures must name the real one.
-            config = attrs.evolve(config, port=free_port(config.host))
+            # Choose the port now: the URL in reports and signatures must name the real one;
+            # the internal listener then takes any free port too, unless one was given.
+            http_port = 0 if config.http_port is None else config.http_port
+            config = attrs.evolve(config, port=free_port(config.host), http_port=http_port)
         backend = load_backend(config.backend, env)
         if demo and backend.demo is None:
             raise ConfigError(
@@ -278,6 +305,13 @@ def main(argv: Sequence[str] | None = None) -> None:
             raise ConfigError(
                 f"port {config.port} on {config.host} is already in use "
                 "(pass --port or set WORKER_PORT)"
+            )
+        if not demo and config.internal_port and not port_available(
+            config.host, config.internal_port
+        ):
+            raise ConfigError(
+                f"port {config.internal_port} on {config.host} (the internal listener's) is "
+                "already in use (pass --http-port or set WORKER_HTTP_PORT)"
             )
     except (ConfigError, UnknownBackendError, ValueError) as exc:
         parser.exit(2, f"pyworker: error: {exc}\n")

@@ -99,6 +99,18 @@ class WorkerConfig:
     benchmark_runs: int | None = attrs.field(default=None, validator=_at_least_one)
     disk_path: str = "/"
     mtoken: str = ""
+    """``MASTER_TOKEN``: sent in reports, and authorises ``POST /pyworker/update``."""
+    report_format: str = attrs.field(
+        default="2026", validator=attrs.validators.in_(("2026", "2024"))
+    )
+    """Which generation's meanings the reports carry (see the README's table)."""
+    max_sessions: int = attrs.field(default=10, validator=attrs.validators.ge(0))
+    """Open sessions at most (0: no limit)."""
+    http_port: int | None = attrs.field(default=None, validator=attrs.validators.optional(_port))
+    """The internal plain-HTTP listener (``/session/end`` only); None: ``port + 1`` (any free
+    port when ``port`` is 0)."""
+    update_flag_file: str = "/.force_update"
+    """What ``POST /pyworker/update`` creates for the start script to act on."""
 
     @classmethod
     def from_env(cls, backend: str, env: Mapping[str, str]) -> WorkerConfig:
@@ -110,8 +122,11 @@ class WorkerConfig:
         try:
             port = int(env.get("WORKER_PORT", "3000"))
             container_id = int(env.get("CONTAINER_ID", "0") or 0)
+            http_port = int(env["WORKER_HTTP_PORT"]) if env.get("WORKER_HTTP_PORT") else None
         except ValueError as exc:
-            raise ConfigError(f"WORKER_PORT and CONTAINER_ID must be integers ({exc})") from None
+            raise ConfigError(
+                f"WORKER_PORT, WORKER_HTTP_PORT and CONTAINER_ID must be integers ({exc})"
+            ) from None
         use_ssl = _truthy(env.get("USE_SSL"))
         public_url = ""
         if ip := env.get("PUBLIC_IPADDR"):
@@ -133,7 +148,15 @@ class WorkerConfig:
             pubkey_pem=env.get("PYWORKER_PUBKEY", ""),
             mtoken=env.get("MASTER_TOKEN", ""),
             state_dir=default_state_dir(env),
+            http_port=http_port,
         )
+
+    @property
+    def internal_port(self) -> int:
+        """The internal listener's port (0: any free one)."""
+        if self.http_port is not None:
+            return self.http_port
+        return self.port + 1 if self.port else 0
 
     @property
     def url(self) -> str:
@@ -196,6 +219,9 @@ ENV_OPTIONS: dict[str, tuple[str, Callable[[str], object]]] = {
     "health_interval": ("PYWORKER_HEALTH_INTERVAL", float),
     "force_benchmark": ("PYWORKER_FORCE_BENCHMARK", _flag),
     "benchmark_runs": ("PYWORKER_BENCHMARK_RUNS", int),
+    "report_format": ("PYWORKER_REPORT_FORMAT", str),
+    "max_sessions": ("PYWORKER_MAX_SESSIONS", int),
+    "update_flag_file": ("PYWORKER_UPDATE_FLAG_FILE", str),
 }
 
 
@@ -266,6 +292,10 @@ def load_config(args: argparse.Namespace, env: Mapping[str, str]) -> tuple[Worke
         "drain_timeout",
         "health_interval",
         "benchmark_runs",
+        "report_format",
+        "max_sessions",
+        "http_port",
+        "update_flag_file",
     ):
         if (value := getattr(args, name)) is not None:
             changes[name] = value

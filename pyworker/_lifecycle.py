@@ -49,10 +49,10 @@ class Effect(enum.Enum):
     """What a transition changes besides the state (applied in the order listed in the table)."""
 
     START_LOAD_CLOCK = "the load is timed from now"
-    FORGET_LOAD = "the error, the capacity and any unreported load time are cleared"
+    FORGET_LOAD = "the error, the capacity and the load time are cleared"
     SET_CAPACITY = "the measured capacity (max_perf) is kept"
-    FINISH_LOAD = "the load time since the load began is recorded, for the next report"
-    SET_ERROR = "the failure's reason becomes error_msg"
+    FINISH_LOAD = "the load time since the load began is recorded (reports carry it)"
+    SET_ERROR = "the failure's reason becomes error_msg, and the load time is cleared"
 
 
 class Guard(enum.Enum):
@@ -69,6 +69,8 @@ class Service(enum.Enum):
     HEALTH_CHECKS = "polls the model server's health route"
     KEY_FETCH = "fetches the router's public key until it has one"
     REPORTS = "sends load reports to the autoscaler"
+    RECORDS = "sends finished-request records to the autoscaler's /delete_requests/"
+    SESSIONS = "ends sessions as they expire; stopped, it ends them all (on_close called)"
 
 
 @attrs.frozen(kw_only=True)
@@ -120,7 +122,8 @@ class Transition:
     """Applied after the destination's ``on_enter`` effects."""
 
 
-_LIVE_SERVICES = frozenset({Service.LOG_TAIL, Service.KEY_FETCH, Service.REPORTS})
+_ALWAYS = frozenset({Service.REPORTS, Service.RECORDS})
+_LIVE_SERVICES = _ALWAYS | {Service.LOG_TAIL, Service.KEY_FETCH}
 
 STATES: tuple[StateInfo, ...] = (
     StateInfo(
@@ -154,11 +157,13 @@ STATES: tuple[StateInfo, ...] = (
     ),
     StateInfo(
         state=State.READY,
-        meaning="The model serves requests; the worker forwards them and reports its load.",
+        meaning="The model serves requests and sessions; the worker forwards them and reports "
+        "its load. Leaving it for anything but draining ends every open session (its "
+        "requests get 410 from then on, so clients go elsewhere).",
         admits_requests=True,
         on_enter=(Effect.FINISH_LOAD,),
         reports=ReportPolicy(on_load_change=True),
-        services=_LIVE_SERVICES | {Service.HEALTH_CHECKS},
+        services=_LIVE_SERVICES | {Service.HEALTH_CHECKS, Service.SESSIONS},
         cause="the benchmark finished and the router's key is known",
     ),
     StateInfo(
@@ -174,12 +179,12 @@ STATES: tuple[StateInfo, ...] = (
     ),
     StateInfo(
         state=State.DRAINING,
-        meaning="SIGTERM or Ctrl-C: no new requests; requests in flight finish (up to the "
-        "drain timeout).",
+        meaning="SIGTERM or Ctrl-C: no new requests (sessions included); requests in flight "
+        "finish (up to the drain timeout), then open sessions end (their on_close called).",
         admits_requests=False,
         refusal="worker is shutting down",
         reports=ReportPolicy(on_in_flight_drop=True),
-        services=frozenset({Service.REPORTS}),
+        services=_ALWAYS | {Service.SESSIONS},
         cause="SIGTERM (the instance is stopping) or Ctrl-C",
     ),
     StateInfo(
@@ -188,7 +193,7 @@ STATES: tuple[StateInfo, ...] = (
         admits_requests=False,
         refusal="worker is stopped",
         reports=ReportPolicy(max_silence=None, final=True),
-        services=frozenset({Service.REPORTS}),
+        services=_ALWAYS,
         cause="the drain ended",
     ),
 )
@@ -342,7 +347,8 @@ class Lifecycle:
         self.load_started_at = started_at
         self.loads_completed = 0
         self._key_known = key_known
-        self._pending_loadtime: float | None = None
+        self.loadtime = 0.0
+        """Seconds the current load took to become ready (0 while not loaded)."""
         self._listeners: list[Callable[[StateChange], None]] = []
         self._rows = {(r.trigger, s, r.dest): r for r in TRANSITIONS for s in r.sources}
         self._model = _MachineModel()
@@ -374,11 +380,6 @@ class Lifecycle:
         if info.state is State.ERRORED and self.error_msg:
             return f"{info.refusal}: {self.error_msg}"
         return info.refusal
-
-    def take_loadtime(self) -> float:
-        """The load time to report, once: non-zero only on the first call after a load."""
-        value, self._pending_loadtime = self._pending_loadtime, None
-        return value or 0.0
 
     # -- commands --------------------------------------------------------------------------
     def fire(
@@ -430,13 +431,13 @@ class Lifecycle:
         elif effect is Effect.FORGET_LOAD:
             self.error_msg = ""
             self.max_perf = 0.0
-            self._pending_loadtime = None
+            self.loadtime = 0.0
         elif effect is Effect.SET_CAPACITY:
             self.max_perf = float(max_perf)
         elif effect is Effect.FINISH_LOAD:
             self.loads_completed += 1
             # Never 0, so the autoscaler can tell it was sent.
-            self._pending_loadtime = max(now - self.load_started_at, 1e-3)
+            self.loadtime = max(now - self.load_started_at, 1e-3)
         elif effect is Effect.SET_ERROR:
             self.error_msg = reason or trigger.value.replace("_", " ")
-            self._pending_loadtime = None
+            self.loadtime = 0.0

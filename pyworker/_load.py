@@ -1,9 +1,12 @@
 """Load accounting: what is in flight, what arrived, how it ended (sans-IO).
 
 Admission (:mod:`pyworker._admission`) opens a :class:`Ticket` for every request it accepts and
-closes it with the request's :class:`Outcome`; refused requests are only counted. The reporter
-takes a :class:`LoadSnapshot` each time it builds a report, which closes one reporting interval.
-Times are plain floats from whatever clock the caller uses.
+closes it with the request's :class:`Outcome`; sessions (:mod:`pyworker._sessions`) hold one
+ticket each while open; refused requests are only counted. Everything received, cancelled,
+refused or completed adds to running :class:`LoadTotals` that never go down: a report is the
+difference between the totals now and those of the last report the autoscaler accepted, so a
+report that is lost is never lost from the figures, and none is counted twice. Times are plain
+floats from whatever clock the caller uses.
 """
 
 from __future__ import annotations
@@ -11,11 +14,12 @@ from __future__ import annotations
 import collections
 import enum
 import itertools
+from collections.abc import Iterator
 
 import attrs
 
 _CUR_PERF_WINDOW = 60.0
-"""Seconds of finished requests that ``cur_perf`` averages over."""
+"""Seconds of finished requests that the 2024 ``cur_perf`` averages over."""
 
 
 class OutcomeKind(enum.Enum):
@@ -63,15 +67,31 @@ CANCELLED = Outcome(kind=OutcomeKind.CANCELLED)
 """The outcome of a request whose client left first."""
 
 
+class TicketKind(enum.Enum):
+    """What a ticket stands for, which decides where it counts."""
+
+    REQUEST = "request"
+    """A proxied request outside any session: in flight, in the queue estimate, reported."""
+    SESSION = "session"
+    """An open session: one unit of its cost in flight until it closes (reported as one
+    request), outside the queue estimate."""
+    IN_SESSION = "in_session"
+    """A request inside a session: counted in the load totals only (the router tracks the
+    session, not its requests)."""
+
+
 @attrs.define(eq=False)
 class Ticket:
-    """One admitted request, from admission until its outcome is recorded."""
+    """One admitted request (or open session), until its outcome is recorded."""
 
     id: int
+    kind: TicketKind
     workload: float
-    admitted_at: float
+    idx: int
+    """The router's ``request_idx`` (or ``reqnum`` from an older router)."""
+    opened_at: float
     outcome: Outcome | None = None
-    """How the request ended, once it has (see :meth:`end`)."""
+    """How it ended, once it has (see :meth:`end`)."""
     closed: bool = False
     """Whether the tracker has accounted for it."""
 
@@ -80,126 +100,160 @@ class Ticket:
         if self.outcome is None:
             self.outcome = outcome
 
+    @property
+    def reported(self) -> bool:
+        """Whether it appears in the reports' in-flight figures."""
+        return self.kind is not TicketKind.IN_SESSION
+
 
 @attrs.frozen(kw_only=True)
-class LoadSnapshot:
-    """The load figures of one reporting interval (the report's fields, before formatting)."""
+class LoadTotals:
+    """Running totals since the tracker started; they only grow. Subtract an earlier reading to
+    get the figures of the time between."""
 
-    cur_load: float
-    """Workload received minus cancelled, per second of the interval."""
-    new_load: float
-    """Workload received in the interval (2025 field)."""
-    rej_load: float
-    """Workload refused with 429 in the interval."""
-    cur_perf: float
-    """Workload per second of requests completed in the last minute."""
-    num_requests_working: int
-    num_requests_received: int
-    working_request_idxs: tuple[int, ...]
-    interval: float
+    received: float = 0.0
+    """Workload admitted (requests, sessions, requests in sessions)."""
+    cancelled: float = 0.0
+    """Workload whose client left first."""
+    rejected: float = 0.0
+    """Workload refused (401, 429, session limit)."""
+    completed: float = 0.0
+    """Work done: completed requests (at their actual workload where known) and closed
+    sessions."""
+    accepted: int = 0
+    """Requests and sessions accepted (requests in sessions aside)."""
+    at: float = 0.0
+    """The clock reading of these totals."""
+
+    def __sub__(self, earlier: LoadTotals) -> LoadTotals:
+        return LoadTotals(
+            received=self.received - earlier.received,
+            cancelled=self.cancelled - earlier.cancelled,
+            rejected=self.rejected - earlier.rejected,
+            completed=self.completed - earlier.completed,
+            accepted=self.accepted - earlier.accepted,
+            at=self.at - earlier.at,
+        )
 
 
 @attrs.define(eq=False)
 class LoadTracker:
-    """Counts requests and workload for load reports and admission.
+    """Counts requests, sessions and workload for reports and admission.
 
     Args:
-        now: the clock reading at creation (the start of the first interval).
+        now: the clock reading at creation.
     """
 
     now: float
-    _in_flight: dict[int, Ticket] = attrs.field(factory=dict, init=False)
+    _tickets: dict[int, Ticket] = attrs.field(factory=dict, init=False)
     _ids: itertools.count[int] = attrs.field(factory=itertools.count, init=False)
-    _interval_start: float = attrs.field(init=False)
-    _pending: float = attrs.field(default=0.0, init=False)
-    _received: int = attrs.field(default=0, init=False)
-    _workload_received: float = attrs.field(default=0.0, init=False)
-    _workload_cancelled: float = attrs.field(default=0.0, init=False)
-    _workload_rejected: float = attrs.field(default=0.0, init=False)
-    _deficit: float = attrs.field(default=0.0, init=False)
-    """Cancelled workload not yet subtracted (it arrived in an earlier interval)."""
-    _completed: collections.deque[tuple[float, float]] = attrs.field(
+    _queued: float = attrs.field(default=0.0, init=False)
+    _queued_count: int = attrs.field(default=0, init=False)
+    _requests: int = attrs.field(default=0, init=False)
+    _totals: LoadTotals = attrs.field(init=False)
+    _completions: collections.deque[tuple[float, float]] = attrs.field(
         factory=collections.deque, init=False
     )
     changed: bool = attrs.field(default=False, init=False)
-    """Set by every event, cleared by :meth:`snapshot`: tells the reporter to send soon."""
+    """Set by every event, cleared by the reporter: tells it to send soon."""
 
     def __attrs_post_init__(self) -> None:
-        self._interval_start = self.now
+        self._totals = LoadTotals(at=self.now)
 
     # -- events ----------------------------------------------------------------------------
-    def open(self, workload: float, now: float) -> Ticket:
-        """A request was accepted and is about to be forwarded."""
-        ticket = Ticket(id=next(self._ids), workload=workload, admitted_at=now)
-        self._in_flight[ticket.id] = ticket
-        self._pending += workload
-        self._received += 1
-        self._workload_received += workload
-        self.changed = True
+    def open(
+        self, workload: float, now: float, *, idx: int = 0, kind: TicketKind = TicketKind.REQUEST
+    ) -> Ticket:
+        """A request (or session) was accepted."""
+        ticket = Ticket(id=next(self._ids), kind=kind, workload=workload, idx=idx, opened_at=now)
+        self._tickets[ticket.id] = ticket
+        if kind is TicketKind.REQUEST:
+            self._queued += workload
+            self._queued_count += 1
+        if kind is not TicketKind.SESSION:
+            self._requests += 1
+        self._add(
+            now,
+            received=workload,
+            accepted=0 if kind is TicketKind.IN_SESSION else 1,
+        )
         return ticket
 
     def close(self, ticket: Ticket, outcome: Outcome, now: float) -> None:
         """Record how ``ticket``'s request ended (once; later calls are ignored).
 
-        Only a completed request counts as work done (``cur_perf``), at its actual workload
-        when the model server reported one; a cancelled one is taken off the received load.
+        Only a completed one counts as work done (at its actual workload when the model
+        server reported one); a cancelled one is taken off the received load.
         """
         if ticket.closed:
             return
         ticket.closed = True
         ticket.end(outcome)
-        del self._in_flight[ticket.id]
-        # A running sum keeps admission O(1); reset it when idle so float rounding never
-        # leaves a phantom remainder behind.
-        self._pending = self._pending - ticket.workload if self._in_flight else 0.0
-        self.changed = True
+        del self._tickets[ticket.id]
+        if ticket.kind is TicketKind.REQUEST:
+            # A running sum keeps admission O(1); reset it when nothing is queued so float
+            # rounding never leaves a phantom remainder behind.
+            self._queued_count -= 1
+            self._queued = self._queued - ticket.workload if self._queued_count else 0.0
+        if ticket.kind is not TicketKind.SESSION:
+            self._requests -= 1
         if outcome.kind is OutcomeKind.COMPLETED:
             done = ticket.workload if outcome.actual is None else outcome.actual
-            self._completed.append((now, done))
+            self._completions.append((now, done))
+            self._add(now, completed=done)
         elif outcome.kind is OutcomeKind.CANCELLED:
-            self._workload_cancelled += ticket.workload
+            self._add(now, cancelled=ticket.workload)
+        else:
+            self._add(now)
 
-    def rejected(self, workload: float) -> None:
-        """A request was refused for overload (429)."""
-        self._workload_rejected += workload
+    def rejected(self, workload: float, now: float) -> None:
+        """A request was refused (401, 429) or a session turned away (limit reached)."""
+        self._add(now, rejected=workload)
+
+    def _add(
+        self,
+        now: float,
+        *,
+        received: float = 0.0,
+        cancelled: float = 0.0,
+        rejected: float = 0.0,
+        completed: float = 0.0,
+        accepted: int = 0,
+    ) -> None:
+        totals = self._totals
+        self._totals = LoadTotals(
+            received=totals.received + received,
+            cancelled=totals.cancelled + cancelled,
+            rejected=totals.rejected + rejected,
+            completed=totals.completed + completed,
+            accepted=totals.accepted + accepted,
+            at=now,
+        )
         self.changed = True
 
     # -- queries ---------------------------------------------------------------------------
     @property
     def in_flight(self) -> int:
-        """Requests admitted and not yet ended."""
-        return len(self._in_flight)
+        """HTTP requests admitted and not yet ended (in sessions or not; sessions aside)."""
+        return self._requests
 
     @property
     def pending_workload(self) -> float:
-        """Workload of the requests in flight."""
-        return self._pending
+        """Workload of the requests in flight outside sessions (the queue estimate's)."""
+        return self._queued
 
-    def snapshot(self, now: float) -> LoadSnapshot:
-        """Close the current interval and return its figures."""
-        interval = max(now - self._interval_start, 1e-9)
+    def reported(self) -> Iterator[Ticket]:
+        """The tickets the reports count as in flight: requests outside sessions, sessions."""
+        return (ticket for ticket in self._tickets.values() if ticket.reported)
+
+    def totals(self, now: float) -> LoadTotals:
+        """The running totals, read at ``now``."""
+        return attrs.evolve(self._totals, at=now)
+
+    def recent_completions(self, now: float) -> float:
+        """Workload per second completed over the last minute (the 2024 ``cur_perf``)."""
         horizon = now - _CUR_PERF_WINDOW
-        while self._completed and self._completed[0][0] < horizon:
-            self._completed.popleft()
+        while self._completions and self._completions[0][0] < horizon:
+            self._completions.popleft()
         window = min(_CUR_PERF_WINDOW, max(now - self.now, 1e-9))
-        # A cancel can outweigh what arrived in this interval (the request came earlier);
-        # carry the excess over so the reported totals still add up, never going negative.
-        net = self._workload_received - self._workload_cancelled - self._deficit
-        self._deficit = -net if net < 0 else 0.0
-        snap = LoadSnapshot(
-            cur_load=max(net, 0.0) / interval,
-            new_load=self._workload_received / interval,
-            rej_load=self._workload_rejected / interval,
-            cur_perf=sum(w for _, w in self._completed) / window,
-            num_requests_working=len(self._in_flight),
-            num_requests_received=self._received,
-            working_request_idxs=tuple(self._in_flight),
-            interval=interval,
-        )
-        self._interval_start = now
-        self._received = 0
-        self._workload_received = 0.0
-        self._workload_cancelled = 0.0
-        self._workload_rejected = 0.0
-        self.changed = False
-        return snap
+        return sum(w for _, w in self._completions) / window

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 from functools import partial
+from pathlib import Path
 from typing import Any, cast
 from urllib.parse import urlsplit
 
@@ -16,8 +17,9 @@ from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve as hypercorn_serve
 
 from ._admission import Admission
-from ._app import create_app
+from ._app import UpdateGate, create_app
 from ._auth import Authenticator
+from ._autoscaler import Autoscaler
 from ._backend import Backend, LogAction
 from ._benchmark import (
     BenchmarkCache,
@@ -33,10 +35,14 @@ from ._lifecycle import Lifecycle, Service, StateChange, Trigger
 from ._load import LoadTracker
 from ._logtail import LogTailer
 from ._model import ModelServer
-from ._pipeline import Limits, Pipeline
+from ._pipeline import Pipeline
 from ._pubkey import configured_key, fetch_public_key, pubkey_urls
-from ._report import Report
+from ._records import RecordSender, RequestLog
+from ._report import Report, ReportFormat
 from ._reporter import Reporter
+from ._session_routes import InternalApp
+from ._sessions import Sessions
+from ._stages import Limits
 from ._upstream import UpstreamPool
 from ._watch import LifecycleWatch, run_in_states
 
@@ -50,7 +56,40 @@ class WorkerInfo:
     """What :meth:`Worker.serve` hands to ``task_status.started`` once it listens."""
 
     bound_urls: tuple[str, ...]
+    """Where the public listener listens."""
     url: str
+    """The public URL (what the router signs)."""
+    internal_url: str
+    """The internal plain-HTTP listener (``POST /session/end`` only)."""
+
+
+_NOT_FOR_RECORDS = frozenset({"https://cloud.vast.ai/api/v0"})
+"""Report addresses that take no finished-request records (vast-2026.md §9)."""
+
+
+@attrs.define(eq=False)
+class _Finals:
+    """The services that make a last delivery when the worker stops; the worker waits for
+    them before cancelling the rest."""
+
+    _pending: int = 0
+    _done: trio.Event = attrs.Factory(trio.Event)
+
+    def track(self, run: Callable[[], Awaitable[None]]) -> Callable[[], Awaitable[None]]:
+        self._pending += 1
+
+        async def tracked() -> None:
+            try:
+                await run()
+            finally:
+                self._pending -= 1
+                if not self._pending:
+                    self._done.set()
+
+        return tracked
+
+    async def wait(self) -> None:
+        await self._done.wait()
 
 
 def _host_port(url: str) -> tuple[str, int]:
@@ -79,6 +118,8 @@ class Worker:
     lifecycle: Lifecycle = attrs.field(init=False)
     tracker: LoadTracker = attrs.field(init=False)
     watch: LifecycleWatch = attrs.field(init=False)
+    records: RequestLog = attrs.field(factory=RequestLog, init=False)
+    """Ended requests and sessions not yet accepted by the router's ``/delete_requests/``."""
     last_benchmark: BenchmarkResult | None = attrs.field(default=None, init=False)
 
     def __attrs_post_init__(self) -> None:
@@ -149,9 +190,17 @@ class Worker:
                 capacity=lambda: self.lifecycle.max_perf,
                 max_queue_time=config.max_queue_time,
                 parallel=self.backend.allow_parallel_requests,
+                records=self.records,
             )
-            reports_done = trio.Event()
-            for service, run in self._services(model, http, reports_done).items():
+            sessions = Sessions(
+                tracker=self.tracker,
+                records=self.records,
+                model_url=self.model_server_url,
+                http=http,
+                max_sessions=config.max_sessions,
+            )
+            finals = _Finals()
+            for service, run in self._services(model, http, sessions, finals).items():
                 await services.start(run_in_states, self.watch, service, run)
 
             pipeline = Pipeline(
@@ -159,12 +208,17 @@ class Worker:
                 lifecycle=self.lifecycle,
                 authenticator=self.authenticator,
                 admission=admission,
+                sessions=sessions,
                 model=model,
                 fallback=create_app(
                     backend=self.backend,
                     lifecycle=self.lifecycle,
                     tracker=self.tracker,
                     upstream=upstream,
+                    update=UpdateGate(
+                        mtoken=config.mtoken, flag_file=Path(config.update_flag_file)
+                    ),
+                    sessions=sessions,
                     health_timeout=config.health_timeout,
                 ),
                 limits=Limits(
@@ -177,21 +231,36 @@ class Worker:
                     partial(
                         hypercorn_serve,
                         cast(Any, pipeline),
-                        self._hypercorn_config(),
+                        self._hypercorn_config(config.port, tls=config.use_ssl),
                         shutdown_trigger=server_stop.wait,
                     )
                 )
-                task_status.started(WorkerInfo(bound_urls=tuple(bound), url=config.url))
+                internal = await server.start(
+                    partial(
+                        hypercorn_serve,
+                        cast(Any, InternalApp(pipeline)),
+                        self._hypercorn_config(config.internal_port, tls=False),
+                        shutdown_trigger=server_stop.wait,
+                    )
+                )
+                task_status.started(
+                    WorkerInfo(bound_urls=tuple(bound), url=config.url, internal_url=internal[0])
+                )
                 await shutdown.wait()
-                await self._drain(admission)
+                await self._drain(admission, sessions)
                 server_stop.set()
-            # Stopped: the reporter sends the final report (bounded by its own deadline) and
-            # returns; everything else the table runs has stopped with the drain.
-            await reports_done.wait()
+            # Stopped: the reporter and the record sender make their last deliveries (each
+            # bounded by its own deadline) and return; everything else the table runs has
+            # stopped with the drain.
+            await finals.wait()
             services.cancel_scope.cancel()
 
     def _services(
-        self, model: ModelServer, http: httpx.AsyncClient, reports_done: trio.Event
+        self,
+        model: ModelServer,
+        http: httpx.AsyncClient,
+        sessions: Sessions,
+        finals: _Finals,
     ) -> dict[Service, Callable[[], Awaitable[object]]]:
         """One run of each service of the lifecycle table (see :class:`Service`)."""
         config = self.config
@@ -209,24 +278,30 @@ class Worker:
             )
         )
         reporter = Reporter(
-            addresses=config.report_addrs,
+            autoscaler=Autoscaler(addresses=config.report_addrs, path="/worker_status/", http=http),
+            fmt=ReportFormat(config.report_format),
             container_id=config.container_id,
             url=config.url,
             lifecycle=self.lifecycle,
             tracker=self.tracker,
-            http=http,
             disk_path=config.disk_path,
             mtoken=config.mtoken,
             on_report=self.on_report,
         )
+        sender = RecordSender(
+            log=self.records,
+            # Vast's own worker never sends these to the console's API address.
+            autoscaler=Autoscaler(
+                addresses=[a for a in config.report_addrs if a not in _NOT_FOR_RECORDS],
+                path="/delete_requests/",
+                http=http,
+            ),
+            lifecycle=self.lifecycle,
+            worker_id=config.container_id,
+            mtoken=config.mtoken,
+        )
         if not config.report_addrs:
             log.warning("no REPORT_ADDR: load reports are not sent anywhere")
-
-        async def report() -> None:
-            try:
-                await reporter.run()
-            finally:
-                reports_done.set()
 
         async def idle() -> None:
             pass
@@ -238,10 +313,12 @@ class Worker:
             Service.BENCHMARK: partial(self._benchmark, model),
             Service.HEALTH_CHECKS: idle if health is None else health.run,
             Service.KEY_FETCH: partial(self._fetch_key, http),
-            Service.REPORTS: report,
+            Service.REPORTS: finals.track(reporter.run),
+            Service.RECORDS: finals.track(sender.run),
+            Service.SESSIONS: sessions.run,
         }
 
-    async def _drain(self, admission: Admission) -> None:
+    async def _drain(self, admission: Admission, sessions: Sessions) -> None:
         lifecycle, tracker = self.lifecycle, self.tracker
         lifecycle.fire(Trigger.SHUTDOWN, now=trio.current_time())
         if tracker.in_flight:
@@ -257,14 +334,17 @@ class Worker:
                 "drain deadline passed with %d request(s) in flight; cutting them off",
                 tracker.in_flight,
             )
+        # The requests are done: now the sessions end cleanly, their on_close called.
+        await sessions.end_all("the worker is shutting down")
         lifecycle.fire(Trigger.DRAINED, now=trio.current_time())
 
-    def _hypercorn_config(self) -> HypercornConfig:
+    def _hypercorn_config(self, port: int, *, tls: bool) -> HypercornConfig:
         config = HypercornConfig()
-        # Log fields first: hypercorn caches its logger on first access of config.log.
+        # Log fields first: hypercorn caches its logger on first access of config.log. No
+        # access log: the router's key travels in query strings and headers (vast-2026.md §4).
         config.accesslog = None
         config.errorlog = logging.getLogger("pyworker.http")
-        config.bind = [f"{self.config.host}:{self.config.port}"]
+        config.bind = [f"{self.config.host}:{port}"]
         # Requests have already drained when the trigger fires; this only bounds stragglers.
         config.graceful_timeout = 2.0
         config.keep_alive_timeout = 75.0
@@ -272,7 +352,7 @@ class Worker:
         # closing every connection after 1,000 requests costs reconnects (TLS handshakes).
         config.keep_alive_max_requests = 1_000_000
         config.include_server_header = False
-        if self.config.use_ssl:
+        if tls:
             config.certfile = self.config.ssl_certfile
             config.keyfile = self.config.ssl_keyfile
         return config

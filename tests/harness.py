@@ -121,8 +121,7 @@ class Stack:
 
 def accept(authenticator: Authenticator, auth: AuthData) -> None:
     """Verify ``auth`` and remember it, as the pipeline does with a request it admits."""
-    authenticator.verify(auth)
-    authenticator.remember(auth)
+    authenticator.remember(auth, authenticator.verify(auth))
 
 
 async def eventually(
@@ -223,6 +222,7 @@ async def start_stack(
         "state_dir": tmp_path / "state",
         "health_interval": 1.0,
         "drain_timeout": 5.0,
+        "http_port": 0,  # the internal listener on any free port (port + 1 may be taken)
     }
     settings.update(config)
     worker = Worker(config=WorkerConfig(backend=backend_name, **settings), backend=backend)

@@ -9,6 +9,7 @@ import trio.testing
 
 from pyworker._admission import Admission, Overloaded
 from pyworker._load import LoadTracker, Outcome, OutcomeKind
+from pyworker._records import RecordStatus
 
 
 def admission(
@@ -51,9 +52,10 @@ async def test_refusal_counts_rejected_workload_and_opens_nothing() -> None:
     with pytest.raises(Overloaded):
         async with gate.admit(10.0):
             raise AssertionError("not admitted")
-    snap = gate.tracker.snapshot(1.0)
-    assert snap.rej_load == pytest.approx(10.0)
+    assert gate.tracker.totals(1.0).rejected == 10.0
     assert gate.tracker.in_flight == 1  # the one that was already there
+    (record,) = gate.records.batch()
+    assert record.status is RecordStatus.REJECTED
 
 
 async def test_every_way_out_is_accounted() -> None:
@@ -74,6 +76,17 @@ async def test_every_way_out_is_accounted() -> None:
     assert cancelled.outcome.kind is OutcomeKind.CANCELLED
     assert gate.tracker.in_flight == 0
     assert gate.tracker.pending_workload == 0.0
+    # Each is recorded for the router: relayed, failed by the worker, cancelled.
+    statuses = [record.status for record in gate.records.batch()]
+    assert statuses == [RecordStatus.SUCCESS, RecordStatus.ERROR, RecordStatus.CANCELLED]
+
+
+async def test_requests_in_sessions_skip_the_queue_estimate_and_records() -> None:
+    gate = admission(pending=(50.0,), max_queue_time=3.0)
+    async with gate.admit(10.0, in_session=True) as ticket:
+        ticket.end(Outcome.answered(200))
+    assert gate.records.batch() == []
+    assert gate.tracker.totals(1.0).received == 60.0
 
 
 async def test_on_admit_runs_only_for_admitted_requests() -> None:

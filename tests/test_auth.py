@@ -25,6 +25,7 @@ from pyworker._auth import (
     Authenticator,
     AuthError,
     ReplayGuard,
+    Signed,
     message_2024,
     message_2025,
 )
@@ -93,11 +94,15 @@ def test_message_2025_is_the_url_only() -> None:
 
 def test_parse_keeps_values_and_ignores_extra_fields(signer: RouterSigner) -> None:
     data = signer.sign(cost="256", endpoint="g", reqnum=5, url=URL)
-    auth = AuthData.parse({**data, "request_idx": 5, "__request_id": "abc", "nested": {}})
+    auth = AuthData.parse({**data, "request_idx": 7005, "__request_id": "abc", "nested": {}})
     assert auth == AuthData(
-        signature=data["signature"], cost="256", endpoint="g", reqnum=5, url=URL
+        signature=data["signature"], cost="256", endpoint="g", reqnum=5, url=URL, request_idx=7005
     )
+    assert auth.idx == 7005  # the router's identity of the request
+    assert auth.cost_value == 256.0
     accept(make_auth(signer), auth)
+    older = AuthData.parse(data)  # an older router sends no request_idx: reqnum stands in
+    assert (older.request_idx, older.idx) == (None, 5)
 
 
 def test_parse_reports_every_bad_field() -> None:
@@ -245,13 +250,32 @@ def test_exact_repeat_is_refused(signer: RouterSigner) -> None:
     assert "replayed" in error.reason
 
 
-def test_repeat_of_2025_signature_is_tracked_on_the_whole_auth_data(signer: RouterSigner) -> None:
+def test_2025_signatures_are_outside_the_replay_window(signer: RouterSigner) -> None:
+    """A 2025 signature covers only the URL: its reqnum is the client's choice, so it neither
+    meets the window nor moves it (one reqnum of 10**18 must not lock genuine requests out)."""
     authenticator = make_auth(signer)
     first = AuthData.parse(signer.sign_2025(URL, cost=5, endpoint="g", reqnum=1))
+    assert authenticator.verify(first) is Signed.WORKER
     accept(authenticator, first)
-    assert "replayed" in refusal(authenticator, first).reason
-    # The 2025 signature covers only the URL, so other fields make a different request.
-    accept(authenticator, AuthData.parse({**signer.sign_2025(URL), "reqnum": 2}))
+    accept(authenticator, first)  # the same auth_data again: the newest router reuses it
+    poison = AuthData.parse(signer.sign_2025(URL, cost=5, endpoint="g", reqnum=10**18))
+    accept(authenticator, poison)
+    accept(authenticator, signed(signer, reqnum=1))  # a 2024-signed request still gets in
+    assert authenticator.verify(signed(signer, reqnum=2)) is Signed.REQUEST
+
+
+def test_a_session_may_present_its_2024_auth_data_again(signer: RouterSigner) -> None:
+    authenticator = make_auth(signer)
+    auth = signed(signer, reqnum=10)
+    accept(authenticator, auth)
+    assert "replayed" in refusal(authenticator, auth).reason
+    assert authenticator.verify(auth, reused=True) is Signed.REQUEST
+
+
+def test_unsecured_checks_nothing() -> None:
+    authenticator = Authenticator(unsecured=True)
+    bogus = AuthData(signature="x", cost=1, endpoint="e", reqnum=1, url="http://elsewhere")
+    assert authenticator.verify(bogus) is Signed.NOTHING
 
 
 def test_reqnum_more_than_window_below_the_highest_is_refused(signer: RouterSigner) -> None:

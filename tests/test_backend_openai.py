@@ -339,7 +339,7 @@ async def _idle(stack: Stack) -> None:
 
 
 def _last_finished(stack: Stack) -> float:
-    finished = stack.worker.tracker._completed
+    finished = stack.worker.tracker._completions
     return finished[-1][1]
 
 

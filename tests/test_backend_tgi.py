@@ -397,8 +397,8 @@ async def _finished_workload(stack: Stack) -> float:
     tracker = stack.worker.tracker
     with trio.fail_after(5):
         while True:
-            if not tracker.in_flight and tracker._completed:
-                return tracker._completed[-1][1]
+            if not tracker.in_flight and tracker._completions:
+                return tracker._completions[-1][1]
             await trio.sleep(0.005)
 
 

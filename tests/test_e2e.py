@@ -168,18 +168,23 @@ async def test_signatures_tampering_and_replays(nursery: trio.Nursery, tmp_path:
         assert replayed.status_code == 401
         assert "replay" in replayed.json()["error"]
 
-        # The 2025 router signs the URL only, and adds fields of its own: accepted, once.
+        # The 2025 router signs the URL only, and adds fields of its own: accepted, and outside
+        # the replay window (the signature is the same for every request to this worker, and
+        # its reqnum the client's choice: a huge one must not lock the genuine ones out).
         signer = stack.standin.signer
-        auth_2025 = signer.sign_2025(stack.info.url, cost=5, endpoint="e", reqnum=500)
+        auth_2025 = signer.sign_2025(stack.info.url, cost=5, endpoint="e", reqnum=10**18)
         auth_2025["request_idx"] = 500
         assert (await send(auth_2025)).status_code == 200
-        assert (await send(auth_2025)).status_code == 401
+        assert (await send(auth_2025)).status_code == 200
         # A signature over another worker's URL: refused.
         other = stack.auth_data()
         other["signature"] = signer.sign_2025("http://elsewhere:1", reqnum=1)["signature"]
         assert (await send(other)).status_code == 401
 
-        # reqnum 500 was accepted: one more than 100 below it is too old, even freshly signed.
+        # A router-signed reqnum of 500 was accepted: one more than 100 below it is too old.
+        assert (
+            await send(signer.sign(cost=1, endpoint="e", reqnum=500, url=stack.info.url))
+        ).status_code == 200
         old = signer.sign(cost=1, endpoint="e", reqnum=399, url=stack.info.url)
         response = await send(old)
         assert response.status_code == 401
@@ -297,10 +302,11 @@ async def test_overload_answers_429_and_reports_rejected_load(
         assert results["first"].status_code == 200
         reports = stack.standin.reports
         await eventually(lambda: any(r["rej_load"] > 0 for r in reports), what="rej_load")
-        # Once every interval is reported, only the two admitted requests count as received.
         stack.shutdown.set()
         await eventually(lambda: reports[-1]["state"] == "stopped", what="final report")
-        assert sum(r["num_requests_recieved"] for r in reports) == 2
+        # The refused request's workload, once; the two admitted ones only as received.
+        assert sum(r["rej_load"] for r in reports) == pytest.approx(101)
+        assert reports[-1]["num_requests_recieved"] == 2
 
 
 # -- model server failures -----------------------------------------------------------------------
@@ -371,10 +377,11 @@ REPORT_FIELDS: dict[str, type | tuple[type, ...]] = {
     "working_request_idxs": list,
     "version": str,
     "mtoken": str,
+    "disk_usage": (int, float),
 }
 
 
-async def test_reports_carry_every_field_and_loadtime_once(
+async def test_reports_carry_every_field_in_the_newest_meanings(
     nursery: trio.Nursery, tmp_path: Path
 ) -> None:
     with trio.fail_after(GUARD):
@@ -398,21 +405,24 @@ async def test_reports_carry_every_field_and_loadtime_once(
             assert report["error_msg"] == ""
             assert report["version"]
             assert all(math.isfinite(report[f]) for f in ("cur_load", "cur_perf", "max_perf"))
+        reports = list(reports)
         states = [r["state"] for r in reports]
         assert states[0] == "loading"
-        with_loadtime = [r for r in reports if r["loadtime"] > 0]
-        assert len(with_loadtime) == 1
-        first_ready = next(r for r in reports if r["state"] == "ready")
-        assert with_loadtime[0] is first_ready
-        assert 0 < first_ready["loadtime"] < GUARD
-        assert first_ready["max_perf"] == pytest.approx(stack.worker.lifecycle.max_perf)
-        assert first_ready["max_perf"] > 0
-        busy = next(r for r in reports if r["num_requests_recieved"])
-        assert busy["num_requests_recieved"] == 1
-        assert busy["new_load"] > 0
-        assert sum(r["num_requests_recieved"] for r in reports) == 1
+        # Vast's newest meanings (the default): the load time in every report once loaded.
+        first_ready = states.index("ready")
+        assert all(r["loadtime"] == 0 for r in reports[:first_ready])
+        loadtime = reports[first_ready]["loadtime"]
+        assert 0 < loadtime < GUARD
+        assert all(r["loadtime"] == loadtime for r in reports[first_ready:])
+        assert reports[first_ready]["max_perf"] == pytest.approx(stack.worker.lifecycle.max_perf)
+        assert reports[first_ready]["max_perf"] > 0
+        # One request: received (and its work done) once over the reports; counted since start.
+        assert sum(r["new_load"] for r in reports) == pytest.approx(51)
+        assert sum(r["cur_perf"] for r in reports) == pytest.approx(51)
+        assert reports[-1]["num_requests_recieved"] == 1
         assert reports[-1]["num_requests_working"] == 0
         assert reports[-1]["working_request_idxs"] == []
+        assert reports[-1]["cur_load"] == 0
 
 
 # -- graceful drain ------------------------------------------------------------------------------

@@ -102,8 +102,8 @@ class Oracle:
         self.max_perf = 0.0
         self.load_started_at = started_at
         self.loads_completed = 0
-        self.unreported_load: tuple[int, float] | None = None
-        """(load number, loadtime) of a completed load that no report has carried yet."""
+        self.loadtime = 0.0
+        """Seconds the current load took to become ready (0 while not loaded)."""
 
     def fire(
         self,
@@ -122,12 +122,12 @@ class Oracle:
             # A new model server process: everything about the old one is void.
             self.error_msg = ""
             self.max_perf = 0.0
-            self.unreported_load = None
+            self.loadtime = 0.0
             self.load_started_at = now
         elif dest is S.BENCHMARKING:
             self.error_msg = ""
             self.max_perf = 0.0
-            self.unreported_load = None
+            self.loadtime = 0.0
             if source is not S.LOADING:
                 # Restart without a new log: the load is timed from its ready line.
                 self.load_started_at = now
@@ -137,15 +137,11 @@ class Oracle:
             self.loads_completed += 1
             if source is S.BENCHMARKING:
                 self.max_perf = max_perf
-            self.unreported_load = (self.loads_completed, max(now - self.load_started_at, 1e-3))
+            self.loadtime = max(now - self.load_started_at, 1e-3)
         elif dest is S.ERRORED:
             self.error_msg = reason or default_error_msg(trigger)
-            self.unreported_load = None
+            self.loadtime = 0.0
         return True
-
-    def take_loadtime(self) -> tuple[int, float] | None:
-        taken, self.unreported_load = self.unreported_load, None
-        return taken
 
 
 @attrs.define
@@ -167,13 +163,14 @@ def lifecycle_in(state: State, *, now: float = 0.0, key: Key | None = None) -> L
 
 
 def observable(lifecycle: Lifecycle) -> tuple[object, ...]:
-    """Everything a caller can see (``take_loadtime`` consumes, so it is compared separately)."""
+    """Everything a caller can see."""
     return (
         lifecycle.current,
         lifecycle.error_msg,
         lifecycle.max_perf,
         lifecycle.load_started_at,
         lifecycle.loads_completed,
+        lifecycle.loadtime,
         lifecycle.admits_requests,
         lifecycle.refusal_reason(),
     )
@@ -233,7 +230,6 @@ def test_machine_agrees_with_oracle(state: State, trigger: Trigger) -> None:
     if expected is None:
         assert fired is False
         assert observable(lifecycle) == observable(twin)
-        assert lifecycle.take_loadtime() == twin.take_loadtime()
         assert changes == []
     else:
         assert fired is True
@@ -256,7 +252,7 @@ def test_initial_state() -> None:
     assert lifecycle.max_perf == 0.0
     assert lifecycle.load_started_at == 12.0
     assert lifecycle.loads_completed == 0
-    assert lifecycle.take_loadtime() == 0.0
+    assert lifecycle.loadtime == 0.0
 
 
 @pytest.mark.parametrize("state", list(State))
@@ -317,51 +313,58 @@ def test_restart_seen_as_model_loaded_clears_error() -> None:
     assert lifecycle.error_msg == ""
 
 
-def test_loadtime_once_per_load() -> None:
+def test_loadtime_per_load() -> None:
     lifecycle = Lifecycle(started_at=0.0)
     assert lifecycle.fire(T.MODEL_LOADED, now=40.0)
-    assert lifecycle.take_loadtime() == 0.0
+    assert lifecycle.loadtime == 0.0
     assert lifecycle.fire(T.BENCHMARK_DONE, now=45.0, max_perf=100.0)
-    assert lifecycle.take_loadtime() == 45.0  # from the worker's start, benchmark included
-    assert lifecycle.take_loadtime() == 0.0
+    assert lifecycle.loadtime == 45.0  # from the worker's start, benchmark included
     assert lifecycle.loads_completed == 1
 
     # A reload after the log was replaced is timed from the replacement.
     assert lifecycle.fire(T.MODEL_RESTARTED, now=100.0)
-    assert lifecycle.take_loadtime() == 0.0
+    assert lifecycle.loadtime == 0.0
     assert lifecycle.fire(T.MODEL_LOADED, now=130.0)
+    assert lifecycle.loadtime == 0.0
     assert lifecycle.fire(T.BENCHMARK_DONE, now=132.0, max_perf=100.0)
-    assert lifecycle.take_loadtime() == 32.0
-    assert lifecycle.take_loadtime() == 0.0
+    assert lifecycle.loadtime == 32.0
 
     # A restart seen only as a second ready line is timed from that line.
     assert lifecycle.fire(T.MODEL_LOADED, now=200.0)
     assert lifecycle.fire(T.BENCHMARK_DONE, now=205.0, max_perf=100.0)
-    assert lifecycle.take_loadtime() == 5.0
-    assert lifecycle.take_loadtime() == 0.0
+    assert lifecycle.loadtime == 5.0
     assert lifecycle.loads_completed == 3
+
+
+def test_loadtime_counts_the_wait_for_the_key() -> None:
+    key = Key(known=False)
+    lifecycle = Lifecycle(started_at=0.0, key_known=lambda: key.known)
+    assert lifecycle.fire(T.MODEL_LOADED, now=10.0)
+    assert lifecycle.fire(T.BENCHMARK_DONE, now=12.0, max_perf=5.0)
+    assert (lifecycle.current, lifecycle.loadtime, lifecycle.max_perf) == (S.AWAITING_KEY, 0.0, 5.0)
+    key.known = True
+    assert lifecycle.fire(T.KEY_LOADED, now=20.0)
+    assert (lifecycle.current, lifecycle.loadtime) == (S.READY, 20.0)
 
 
 def test_loadtime_is_never_zero_for_a_load() -> None:
     lifecycle = lifecycle_in(S.BENCHMARKING, now=7.0)
     assert lifecycle.fire(T.BENCHMARK_DONE, now=7.0)
-    assert lifecycle.take_loadtime() > 0.0
-    assert lifecycle.take_loadtime() == 0.0
+    assert lifecycle.loadtime > 0.0
 
 
 @pytest.mark.parametrize("leave", [T.MODEL_FAILED, T.HEALTH_FAILED, T.MODEL_RESTARTED])
-def test_unreported_loadtime_is_dropped_when_the_load_is_lost(leave: Trigger) -> None:
+def test_loadtime_is_cleared_when_the_load_is_lost(leave: Trigger) -> None:
     lifecycle = lifecycle_in(S.READY)
     assert lifecycle.fire(leave, now=1.0)
-    assert lifecycle.take_loadtime() == 0.0
+    assert lifecycle.loadtime == 0.0
 
 
-def test_unreported_loadtime_survives_shutdown() -> None:
+def test_loadtime_survives_shutdown() -> None:
     lifecycle = lifecycle_in(S.BENCHMARKING)
     assert lifecycle.fire(T.BENCHMARK_DONE, now=3.0)
     assert lifecycle.fire(T.SHUTDOWN, now=3.5)
-    assert lifecycle.take_loadtime() == 3.0
-    assert lifecycle.take_loadtime() == 0.0
+    assert lifecycle.loadtime == 3.0
 
 
 def test_no_loadtime_while_benchmarking_after_restart() -> None:
@@ -369,8 +372,7 @@ def test_no_loadtime_while_benchmarking_after_restart() -> None:
     assert lifecycle.fire(T.BENCHMARK_DONE, now=3.0)
     assert lifecycle.fire(T.MODEL_LOADED, now=3.5)  # restarted before the first report
     assert lifecycle.current is S.BENCHMARKING
-    # STATE_INFO: benchmarking reports "at least every 10 s, with loadtime 0".
-    assert lifecycle.take_loadtime() == 0.0
+    assert lifecycle.loadtime == 0.0
 
 
 def test_max_perf_set_on_ready_and_cleared_on_reload() -> None:
@@ -470,19 +472,13 @@ class LifecycleAndLoad(RuleBasedStateMachine):
         self.expected_changes: list[StateChange] = []
         self.shut_down = False
         self.seen_stopped = False
-        self.loads_reported: list[int] = []
         self.in_flight: dict[int, Ticket] = {}
         self.closed: list[Ticket] = []
         self.changed = False
         self.finished_log: list[tuple[float, float]] = []
-        self.interval_start = self.now
-        self.interval_received = 0.0
-        self.interval_cancelled = 0.0
-        self.interval_rejected = 0.0
-        self.interval_count = 0
-        self.total_net = 0.0
-        self.reported_net = 0.0
-        self.cancel_debt = 0.0
+        self.received = self.cancelled = self.rejected = 0.0
+        self.accepted = 0
+        self.last_totals = self.tracker.totals(self.now)
 
     # -- helpers ------------------------------------------------------------------------------
     def fire(self, trigger: Trigger, *, reason: str = "", max_perf: float = 0.0) -> None:
@@ -593,15 +589,15 @@ class LifecycleAndLoad(RuleBasedStateMachine):
             ticket = self.tracker.open(workload, self.now)
             assert ticket.id not in self.in_flight
             self.in_flight[ticket.id] = ticket
-            self.interval_received += workload
-            self.interval_count += 1
+            self.received += workload
+            self.accepted += 1
             self.changed = True
 
     @precondition(lambda self: self.oracle.state is S.READY)
     @rule(workload=WORKLOADS)
     def request_refused_for_overload(self, workload: float) -> None:
-        self.tracker.rejected(workload)
-        self.interval_rejected += workload
+        self.tracker.rejected(workload, self.now)
+        self.rejected += workload
         self.changed = True
 
     @precondition(lambda self: self.in_flight)
@@ -638,7 +634,7 @@ class LifecycleAndLoad(RuleBasedStateMachine):
         ticket = self.in_flight.pop(ticket_id)
         self.tracker.close(ticket, CANCELLED, self.now)
         self.closed.append(ticket)
-        self.interval_cancelled += ticket.workload
+        self.cancelled += ticket.workload
         self.changed = True
 
     @precondition(lambda self: self.closed)
@@ -654,52 +650,29 @@ class LifecycleAndLoad(RuleBasedStateMachine):
     # -- the reporter -------------------------------------------------------------------------
     @rule()
     def report_tick(self) -> None:
-        loadtime = self.lifecycle.take_loadtime()
-        expected = self.oracle.take_loadtime()
-        if expected is None:
-            assert loadtime == 0.0
-        else:
-            load, value = expected
-            assert load not in self.loads_reported, "loadtime sent twice for one load"
-            self.loads_reported.append(load)
-            assert loadtime > 0.0
-            assert loadtime == pytest.approx(value, rel=1e-12)
-        if self.oracle.state in (S.LOADING, S.BENCHMARKING, S.AWAITING_KEY):
-            assert loadtime == 0.0
-
-        snap = self.tracker.snapshot(self.now)
-        interval = max(self.now - self.interval_start, 1e-9)
-        assert snap.interval == pytest.approx(interval, rel=1e-12)
-        assert snap.num_requests_working == len(self.in_flight)
-        assert snap.working_request_idxs == tuple(self.in_flight)
-        assert snap.num_requests_received == self.interval_count
-        assert snap.new_load * snap.interval == pytest.approx(
-            self.interval_received, rel=REL, abs=ABS
+        totals = self.tracker.totals(self.now)
+        assert totals.at == self.now
+        assert totals.received == pytest.approx(self.received, rel=REL, abs=ABS)
+        assert totals.cancelled == pytest.approx(self.cancelled, rel=REL, abs=ABS)
+        assert totals.rejected == pytest.approx(self.rejected, rel=REL, abs=ABS)
+        assert totals.completed == pytest.approx(
+            sum(w for _, w in self.finished_log), rel=REL, abs=ABS
         )
-        assert snap.rej_load * snap.interval == pytest.approx(
-            self.interval_rejected, rel=REL, abs=ABS
-        )
+        assert totals.accepted == self.accepted
+        # Totals only grow: every report's figures (differences) are never negative.
+        for name in ("received", "cancelled", "rejected", "completed", "accepted"):
+            assert getattr(totals, name) >= getattr(self.last_totals, name)
+        self.last_totals = totals
         recent = sum(w for t, w in self.finished_log if t >= self.now - CUR_PERF_WINDOW)
         window = min(CUR_PERF_WINDOW, max(self.now, 1e-9))
-        assert snap.cur_perf == pytest.approx(recent / window, rel=REL, abs=ABS)
-
-        # A cancel can outweigh what arrived in its interval (the request came earlier): the
-        # excess is carried into later intervals, so the reported totals add up exactly once
-        # that debt is paid off, and a report is never negative.
-        net = self.interval_received - self.interval_cancelled - self.cancel_debt
-        self.cancel_debt = max(-net, 0.0)
-        self.total_net += self.interval_received - self.interval_cancelled
-        self.reported_net += snap.cur_load * snap.interval
-        assert snap.cur_load >= 0.0
-        assert snap.cur_load * snap.interval == pytest.approx(max(net, 0.0), rel=REL, abs=ABS)
-        assert self.reported_net - self.cancel_debt == pytest.approx(
-            self.total_net, rel=REL, abs=ABS
+        assert self.tracker.recent_completions(self.now) == pytest.approx(
+            recent / window, rel=REL, abs=ABS
         )
-
-        self.interval_start = self.now
-        self.interval_received = self.interval_cancelled = self.interval_rejected = 0.0
-        self.interval_count = 0
-        self.changed = False
+        working = list(self.tracker.reported())
+        assert [t.id for t in working] == list(self.in_flight)
+        assert sum(t.workload for t in working) == pytest.approx(
+            sum(t.workload for t in self.in_flight.values()), rel=REL, abs=ABS
+        )
 
     # -- invariants ---------------------------------------------------------------------------
     @invariant()
@@ -710,6 +683,9 @@ class LifecycleAndLoad(RuleBasedStateMachine):
         assert lifecycle.loads_completed == oracle.loads_completed
         assert lifecycle.max_perf == oracle.max_perf
         assert lifecycle.error_msg == oracle.error_msg
+        assert lifecycle.loadtime == pytest.approx(oracle.loadtime, rel=1e-12)
+        if oracle.state in (S.LOADING, S.BENCHMARKING, S.AWAITING_KEY, S.ERRORED):
+            assert lifecycle.loadtime == 0.0
         if oracle.state is S.ERRORED:
             assert lifecycle.error_msg
             assert lifecycle.refusal_reason().endswith(": " + lifecycle.error_msg)
@@ -730,11 +706,6 @@ class LifecycleAndLoad(RuleBasedStateMachine):
         self.seen_stopped = self.lifecycle.current is S.STOPPED
 
     @invariant()
-    def loadtime_at_most_once_per_load(self) -> None:
-        assert len(self.loads_reported) == len(set(self.loads_reported))
-        assert len(self.loads_reported) <= self.oracle.loads_completed
-
-    @invariant()
     def load_matches_oracle(self) -> None:
         assert self.tracker.in_flight == len(self.in_flight)
         if self.in_flight:
@@ -749,13 +720,13 @@ TestLifecycleAndLoad = LifecycleAndLoad.TestCase
 TestLifecycleAndLoad.settings = settings(max_examples=200, stateful_step_count=50, deadline=None)
 
 
-def test_cur_load_accounts_for_cancels_across_intervals() -> None:
+def test_totals_only_grow_and_count_each_event_once() -> None:
     tracker = LoadTracker(now=0.0)
     early = tracker.open(5.0, now=0.0)
-    reports = [tracker.snapshot(1.0)]
+    first = tracker.totals(1.0)
     tracker.close(early, CANCELLED, now=1.5)  # cancelled one interval after it arrived
-    reports.append(tracker.snapshot(2.0))
     tracker.close(tracker.open(7.0, now=2.5), Outcome.answered(200), now=2.6)
-    reports.append(tracker.snapshot(3.0))
-    # Workload received minus cancelled, summed over the reports, is 5 - 5 + 7.
-    assert sum(r.cur_load * r.interval for r in reports) == pytest.approx(7.0)
+    tracker.rejected(3.0, now=2.7)
+    delta = tracker.totals(3.0) - first
+    assert (delta.received, delta.cancelled, delta.completed, delta.rejected) == (7, 5, 7, 3)
+    assert (delta.accepted, delta.at) == (1, 2.0)

@@ -209,7 +209,7 @@ async def test_openai_backend_in_front_of_llama_cpp(
     usage = answer["usage"]
     await _idle(stack)
     assert (
-        stack.worker.tracker._completed[-1][1]
+        stack.worker.tracker._completions[-1][1]
         == usage["prompt_tokens"] + usage["completion_tokens"]
     )
     completion = await stack.post("/v1/completions", {"prompt": "hello", "max_tokens": 4})
@@ -224,7 +224,7 @@ async def test_openai_backend_in_front_of_llama_cpp(
     assert first["choices"][0]["delta"]["role"] == "assistant"
     assert sum(b'"content"' in event for event in events) >= 16
     await _idle(stack)
-    assert stack.worker.tracker._completed[-1][1] == parse_chat(streamed).workload
+    assert stack.worker.tracker._completions[-1][1] == parse_chat(streamed).workload
 
     # Cancellation: dropping a long stream stops the generation in the server, which then
     # serves the next request (it serves one at a time).

@@ -23,7 +23,10 @@ from pyworker._auth import Authenticator
 from pyworker._lifecycle import Lifecycle, State
 from pyworker._load import LoadTracker
 from pyworker._model import ModelServer
-from pyworker._pipeline import Limits, Pipeline
+from pyworker._pipeline import Pipeline
+from pyworker._records import RequestLog
+from pyworker._sessions import Sessions
+from pyworker._stages import Limits
 from pyworker._typing import Message
 from pyworker._upstream import UpstreamPool
 from pyworker.devtools import RouterSigner
@@ -122,12 +125,21 @@ async def rig(
     authenticator = Authenticator(own_url=URL)
     authenticator.set_public_key(signer.public_pem())
     tracker = LoadTracker(now=trio.current_time())
+    records = RequestLog()
     async with httpx.AsyncClient() as http, UpstreamPool(host="127.0.0.1", port=9) as pool:
         pipeline = Pipeline(
             backend=model.backend(),
             lifecycle=lifecycle,
             authenticator=authenticator,
-            admission=Admission(tracker=tracker, capacity=lambda: lifecycle.max_perf, **admission),
+            admission=Admission(
+                tracker=tracker,
+                capacity=lambda: lifecycle.max_perf,
+                records=records,
+                **admission,
+            ),
+            sessions=Sessions(
+                tracker=tracker, records=records, model_url="http://127.0.0.1:9", http=http
+            ),
             model=ModelServer(url="http://127.0.0.1:9", upstream=pool, http=http),
             fallback=_no_fallback,
             limits=Limits(max_body_bytes=1000),
@@ -212,11 +224,10 @@ async def test_outcomes_are_recorded(signer: RouterSigner) -> None:
         assert (await r.post({"auth_data": r.auth(), "payload": PAYLOAD}))[0] == 200
         r.model.status = 500
         assert (await r.post({"auth_data": r.auth(), "payload": PAYLOAD}))[0] == 500
-        at = trio.current_time() + 1.0
-        snap = r.tracker.snapshot(at)
+        totals = r.tracker.totals(trio.current_time())
         # Only the successful answer is work done; both arrived, neither was cancelled.
-        assert snap.num_requests_received == 2
-        assert snap.cur_perf * (at - r.tracker.now) == pytest.approx(10.0)
+        assert (totals.accepted, totals.received, totals.completed) == (2, 20.0, 10.0)
+        assert totals.cancelled == 0.0
         assert r.tracker.in_flight == 0
 
 
@@ -242,6 +253,6 @@ async def test_a_client_that_leaves_cancels_its_request(signer: RouterSigner) ->
             await r.model.started.wait()
             gone.set()
         assert r.tracker.in_flight == 0
-        snap = r.tracker.snapshot(r.tracker.now + 1.0)
+        totals = r.tracker.totals(trio.current_time())
         # Received, then cancelled: no load is left, and no work was done.
-        assert (snap.new_load, snap.cur_load, snap.cur_perf) == (pytest.approx(10.0), 0.0, 0.0)
+        assert (totals.received, totals.cancelled, totals.completed) == (10.0, 10.0, 0.0)

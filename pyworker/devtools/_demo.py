@@ -84,6 +84,8 @@ async def run_demo(
         model_log=log_path,
         model_server_url=f"http://127.0.0.1:{model_port}",
         container_id=config.container_id or 1,
+        # The internal listener: port + 1 only when the port was chosen; else any free one.
+        http_port=config.http_port if config.http_port is not None or config.port else 0,
     )
     async with trio.open_nursery() as nursery:
         standin_stop = trio.Event()

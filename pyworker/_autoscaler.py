@@ -1,0 +1,128 @@
+"""POSTs to the autoscaler: several ``REPORT_ADDR``s are fail-over, not broadcast.
+
+Every generation of Vast's worker treats the addresses as alternatives: try them in order, up to
+a few attempts each with a short timeout, and stop at the first that accepts. :class:`Autoscaler`
+does that, starting from the address that last worked, and says whether anything accepted, so
+that its callers (load reports, finished-request records) clear what they sent only then.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+
+import attrs
+import httpx
+import trio
+
+log = logging.getLogger("pyworker.autoscaler")
+
+
+def _addresses(values: Iterable[str]) -> tuple[str, ...]:
+    if isinstance(values, str):
+        raise TypeError("addresses must be a sequence of URLs, not one string")
+    return tuple(value.rstrip("/") for value in values)
+
+
+@attrs.frozen
+class _Failure:
+    why: str
+    retry: bool
+
+
+@attrs.define(eq=False, kw_only=True)
+class Autoscaler:
+    """One kind of POST (a path) to the autoscaler's addresses, with fail-over.
+
+    Args:
+        addresses: the autoscaler's base URLs, in order of preference.
+        path: the route, e.g. ``"/worker_status/"``.
+        http: a shared client, created and closed by the caller.
+        attempt_timeout: seconds allowed for one POST.
+        max_attempts: POSTs per address at most (transport errors, timeouts and 5xx are
+            retried; other refusals move on to the next address at once).
+        retry_backoff: seconds before an address's second attempt; doubles after each.
+    """
+
+    addresses: Sequence[str] = attrs.field(converter=_addresses)
+    path: str
+    http: httpx.AsyncClient
+    attempt_timeout: float = attrs.field(default=5.0, validator=attrs.validators.gt(0))
+    max_attempts: int = attrs.field(default=3, validator=attrs.validators.ge(1))
+    retry_backoff: float = attrs.field(default=0.5, validator=attrs.validators.ge(0))
+    _first: int = attrs.field(default=0, init=False)
+    _healthy: bool = attrs.field(default=True, init=False)
+    accepted: dict[str, int] = attrs.field(factory=dict, init=False)
+    """POSTs each address accepted (for tests and operators)."""
+
+    async def post(self, body: object) -> bool:
+        """POST ``body`` (as JSON) to the first address that accepts it.
+
+        Returns:
+            Whether an address accepted it (a 2xx or 3xx). Failures are logged once per
+            outage; nothing is raised but cancellation.
+        """
+        count = len(self.addresses)
+        reasons = []
+        for step in range(count):
+            index = (self._first + step) % count
+            address = self.addresses[index]
+            why = await self._post_to(address, body)
+            if why is None:
+                self._first = index
+                self.accepted[address] = self.accepted.get(address, 0) + 1
+                if not self._healthy:
+                    self._healthy = True
+                    log.info("POST %s is accepted again (by %s)", self.path, address)
+                return True
+            reasons.append(f"{address}: {why}")
+        if reasons:
+            self._note_outage("; ".join(reasons))
+        return False
+
+    async def _post_to(self, address: str, body: object) -> str | None:
+        """Up to ``max_attempts`` POSTs to one address; None once accepted, else why not."""
+        url = address + self.path
+        failure = _Failure(why="not tried", retry=False)
+        for attempt in range(self.max_attempts):
+            if attempt:
+                await trio.sleep(self.retry_backoff * 2 ** (attempt - 1))
+            failure_or_none = await self._attempt(url, body)
+            if failure_or_none is None:
+                return None
+            failure = failure_or_none
+            if not failure.retry:
+                break
+        return failure.why
+
+    async def _attempt(self, url: str, body: object) -> _Failure | None:
+        with trio.move_on_after(self.attempt_timeout) as scope:
+            try:
+                response = await self.http.post(url, json=body)
+            except (httpx.HTTPError, httpx.InvalidURL) as exc:
+                return _Failure(why=f"{type(exc).__name__}: {exc}", retry=True)
+            except Exception as exc:  # not Cancelled: that is a BaseException and propagates
+                # A misbehaving address must not take the worker down with it.
+                log.debug("unexpected error posting to %s", url, exc_info=True)
+                return _Failure(why=f"{type(exc).__name__}: {exc}", retry=False)
+        if scope.cancelled_caught:
+            return _Failure(why=f"no answer within {self.attempt_timeout:g} s", retry=True)
+        status = response.status_code
+        if status >= 500:
+            return _Failure(why=f"HTTP {status}", retry=True)
+        if status >= 400:
+            return _Failure(why=f"HTTP {status}: {response.text[:200]}", retry=False)
+        return None
+
+    def _note_outage(self, why: str) -> None:
+        if self._healthy:
+            # Once per outage: further failures go to DEBUG until a POST gets through.
+            self._healthy = False
+            log.warning(
+                "POST %s accepted by no address (%s); further failures are logged at DEBUG "
+                "until it recovers",
+                self.path,
+                why,
+            )
+        else:
+            log.debug("POST %s accepted by no address (%s)", self.path, why)
