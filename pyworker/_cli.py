@@ -306,8 +306,10 @@ def main(argv: Sequence[str] | None = None) -> None:
                 f"port {config.port} on {config.host} is already in use "
                 "(pass --port or set WORKER_PORT)"
             )
-        if not demo and config.internal_port and not port_available(
-            config.host, config.internal_port
+        if (
+            not demo
+            and config.internal_port
+            and not port_available(config.host, config.internal_port)
         ):
             raise ConfigError(
                 f"port {config.internal_port} on {config.host} (the internal listener's) is "
