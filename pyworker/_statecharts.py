@@ -190,6 +190,26 @@ def _services(info: StateInfo) -> str:
     return "; ".join(f"`{s.name.lower()}` ({s.value})" for s in names) + "."
 
 
+def _sessions(info: StateInfo) -> str:
+    """What sessions do in a state, from the facts the table gives (admission, services)."""
+    running = Service.SESSIONS in info.services
+    if info.admits_requests and running:
+        return (
+            "created and served; each request in one extends it by its lifetime; they end on "
+            "request or when they expire, their on_close called."
+        )
+    if running:
+        return (
+            "no new ones, and no requests in them (503); the open ones end once the requests "
+            "in flight are done, their on_close called."
+        )
+    return (
+        "none open: the sessions open when the worker left `ready` were ended then (their "
+        "on_close called, their requests answered 410 from then on); creating one is refused "
+        "with 503."
+    )
+
+
 def _row_extras(row: Transition) -> str:
     extras = []
     if row.guard is not None:
@@ -267,6 +287,7 @@ def readme_text() -> str:
             info.meaning,
             "",
             f"- **Requests:** {_requests(info)}",
+            f"- **Sessions:** {_sessions(info)}",
             f"- **Reports:** {_reports(info.reports)}.",
             f"- **On entering:** {effects}.",
             f"- **Services running:** {_services(info)}",

@@ -10,7 +10,10 @@ knobs). Routes:
   ``data: {"token": " word"}``, then ``data: {"done": true, "prompt_tokens": p,
   "generated_tokens": n}``;
 * ``GET /healthcheck`` answers ``{"status": "ok"}``;
-* ``GET /stats`` (fake-only) answers the request counters of :class:`Stats`.
+* ``POST /session_closed`` takes any JSON object: the demo's hook for a session's
+  ``on_close_route`` (a real server would free what it kept for the session); logged and kept;
+* ``GET /stats`` (fake-only) answers the request counters of :class:`Stats`;
+* ``GET /sessions_closed`` (fake-only) answers the bodies ``/session_closed`` received.
 
 A request costs ``estimate_tokens(prompt) + n`` units of the capacity model, the same
 workload the hello_world backend computes: the prompt's units are served first (prefill),
@@ -97,6 +100,7 @@ class HelloWorldServer:
     knobs: Knobs
     log: LogWriter
     stats: Stats = attrs.field(init=False, factory=Stats)
+    sessions_closed: list[object] = attrs.field(init=False, factory=list)
     _capacity: CapacityModel = attrs.field(init=False)
     _faults: Faults = attrs.field(init=False)
     _words: tuple[str, ...] = attrs.field(init=False)
@@ -119,6 +123,8 @@ class HelloWorldServer:
             "/generate_stream": ("POST", self._generate_stream),
             "/healthcheck": ("GET", self._healthcheck),
             "/stats": ("GET", self._stats),
+            "/session_closed": ("POST", self._session_closed),
+            "/sessions_closed": ("GET", self._sessions_closed),
         }
 
     async def handle(self, request: Request) -> Response | StreamResponse:
@@ -146,6 +152,18 @@ class HelloWorldServer:
 
     async def _stats(self, request: Request) -> Response:
         return Response.json(attrs.asdict(self.stats))
+
+    async def _session_closed(self, request: Request) -> Response:
+        try:
+            body = json.loads(request.body)
+        except ValueError:
+            return Response.json({"error": "body is not JSON"}, status=400)
+        self.sessions_closed.append(body)
+        self.log.info(f"session closed: {json.dumps(body)[:200]}")
+        return Response.json({"ok": True})
+
+    async def _sessions_closed(self, request: Request) -> Response:
+        return Response.json(self.sessions_closed)
 
     def _admit(self, request: Request) -> tuple[str, int, int] | Response:
         """Validate a generation request and roll for an injected failure."""
