@@ -5,9 +5,9 @@ Everything runs over real sockets on 127.0.0.1: the fake model server as a proce
 stand-in (Vast's console, router and autoscaler at once) and the workers in the test's nursery,
 and the client in a thread of its own (see :class:`Vast` for why).
 
-The tests marked xfail describe what the worker must do for the newest generation and does not
-do yet (sessions, the router's ``request_idx`` in reports, ``/delete_requests/``); they are
-strict, so they fail loudly the day the worker gains it, and the mark must go.
+The last part holds what the newest generation added on the worker's side: sessions, the
+router's ``request_idx`` in reports, ``/delete_requests/``. Those tests also pass against Vast's
+own 1.9.1 worker, so they pin the reference's behaviour, not only ours.
 """
 
 from __future__ import annotations
@@ -23,10 +23,10 @@ from urllib.parse import urlsplit
 import attrs
 import pytest
 import trio
+from fakes import free_port
 from harness import Stack, add_worker, eventually, ready_stack
 from vastai.serverless.client import Endpoint, Serverless, Session
 
-from pyworker._process import free_port
 from pyworker.devtools import EndpointGroup, LocalCA, in_order
 
 GUARD = 30
@@ -41,7 +41,6 @@ SIGNED = {"cost", "endpoint", "reqnum", "request_idx", "signature", "url"}
 """What the newest router's ready answer holds: the client hands it to the worker verbatim."""
 HANG_AFTER = 6
 """With ``--hang-after``, the fake streams this many tokens, then goes silent, never ending."""
-SESSIONS_TODO = pytest.mark.xfail(strict=True, reason="sessions not implemented yet")
 
 T = TypeVar("T")
 
@@ -197,7 +196,7 @@ async def hold_a_stream(stack: Stack, url: str, *, task_status: trio.TaskStatus[
         await trio.sleep_forever()
 
 
-# -- what works today ----------------------------------------------------------------------------
+# -- requests -------------------------------------------------------------------------------------
 
 
 async def test_a_plain_request(nursery: trio.Nursery, tmp_path: Path) -> None:
@@ -429,10 +428,9 @@ async def test_a_tls_worker_is_verified_against_the_root_the_console_serves(
     assert (await stack.stats())["completed"] == 1
 
 
-# -- what the worker does not do yet -------------------------------------------------------------
+# -- sessions, request indices, finished requests -------------------------------------------------
 
 
-@SESSIONS_TODO
 async def test_a_session_from_creation_to_its_end(nursery: trio.Nursery, tmp_path: Path) -> None:
     """Create (routed once) → requests pinned to the worker, each extending the session by its
     lifetime → ``/session/get`` → ``/session/end`` calls ``on_close`` at the model server →
@@ -481,7 +479,6 @@ async def test_a_session_from_creation_to_its_end(nursery: trio.Nursery, tmp_pat
         await vast.run(body)
 
 
-@SESSIONS_TODO
 async def test_a_session_expires(nursery: trio.Nursery, tmp_path: Path) -> None:
     """A session left alone past its lifetime is closed by the worker (``on_close`` called),
     and its id is answered 410 from then on."""
@@ -500,7 +497,6 @@ async def test_a_session_expires(nursery: trio.Nursery, tmp_path: Path) -> None:
         await vast.run(body)
 
 
-@SESSIONS_TODO
 async def test_a_full_worker_sends_new_sessions_elsewhere(
     nursery: trio.Nursery, tmp_path: Path
 ) -> None:
@@ -535,7 +531,6 @@ async def test_a_full_worker_sends_new_sessions_elsewhere(
     ]
 
 
-@pytest.mark.xfail(strict=True, reason="reports do not carry the router's request_idx yet")
 async def test_reports_name_requests_in_flight_by_the_routers_index(
     nursery: trio.Nursery, tmp_path: Path
 ) -> None:
@@ -567,7 +562,6 @@ async def test_reports_name_requests_in_flight_by_the_routers_index(
     assert report["working_request_idxs"] == [FIRST_IDX]
 
 
-@pytest.mark.xfail(strict=True, reason="the worker does not send /delete_requests/ yet")
 async def test_finished_requests_are_sent_to_delete_requests(
     nursery: trio.Nursery, tmp_path: Path
 ) -> None:
