@@ -113,6 +113,12 @@ def echo_app(authenticator: Authenticator, release: trio.Event) -> QuartTrio:
         payload, auth = await checked()
         return {"payload": payload, "reqnum": auth.reqnum}
 
+    @app.post("/auth_data")
+    async def auth_data() -> dict[str, Any]:
+        await checked()
+        envelope = await request.get_json()
+        return {"auth_data": envelope["auth_data"]}
+
     @app.post("/stream")
     async def stream() -> Response:
         await checked()
@@ -360,6 +366,13 @@ async def test_send_json_through_router_to_worker(router: Running, worker: Worke
     assert answer.json() == {"payload": payload, "reqnum": 1}
     answer = await client.send("echo", [1, 2], autoscaler=router.url)  # a second, fresh reqnum
     assert answer.json() == {"payload": [1, 2], "reqnum": 2}
+
+
+async def test_send_forwards_the_routers_answer_verbatim(router: Running, worker: Worker) -> None:
+    answer = await client.send("/auth_data", {}, autoscaler=router.url, endpoint="g", cost=2)
+    forwarded = answer.json()["auth_data"]
+    assert (forwarded["request_idx"], forwarded["reqnum"], forwarded["cost"]) == (7000, 1, 2)
+    assert set(forwarded) == {"cost", "endpoint", "reqnum", "request_idx", "signature", "url"}
 
 
 async def test_send_streams_chunks_as_they_arrive(
