@@ -60,6 +60,10 @@ class Stack:
     fake_module: str = ""
     fake_args: tuple[str, ...] = ()
     _reqnums: itertools.count[int] = attrs.field(factory=lambda: itertools.count(1))
+    worker_settings: dict[str, Any] = attrs.field(factory=dict)
+    """The WorkerConfig fields the first worker was started with (see :func:`add_worker`)."""
+    extra_workers: list[tuple[Worker, WorkerInfo]] = attrs.field(factory=list)
+    """Workers started by :func:`add_worker`, in order."""
 
     @property
     def url(self) -> str:
@@ -242,10 +246,48 @@ async def start_stack(
         nursery=nursery,
         fake_module=fake_module,
         fake_args=fake_args,
+        worker_settings=settings,
     )
     if wait_ready:
         await stack.wait_state(State.READY)
     return stack
+
+
+async def add_worker(stack: Stack, *, wait_ready: bool = True, **config: Any) -> WorkerInfo:
+    """Start one more worker in the stack's nursery, in front of the same model server and
+    reporting to the same stand-in, e.g. to route among several workers.
+
+    It takes the first worker's settings (model log, benchmark cache, ...) except its port,
+    URL and container id, which are its own; it stops with the stack (``stack.shutdown``).
+    The stand-in does not route to it until told to (``stack.standin.worker_urls``).
+
+    Args:
+        stack: the stack to add it to.
+        wait_ready: return only once the worker is ready (at most 30 s).
+        **config: WorkerConfig fields to override (e.g. ``max_queue_time=0``).
+
+    Returns:
+        What the worker's ``serve`` started with (its ``url`` is what the router signs).
+    """
+    assert stack.nursery is not None
+    port = free_port()
+    settings = {
+        **stack.worker_settings,
+        "port": port,
+        "public_url": f"http://127.0.0.1:{port}",
+        "container_id": stack.worker.config.container_id + 1 + len(stack.extra_workers),
+    }
+    settings.update(config)
+    worker = Worker(
+        config=WorkerConfig(backend=stack.worker.config.backend, **settings),
+        backend=stack.worker.backend,
+    )
+    info: WorkerInfo = await stack.nursery.start(partial(worker.serve, shutdown=stack.shutdown))
+    stack.extra_workers.append((worker, info))
+    if wait_ready:
+        with trio.fail_after(30):
+            await worker.watch.wait_state(State.READY)
+    return info
 
 
 async def ready_stack(

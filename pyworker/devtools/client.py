@@ -27,7 +27,9 @@ import trio
 __all__ = ["Answer", "RouteError", "ask_router", "main", "send"]
 
 SIGNED_FIELDS = ("signature", "cost", "endpoint", "reqnum", "url")
-"""The ``auth_data`` fields the worker checks; the router's other fields are not forwarded."""
+"""The ``auth_data`` fields every router's answer has. The whole answer is forwarded, as Vast's
+newest client does: its other fields (``request_idx``) name the request in the worker's
+reports."""
 
 
 class RouteError(Exception):
@@ -169,7 +171,7 @@ async def send(
                 on_chunk=on_chunk,
             )
     reply = await ask_router(http, autoscaler, endpoint=endpoint, cost=cost, api_key=api_key)
-    envelope = {"auth_data": {name: reply[name] for name in SIGNED_FIELDS}, "payload": payload}
+    envelope = {"auth_data": reply, "payload": payload}
     url = f"{str(reply['url']).rstrip('/')}/{route.lstrip('/')}"
     async with http.stream("POST", url, json=envelope) as response:
         streamed = _is_streamed(response)
