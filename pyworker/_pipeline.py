@@ -29,15 +29,14 @@ import logging
 from functools import partial
 
 import attrs
-import trio
 
 from ._admission import Admission, Overloaded
 from ._auth import Authenticator, AuthError, Signed
 from ._backend import Backend, Endpoint, Job
 from ._lifecycle import Lifecycle
-from ._load import CANCELLED, Outcome
+from ._load import Outcome
 from ._model import ModelServer, send_job
-from ._relay import relay, send_json
+from ._relay import ClientWatch, relay, send_json, watch_client
 from ._session_routes import SESSION_ROUTES
 from ._sessions import Session, Sessions
 from ._stages import ClientGone, Envelope, Limits, Refusal, parse_envelope, parse_payload, read_body
@@ -98,20 +97,28 @@ class Pipeline:
             signed = self.verify(envelope, session)
             self.check_state()
             job = parse_payload(endpoint, envelope.payload)
-            async with self.admission.admit(
-                job.workload,
-                idx=envelope.auth.idx,
-                in_session=session is not None,
-                on_admit=partial(self.accept, envelope, signed, session),
-            ) as ticket:
-                ticket.end(await self.exchange(endpoint, job, receive, send, session))
         except Refusal as refusal:
             await send_json(send, refusal.status, refusal.body, refusal.headers)
-        except Overloaded as exc:
-            retry_after = str(exc.retry_after).encode()
-            await send_json(send, 429, {"error": str(exc)}, [(b"retry-after", retry_after)])
+            return
         except ClientGone:
-            pass
+            return
+        # From admission on, the client leaving (or its session ending) cancels the rest at
+        # once, the wait for a turn included: a request nobody waits for never reaches the
+        # model server.
+        async with watch_client(receive, session) as client:
+            try:
+                async with self.admission.admit(
+                    job.workload,
+                    idx=envelope.auth.idx,
+                    in_session=session is not None,
+                    on_admit=partial(self.accept, envelope, signed, session),
+                ) as ticket:
+                    ticket.end(await self.exchange(endpoint, job, send, client))
+            except Overloaded as exc:
+                retry_after = str(exc.retry_after).encode()
+                await send_json(send, 429, {"error": str(exc)}, [(b"retry-after", retry_after)])
+        if client.left:
+            log.info("request to %s cancelled before its answer was complete", endpoint.route)
 
     def find_session(self, envelope: Envelope) -> Session | None:
         """Stage 3: the open session the request names, if it names one.
@@ -170,41 +177,12 @@ class Pipeline:
             session.extend()
 
     async def exchange(
-        self,
-        endpoint: Endpoint,
-        job: Job,
-        receive: Receive,
-        send: Send,
-        session: Session | None = None,
+        self, endpoint: Endpoint, job: Job, send: Send, client: ClientWatch
     ) -> Outcome:
-        """Stages 8 and 9: send the job, relay the answer; cancelled if the client leaves or
-        its session ends."""
-        outcome = CANCELLED
-        async with trio.open_nursery() as nursery:
-            detach = session.attach(nursery.cancel_scope) if session is not None else None
-            watcher = trio.CancelScope()
-            nursery.start_soon(_cancel_on_disconnect, receive, nursery.cancel_scope, watcher)
-            answer = await send_job(endpoint, job, self.model)
-            try:
-                observer = endpoint.observe() if endpoint.observe is not None else None
-                outcome = await relay(answer, send, observer=observer, before_last=watcher.cancel)
-            finally:
-                await answer.aclose()
-                if detach is not None:
-                    detach()
-            watcher.cancel()
-        if outcome is CANCELLED:
-            # The nursery's scope swallowed the cancellation: the client left, or its session
-            # ended (the server then closes the connection).
-            log.info("request to %s cancelled before its answer was complete", endpoint.route)
-        return outcome
-
-
-async def _cancel_on_disconnect(
-    receive: Receive, request: trio.CancelScope, watcher: trio.CancelScope
-) -> None:
-    # The body has been read, so the next message can only be the disconnect.
-    with watcher:
-        while (await receive())["type"] != "http.disconnect":
-            pass
-        request.cancel()
+        """Stages 8 and 9: send the job to the model server, relay its answer."""
+        answer = await send_job(endpoint, job, self.model)
+        try:
+            observer = endpoint.observe() if endpoint.observe is not None else None
+            return await relay(answer, send, observer=observer, before_last=client.stop)
+        finally:
+            await answer.aclose()

@@ -5,12 +5,17 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
+
+import attrs
+import trio
 
 from ._backend import Observer
 from ._load import Outcome
 from ._model import Answer, WholeAnswer
-from ._typing import Headers, Send
+from ._sessions import Session
+from ._typing import Headers, Receive, Send
 from ._upstream import UpstreamError
 
 log = logging.getLogger("pyworker.relay")
@@ -32,6 +37,49 @@ _HOP_HEADERS = frozenset(
     }
 )
 JSON_TYPE: Headers = [(b"content-type", b"application/json")]
+
+
+@attrs.define(eq=False)
+class ClientWatch:
+    """Watches a client whose request is being served (see :func:`watch_client`)."""
+
+    _request: trio.CancelScope
+    _watcher: trio.CancelScope = attrs.Factory(trio.CancelScope)
+
+    @property
+    def left(self) -> bool:
+        """Whether the request was cancelled because the client left or its session ended."""
+        return self._request.cancelled_caught
+
+    def stop(self) -> None:
+        """Stop watching: the answer is complete (see :func:`relay`'s ``before_last``)."""
+        self._watcher.cancel()
+
+    async def watch(self, receive: Receive) -> None:
+        # The body has been read, so the next message can only be the disconnect.
+        with self._watcher:
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            self._request.cancel()
+
+
+@asynccontextmanager
+async def watch_client(receive: Receive, session: Session | None) -> AsyncIterator[ClientWatch]:
+    """Run the block as long as the client waits for its answer (and its session lasts).
+
+    The block is cancelled when the client disconnects, or when the request's session ends;
+    the cancellation is absorbed here, and :attr:`ClientWatch.left` says it happened.
+    """
+    async with trio.open_nursery() as nursery:
+        client = ClientWatch(nursery.cancel_scope)
+        detach = session.attach(nursery.cancel_scope) if session is not None else None
+        nursery.start_soon(client.watch, receive)
+        try:
+            yield client
+        finally:
+            client.stop()
+            if detach is not None:
+                detach()
 
 
 async def relay(

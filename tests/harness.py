@@ -76,11 +76,14 @@ class Stack:
             return await self.worker.watch.wait_state(*states)
 
     def auth_data(self, *, cost: object = 100, endpoint: object = "test") -> dict[str, Any]:
-        """A fresh auth_data signed by the stand-in router for this worker."""
+        """A fresh auth_data signed by the stand-in router for this worker, with the
+        ``request_idx`` the newest router adds (7000 + ``reqnum``, so the two differ)."""
+        reqnum = next(self._reqnums)
         fields = self.standin.signer.sign(
-            cost=cost, endpoint=endpoint, reqnum=next(self._reqnums), url=self.info.url
+            cost=cost, endpoint=endpoint, reqnum=reqnum, url=self.info.url
         )
-        return {k: fields[k] for k in ("signature", "cost", "endpoint", "reqnum", "url")}
+        auth = {k: fields[k] for k in ("signature", "cost", "endpoint", "reqnum", "url")}
+        return {**auth, "request_idx": 7000 + reqnum}
 
     def envelope(self, payload: object, **auth: Any) -> dict[str, Any]:
         """A signed request envelope around ``payload``."""

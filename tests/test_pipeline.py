@@ -16,6 +16,7 @@ import attrs
 import httpx
 import pytest
 import trio
+import trio.testing
 
 from pyworker import Backend, Endpoint, Fields, Job, Reply, RunContext, Trigger
 from pyworker._admission import Admission
@@ -256,3 +257,35 @@ async def test_a_client_that_leaves_cancels_its_request(signer: RouterSigner) ->
         totals = r.tracker.totals(trio.current_time())
         # Received, then cancelled: no load is left, and no work was done.
         assert (totals.received, totals.cancelled, totals.completed) == (10.0, 10.0, 0.0)
+
+
+async def test_a_client_that_leaves_while_queued_never_reaches_the_model(
+    signer: RouterSigner,
+) -> None:
+    async with rig(signer, parallel=False) as r:
+        r.model.gate = release = trio.Event()  # the first request holds the only turn
+        data = json.dumps({"auth_data": r.auth(), "payload": PAYLOAD}).encode()
+        messages = [{"type": "http.request", "body": data, "more_body": False}]
+        gone = trio.Event()
+
+        async def receive() -> Message:
+            if messages:
+                return messages.pop()
+            await gone.wait()
+            return {"type": "http.disconnect"}
+
+        async def send(message: Message) -> None:
+            raise AssertionError("nothing is sent to a client that left")
+
+        scope = {"type": "http", "path": "/generate", "method": "POST", "headers": []}
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(r.post, {"auth_data": r.auth(), "payload": PAYLOAD})
+            await r.model.started.wait()
+            nursery.start_soon(r.pipeline, scope, receive, send)
+            await trio.testing.wait_all_tasks_blocked()
+            assert r.tracker.in_flight == 2  # admitted, waiting for its turn
+            gone.set()
+            await trio.testing.wait_all_tasks_blocked()
+            release.set()
+        assert len(r.model.ran) == 1
+        assert r.tracker.totals(trio.current_time()).cancelled == 10.0
