@@ -11,7 +11,6 @@ from __future__ import annotations
 import enum
 import importlib
 import json
-import math
 import pkgutil
 import random
 import re
@@ -43,19 +42,26 @@ class LogRule:
     substring: str
 
 
+MAX_WORKLOAD = 1e12
+"""The largest workload a job may have: far beyond any real request (a trillion tokens), so
+a larger figure is a client's absurd field that slipped through a backend's checks; refused
+like any bad field (422), before it can swell the load reports."""
+
+
 @attrs.frozen(kw_only=True)
 class Job:
     """A validated request, ready to send to the model server.
 
     Attributes:
-        workload: the estimated cost in the backend's workload units (tokens, pixel-steps).
+        workload: the estimated cost in the backend's workload units (tokens, pixel-steps),
+            finite and at most :data:`MAX_WORKLOAD`.
         body: the exact bytes to send upstream (usually JSON).
         upstream_path: the model server's path to send it to.
         detail: backend data for a custom ``run`` (e.g. the parsed workflow).
     """
 
     workload: float = attrs.field(
-        validator=attrs.validators.and_(attrs.validators.ge(0.0), attrs.validators.lt(math.inf))
+        validator=attrs.validators.and_(attrs.validators.ge(0.0), attrs.validators.le(MAX_WORKLOAD))
     )
     body: bytes
     upstream_path: str

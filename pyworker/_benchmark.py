@@ -104,17 +104,24 @@ class BenchmarkSettings:
         )
 
 
+def _number(_: object, attribute: attrs.Attribute[float], value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise TypeError(f"{attribute.name} must be a finite number, not {value!r}")
+
+
 @attrs.frozen(kw_only=True)
 class BenchmarkResult:
-    """A measured capacity."""
+    """A measured capacity (validated: a cache file of the wrong shape is refused on load)."""
 
-    max_perf: float
+    max_perf: float = attrs.field(
+        validator=attrs.validators.and_(_number, attrs.validators.gt(0.0))
+    )
     """Workload units per second."""
-    workload: float
-    elapsed: float
-    runs: int
-    key: str
-    measured_at: float
+    workload: float = attrs.field(validator=_number)
+    elapsed: float = attrs.field(validator=_number)
+    runs: int = attrs.field(validator=attrs.validators.instance_of(int))
+    key: str = attrs.field(validator=attrs.validators.instance_of(str))
+    measured_at: float = attrs.field(validator=_number)
     """Unix time of the measurement."""
 
 
@@ -156,15 +163,20 @@ class BenchmarkCache:
     def _load_sync(self, key: str) -> BenchmarkResult | None:
         try:
             data = json.loads(self._path(key).read_text())
+            if not isinstance(data, dict):
+                raise TypeError(f"a JSON object was expected, not {type(data).__name__}")
             result = BenchmarkResult(**data)
         except FileNotFoundError:
             return None
         except (OSError, ValueError, TypeError) as exc:
-            log.warning("ignoring unreadable benchmark cache %s: %s", self._path(key), exc)
+            # Treated as absent, never fatal: a damaged file must not crash-loop the worker.
+            log.warning(
+                "ignoring unreadable benchmark cache %s (benchmarking again): %s",
+                self._path(key),
+                exc,
+            )
             return None
-        if result.key != key or not (math.isfinite(result.max_perf) and result.max_perf > 0):
-            return None
-        return result
+        return result if result.key == key else None
 
     async def store(self, result: BenchmarkResult) -> None:
         """Write ``result`` so that a crash never leaves a half-written file."""

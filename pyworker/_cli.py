@@ -152,6 +152,12 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         help="timed benchmark requests (default: the backend's)",
     )
     add(
+        "--load-timeout",
+        type=float,
+        default=None,
+        help="seconds a model load may take before the worker reports it errored (default 7200)",
+    )
+    add(
         "--report-format",
         choices=["2026", "2024"],
         default=None,

@@ -94,6 +94,8 @@ class WorkerConfig:
     health_interval: float = attrs.field(default=10.0, validator=_positive)
     health_timeout: float = attrs.field(default=10.0, validator=_positive)
     health_failures: int = 3
+    load_timeout: float = attrs.field(default=7200.0, validator=_positive)
+    """Seconds a load may take (from start, or a new log) before the worker gives up on it."""
     state_dir: Path = attrs.field(factory=lambda: default_state_dir({}))
     force_benchmark: bool = False
     benchmark_runs: int | None = attrs.field(default=None, validator=_at_least_one)
@@ -220,6 +222,7 @@ ENV_OPTIONS: dict[str, tuple[str, Callable[[str], object]]] = {
     "force_benchmark": ("PYWORKER_FORCE_BENCHMARK", _flag),
     "benchmark_runs": ("PYWORKER_BENCHMARK_RUNS", int),
     "report_format": ("PYWORKER_REPORT_FORMAT", str),
+    "load_timeout": ("PYWORKER_LOAD_TIMEOUT", float),
     "max_sessions": ("PYWORKER_MAX_SESSIONS", int),
     "update_flag_file": ("PYWORKER_UPDATE_FLAG_FILE", str),
 }
@@ -293,6 +296,7 @@ def load_config(args: argparse.Namespace, env: Mapping[str, str]) -> tuple[Worke
         "health_interval",
         "benchmark_runs",
         "report_format",
+        "load_timeout",
         "max_sessions",
         "http_port",
         "update_flag_file",

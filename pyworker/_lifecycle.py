@@ -36,6 +36,7 @@ class Trigger(enum.StrEnum):
 
     MODEL_LOADED = "model_loaded"
     MODEL_FAILED = "model_failed"
+    LOAD_TIMED_OUT = "load_timed_out"
     MODEL_RESTARTED = "model_restarted"
     BENCHMARK_DONE = "benchmark_done"
     BENCHMARK_FAILED = "benchmark_failed"
@@ -65,6 +66,7 @@ class Service(enum.Enum):
     """The worker's long-running tasks whose lives follow the state."""
 
     LOG_TAIL = "follows the model server's log for its ready and error lines"
+    LOAD_TIMEOUT = "gives up on a load that has not logged its ready line within --load-timeout"
     BENCHMARK = "measures the model's capacity (or reads the cached figure)"
     HEALTH_CHECKS = "polls the model server's health route"
     KEY_FETCH = "fetches the router's public key until it has one"
@@ -133,7 +135,7 @@ STATES: tuple[StateInfo, ...] = (
         admits_requests=False,
         refusal="model is loading",
         on_enter=(Effect.FORGET_LOAD, Effect.START_LOAD_CLOCK),
-        services=_LIVE_SERVICES,
+        services=_LIVE_SERVICES | {Service.LOAD_TIMEOUT},
         cause="start-up, or a new model server process (its log was replaced or truncated)",
     ),
     StateInfo(
@@ -174,8 +176,8 @@ STATES: tuple[StateInfo, ...] = (
         refusal="model server is in error",
         on_enter=(Effect.SET_ERROR,),
         services=_LIVE_SERVICES,
-        cause="error_msg says which: an error line of the model server, a failed benchmark or "
-        "failed health checks",
+        cause="error_msg says which: an error line of the model server, a failed benchmark, "
+        "failed health checks, or a load that never logged its ready line",
     ),
     StateInfo(
         state=State.DRAINING,
@@ -249,6 +251,12 @@ TRANSITIONS: tuple[Transition, ...] = (
         sources=(State.LOADING, State.BENCHMARKING, State.AWAITING_KEY, State.READY),
         dest=State.ERRORED,
         why="the model server logged an error line",
+    ),
+    Transition(
+        trigger=Trigger.LOAD_TIMED_OUT,
+        sources=(State.LOADING,),
+        dest=State.ERRORED,
+        why="no ready line within --load-timeout (a wrong MODEL_LOG path, a stuck download)",
     ),
     Transition(
         trigger=Trigger.HEALTH_FAILED,

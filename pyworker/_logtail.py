@@ -21,6 +21,9 @@ import trio
 
 logger = logging.getLogger("pyworker.logtail")
 
+_LAST_BYTES = 64
+"""Bytes of what was read last that each poll checks are still in place (a rewrite shows)."""
+
 # "\r\n" first so it counts as one line ending; a lone "\r" ends a line too (tqdm progress bars).
 _EOL = re.compile(rb"\r\n?|\n")
 
@@ -85,6 +88,7 @@ class _Source:
     ident: tuple[int, int] = (0, 0)  # (st_dev, st_ino) of fd
     pos: int = 0
     seen_file: bool = False
+    last: bytes = b""  # the last bytes read, just before pos: still there unless rewritten
 
 
 @attrs.define(eq=False)
@@ -95,6 +99,7 @@ class _Step:
     new_file: bool = False  # truncated in place, or a file other than the first was opened
     data: bytes = b""
     error: OSError | None = None
+    missing: bool = False  # no file at the path (yet)
 
 
 @attrs.define(eq=False)
@@ -116,6 +121,11 @@ class LogTailer:
     read_chunk: int = attrs.field(
         default=1024 * 1024, kw_only=True, validator=attrs.validators.ge(1)
     )
+    missing_warning_every: float = attrs.field(
+        default=30.0, kw_only=True, validator=attrs.validators.gt(0)
+    )
+    """While no file is at the path, a warning this often (a wrong ``MODEL_LOG`` path would
+    otherwise wait in silence)."""
 
     async def run(
         self,
@@ -146,6 +156,8 @@ class LogTailer:
         src = _Source()
         lines = _LineSplitter(self.max_line_bytes)
         warned: set[tuple[type[OSError], int | None, str | None]] = set()
+        missing_since: float | None = None
+        missing_warned = 0.0
         task_status.started()
         try:
             while True:
@@ -161,6 +173,20 @@ class LogTailer:
                     on_new_file()
                 for line in lines.feed(step.data):
                     on_line(line)
+                if step.missing:
+                    now = trio.current_time()
+                    if missing_since is None:
+                        missing_since = missing_warned = now
+                    elif now - missing_warned >= self.missing_warning_every:
+                        missing_warned = now
+                        logger.warning(
+                            "model log %s still does not exist after %.0f s: is MODEL_LOG "
+                            "right, and is the model server running?",
+                            self.path,
+                            now - missing_since,
+                        )
+                else:
+                    missing_since = None
                 if step.error is not None:
                     key = (type(step.error), step.error.errno, step.error.strerror)
                     if key not in warned:
@@ -179,19 +205,25 @@ class LogTailer:
         step = _Step()
         try:
             if src.fd is not None:
+                if (
+                    src.last
+                    and os.pread(src.fd, len(src.last), src.pos - len(src.last)) != src.last
+                ):
+                    # Truncated in place: the bytes just read are gone (the file is shorter) or
+                    # others stand there (truncated, then rewritten past our position between
+                    # two polls, which a size check alone reads as appended data). A new log.
+                    src.pos = 0
+                    step.new_file = True
                 step.data = os.pread(src.fd, self.read_chunk, src.pos)
-                if not step.data:
-                    # At EOF: the only moment a switch can be noticed, so the old file is
-                    # always drained first. A truncated file reads as EOF at the old position.
-                    if os.fstat(src.fd).st_size < src.pos:
-                        src.pos = 0
-                        step.new_file = True
-                        step.data = os.pread(src.fd, self.read_chunk, 0)
-                    elif not self._still_current(src):
-                        os.close(src.fd)
-                        src.fd = None
-                        step.closed = True
+                # At EOF: the only moment a replacement can be noticed, so the old file is
+                # always drained first.
+                if not step.data and not step.new_file and not self._still_current(src):
+                    os.close(src.fd)
+                    src.fd = None
+                    step.closed = True
                 src.pos += len(step.data)
+                kept = b"" if step.new_file else src.last
+                src.last = (kept + step.data)[-_LAST_BYTES:]
             if src.fd is None:
                 self._open(src, step)
         except OSError as exc:
@@ -211,6 +243,7 @@ class LogTailer:
             # O_NONBLOCK: opening a FIFO must not block this (uncancellable) thread.
             fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
         except FileNotFoundError:
+            step.missing = True
             return
         try:
             st = os.fstat(fd)
@@ -221,6 +254,7 @@ class LogTailer:
             os.close(fd)
             raise
         src.fd, src.ident, src.pos = fd, (st.st_dev, st.st_ino), len(data)
+        src.last = data[-_LAST_BYTES:]
         step.new_file = src.seen_file
         src.seen_file = True
         step.data = data

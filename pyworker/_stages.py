@@ -5,6 +5,7 @@ or raises :class:`Refusal` (an answer other than a relay)."""
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Sequence
 from typing import Any
 
@@ -15,6 +16,8 @@ from ._auth import AuthData
 from ._backend import Endpoint, Job
 from ._payload import PayloadError, json_type_name
 from ._typing import Receive, Scope
+
+log = logging.getLogger("pyworker.proxy")
 
 
 class Refusal(Exception):
@@ -96,7 +99,7 @@ def parse_envelope(body: bytes) -> Envelope:
             missing or malformed part (``auth_data``'s fields nested under it).
     """
     try:
-        envelope = json.loads(body)
+        envelope = json.loads(body, parse_constant=_not_json)
     except (ValueError, RecursionError) as exc:
         raise Refusal(400, {"error": f"request body is not valid JSON: {exc}"}) from None
     if not isinstance(envelope, dict):
@@ -125,8 +128,18 @@ def parse_envelope(body: bytes) -> Envelope:
     )
 
 
+def _not_json(constant: str) -> object:
+    # Python's json module reads NaN and Infinity, which JSON has not: a payload carrying one
+    # would be passed on to the model server as invalid JSON, or poison the workload figures.
+    raise ValueError(f"{constant} is not a JSON value")
+
+
 def parse_payload(endpoint: Endpoint, payload: object) -> Job:
     """Stage 5: the backend's hook validates and weighs the payload.
+
+    A backend that fails otherwise (its arithmetic overflowing on an absurd figure, an absurd
+    workload the :class:`~pyworker.Job` refuses, a bug) refuses the payload too: the request,
+    not the worker, is what cannot be served, and no ticket exists yet to be left behind.
 
     Raises:
         Refusal: 422 naming each bad field, under ``payload``.
@@ -135,6 +148,10 @@ def parse_payload(endpoint: Endpoint, payload: object) -> Job:
         return endpoint.parse(payload)
     except PayloadError as exc:
         raise Refusal(422, {"payload": _flatten(exc.errors)}) from None
+    except Exception as exc:
+        log.warning("%s: the backend could not weigh a payload", endpoint.route, exc_info=True)
+        reason = str(exc)[:200] or type(exc).__name__
+        raise Refusal(422, {"payload": f"cannot be served: {reason}"}) from None
 
 
 def _flatten(errors: dict[str, Any]) -> Any:

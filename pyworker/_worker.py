@@ -307,6 +307,7 @@ class Worker:
             pass
 
         return {
+            Service.LOAD_TIMEOUT: self._load_timeout,
             Service.LOG_TAIL: (
                 idle if tailer is None else partial(tailer.run, self._on_log_line, self._on_new_log)
             ),
@@ -374,6 +375,15 @@ class Worker:
     def _on_new_log(self) -> None:
         log.info("model log was replaced or truncated: the model server restarted")
         self.lifecycle.fire(Trigger.MODEL_RESTARTED, now=trio.current_time())
+
+    async def _load_timeout(self) -> None:
+        await trio.sleep(self.config.load_timeout)
+        self.lifecycle.fire(
+            Trigger.LOAD_TIMED_OUT,
+            now=trio.current_time(),
+            reason=f"the model server did not log its ready line within "
+            f"{self.config.load_timeout:g} s (is MODEL_LOG {self.config.model_log} right?)",
+        )
 
     # -- the router's key --------------------------------------------------------------------
     async def _fetch_key(self, http: httpx.AsyncClient) -> None:

@@ -79,9 +79,15 @@ async def test_cache_round_trip_and_unreadable_files(tmp_path: Path) -> None:
         "[]",
         json.dumps({"max_perf": 1}),
         json.dumps(attrs.asdict(_result("another key"))),
-        json.dumps(attrs.asdict(_result("k1", max_perf=0.0))),
+        json.dumps({**attrs.asdict(_result("k1")), "max_perf": 0.0}),
         json.dumps(attrs.asdict(_result("k1"))).replace("123.0", "NaN"),
         json.dumps({**attrs.asdict(_result("k1")), "extra": 1}),
+        # Valid JSON of the wrong shape: treated as absent, never a crash at start-up.
+        json.dumps({**attrs.asdict(_result("k1")), "max_perf": None}),
+        json.dumps({**attrs.asdict(_result("k1")), "max_perf": "fast"}),
+        json.dumps({**attrs.asdict(_result("k1")), "runs": 2.5}),
+        json.dumps({**attrs.asdict(_result("k1")), "key": None}),
+        json.dumps("a string"),
     ):
         path.write_text(text)
         assert await cache.load("k1") is None, text

@@ -37,6 +37,7 @@ EXPECTED_NEXT: dict[tuple[State, Trigger], State] = {
     # (A replaced log while loading is just the same load: nothing to do.)
     (S.LOADING, T.MODEL_LOADED): S.BENCHMARKING,
     (S.LOADING, T.MODEL_FAILED): S.ERRORED,
+    (S.LOADING, T.LOAD_TIMED_OUT): S.ERRORED,
     (S.LOADING, T.SHUTDOWN): S.DRAINING,
     # Benchmarking: the measurement ends it, well or badly; the model server may fail or restart.
     # (Done leads to ready, or to awaiting_key while the router's key is unknown: see next_state.)
@@ -526,12 +527,14 @@ class LifecycleAndLoad(RuleBasedStateMachine):
 
     # The model server's events are grouped into few rules, so that a served model lives long
     # enough between them for requests to come and go.
-    @rule(line=st.sampled_from(["loaded", "error", "replaced"]), reason=REASONS)
+    @rule(line=st.sampled_from(["loaded", "error", "replaced", "too slow"]), reason=REASONS)
     def model_log_line(self, line: str, reason: str) -> None:
         if line == "loaded":
             self.fire(T.MODEL_LOADED)
         elif line == "error":
             self.fire(T.MODEL_FAILED, reason=reason)
+        elif line == "too slow":  # the load timeout, not a log line, but as rare
+            self.fire(T.LOAD_TIMED_OUT, reason=reason)
         else:  # the log file was replaced or truncated: a new model server process
             self.fire(T.MODEL_RESTARTED)
 

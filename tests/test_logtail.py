@@ -298,11 +298,6 @@ async def test_truncation_by_one_byte_is_noticed(tmp_path: Path, nursery: trio.N
     await rec.wait_for(["one", "two", NEW, "one", "two"])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a file truncated and rewritten past the read position between two polls reads as "
-    "appended data: the tailer compares only the size with its position, at EOF",
-)
 async def test_truncation_then_regrowth_between_polls_is_noticed(
     tmp_path: Path, nursery: trio.Nursery
 ) -> None:
@@ -311,3 +306,20 @@ async def test_truncation_then_regrowth_between_polls_is_noticed(
     # write_bytes truncates in place (same inode), then writes more than was there.
     rec = await _start_meddling(nursery, log, "old", lambda: log.write_bytes(b"restarted\n"))
     assert await _at_least(rec, 2) == ["old", NEW, "restarted"]
+
+
+async def test_a_missing_log_is_reported_every_30_s(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The polls run in a worker thread, which the virtual clock sees as "all tasks blocked":
+    # a little real idleness lets each poll finish before time jumps on.
+    autojump_clock.autojump_threshold = 0.01
+    tailer = LogTailer(path=tmp_path / "nowhere" / "model.log", poll_interval=1.0)
+    with caplog.at_level(logging.WARNING, logger="pyworker.logtail"):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(tailer.run, lambda line: None, lambda: None)
+            await trio.sleep(95)
+            nursery.cancel_scope.cancel()
+    warnings = [r.getMessage() for r in caplog.records if "still does not exist" in r.getMessage()]
+    assert len(warnings) == 3  # at 30, 60 and 90 s
+    assert "MODEL_LOG" in warnings[0]

@@ -340,3 +340,26 @@ async def test_health_failures_of_a_replaced_model_server_do_not_count(
             await watch.wait_state(State.ERRORED)
     assert errored_after == [reloaded_at + 2]
     assert "HTTP 500" in lifecycle.error_msg
+
+
+async def test_a_load_that_never_ends_errors_the_worker(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    seeded(tmp_path)
+    with trio.fail_after(GUARD):
+        stack = await start_stack(
+            nursery,
+            tmp_path,
+            "hello_world",
+            "--load-delay",
+            "60",
+            load_timeout=0.5,
+            benchmark_runs=2,
+        )
+        await stack.wait_state(State.ERRORED)
+        error = stack.worker.lifecycle.error_msg
+        assert "did not log its ready line within 0.5 s" in error
+        assert "MODEL_LOG" in error
+        # A new model server process starts a new load, with a fresh timeout.
+        await stack.restart_fake("--load-delay", "0.05")
+        await stack.wait_state(State.READY)

@@ -256,11 +256,19 @@ def _parse_text_to_image(payload: object, ckpt_name: str) -> Job:
     )
 
 
+# What ComfyUI itself accepts for the literal inputs the workload is computed from
+# (``nodes.MAX_RESOLUTION``, the samplers' and latent nodes' input limits): beyond them ComfyUI
+# refuses the graph anyway, and the workload arithmetic would overflow.
+_INPUT_LIMITS = {"width": MAX_SIZE, "height": MAX_SIZE, "steps": 10_000, "batch_size": 4096}
+
+
 def check_workflow(workflow: Mapping[str, Any]) -> dict[str, Any]:
     """The structural errors of an API-format graph, by node id (empty when well formed).
 
-    Checks only the shape ComfyUI needs before its own validation can even run: each node is
-    an object with a non-empty string ``class_type`` and an object ``inputs``.
+    Checks only what ComfyUI needs before its own validation can even run, and what the
+    workload is computed from: each node is an object with a non-empty string ``class_type``
+    and an object ``inputs``, and its literal ``width``, ``height``, ``steps`` and
+    ``batch_size`` are within ComfyUI's own limits.
     """
     errors: dict[str, Any] = {}
     for node_id, node in workflow.items():
@@ -278,6 +286,11 @@ def check_workflow(workflow: Mapping[str, Any]) -> dict[str, Any]:
             node_errors["inputs"] = "missing parameter"
         elif not isinstance(inputs, dict):
             node_errors["inputs"] = "must be a JSON object"
+        else:
+            for name, limit in _INPUT_LIMITS.items():
+                value = _int_input(inputs, name)
+                if value is not None and not 0 <= value <= limit:
+                    node_errors[name] = f"must be within 0 and {limit}"
         if node_errors:
             errors[node_id] = node_errors
     return errors

@@ -76,6 +76,11 @@ SERVERS = ("auto", "vllm", "sglang", "llamacpp", "llama-cpp-python")
 COMPLETIONS = "/v1/completions"
 CHAT_COMPLETIONS = "/v1/chat/completions"
 
+# Bounds no server accepts beyond (and that keep the workload arithmetic finite): OpenAI's API
+# caps n at 128; no model's context window comes near 2**24 tokens.
+MAX_CHOICES = 128
+MAX_TOKENS_LIMIT = 1 << 24
+
 # Chat templates wrap each message in role markers (Llama 3: 5 tokens, ChatML: 4) and prime the
 # answer with an assistant header; the estimate charges a typical amount for both.
 CHAT_TOKENS_PER_MESSAGE = 4
@@ -248,7 +253,7 @@ def _check_common(fields: Fields) -> tuple[int, bool]:
     top_p = fields.number("top_p", default=None, maximum=1)
     if isinstance(top_p, int | float) and not isinstance(top_p, bool) and top_p <= 0:
         fields.errors["top_p"] = "must be greater than 0"
-    n = fields.integer("n", default=1, minimum=1)
+    n = fields.integer("n", default=1, minimum=1, maximum=MAX_CHOICES)
     stream = fields.boolean("stream", default=False)
     options = fields.obj("stream_options", default=None)
     if isinstance(options, dict):
@@ -268,7 +273,7 @@ def _check_common(fields: Fields) -> tuple[int, bool]:
 
 
 def _limit(fields: Fields, name: str) -> int | None:
-    value = fields.integer(name, default=None, minimum=1)
+    value = fields.integer(name, default=None, minimum=1, maximum=MAX_TOKENS_LIMIT)
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
