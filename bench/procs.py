@@ -176,7 +176,11 @@ class Procs:
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 cwd=REPO_ROOT,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                env={
+                    **os.environ,
+                    "PYTHONUNBUFFERED": "1",
+                    "PYWORKER_PARENT_PID": str(os.getpid()),
+                },
                 start_new_session=True,  # a terminal's Ctrl-C reaches us; we stop the children
             )
         proc = Proc(name=name, popen=popen, log_path=log_path)

@@ -240,7 +240,7 @@ def _print_change(change: StateChange) -> None:
 
 
 async def _watch_signals(shutdown: trio.Event, hard_stop: trio.CancelScope, grace: float) -> None:
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
         async for signum in signals:
             if not shutdown.is_set():
                 log.info(
@@ -256,7 +256,7 @@ async def _watch_signals(shutdown: trio.Event, hard_stop: trio.CancelScope, grac
                 hard_stop.cancel()
 
 
-async def _main(config: WorkerConfig, backend: Backend, demo: bool) -> None:
+async def _main(config: WorkerConfig, backend: Backend, demo: bool, env: Mapping[str, str]) -> None:
     # Imported here: the demo tools and the server stack load only when a worker runs.
     from ._worker import Worker
     from .devtools._demo import run_demo
@@ -266,7 +266,7 @@ async def _main(config: WorkerConfig, backend: Backend, demo: bool) -> None:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_watch_signals, shutdown, hard_stop, config.drain_timeout)
             if demo:
-                await run_demo(config, backend, shutdown=shutdown)
+                await run_demo(config, backend, shutdown=shutdown, env=env)
             else:
                 worker = Worker(config=config, backend=backend, on_change=_print_change)
                 async with trio.open_nursery() as serving:
@@ -328,7 +328,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         log.warning("UNSECURED: signatures are NOT checked; never expose this worker")
     _tune_gc()
     try:
-        trio.run(_main, config, backend, demo)
+        trio.run(_main, config, backend, demo, env)
     except* KeyboardInterrupt:
         # Ctrl-C before the signal watcher was installed: nothing had started yet.
         pass

@@ -6,7 +6,7 @@ import logging
 import os
 import socket
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import trio
@@ -42,6 +42,7 @@ async def run_process_logged(
     argv: Sequence[str],
     log_path: Path,
     *,
+    env: Mapping[str, str] | None = None,
     task_status: trio.TaskStatus[trio.Process] = trio.TASK_STATUS_IGNORED,
 ) -> int:
     """Run ``argv`` with stdout and stderr appended to ``log_path`` until it exits.
@@ -62,6 +63,7 @@ async def run_process_logged(
             stdout=fd,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            env=env,
             check=False,
             task_status=task_status,
         )

@@ -221,7 +221,8 @@ async def spawn_fake(
             check=False,
             stdin=subprocess.DEVNULL,
             cwd=REPO_ROOT,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            # The fake stops by itself should this process be killed (see _fakekit).
+            env={**os.environ, "PYTHONUNBUFFERED": "1", "PYWORKER_PARENT_PID": str(os.getpid())},
         )
     )
     return FakeServer(process=process, log_path=log_path, port_file=port_file)

@@ -239,11 +239,12 @@ async def _run_demo(tmp_path: Path, *, wait_ready: bool = True) -> tuple[Demo, i
 
 
 def _gone(pid: int) -> bool:
+    """Whether ``pid`` has exited (a zombie no one has reaped yet counts as gone)."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
         return True
-    return False
+    return "\nState:\tZ" in status
 
 
 async def _stop(
@@ -346,6 +347,29 @@ async def test_demo_stops_on_sigterm_while_loading(tmp_path: Path) -> None:
             await demo.read_until(r"^worker: ")
             await _stop(demo, signal.SIGTERM, model_pid, state="loading")
             assert "ready." not in demo.out
+        finally:
+            await _kill_if_running(demo, model_pid)
+
+
+async def test_demo_stops_on_sighup_like_sigterm(tmp_path: Path) -> None:
+    with trio.fail_after(GUARD):
+        demo, model_pid, _ = await _run_demo(tmp_path)
+        try:
+            await _stop(demo, signal.SIGHUP, model_pid)
+        finally:
+            await _kill_if_running(demo, model_pid)
+
+
+async def test_the_demo_model_server_dies_with_a_killed_demo(tmp_path: Path) -> None:
+    """SIGKILL leaves the demo no chance to stop its model server: the server notices its
+    parent is gone and stops by itself."""
+    with trio.fail_after(GUARD):
+        demo, model_pid, _ = await _run_demo(tmp_path, wait_ready=False)
+        try:
+            demo.process.kill()
+            await demo.process.wait()
+            # The server checks twice a second; the guard bounds the wait.
+            await eventually(lambda: _gone(model_pid), what="the model server stopping")
         finally:
             await _kill_if_running(demo, model_pid)
 

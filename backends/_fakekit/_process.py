@@ -183,6 +183,10 @@ async def serve_fake(
     return 0
 
 
+_PARENT_POLL = 0.5
+"""Seconds between checks that the process that started the fake is still alive."""
+
+
 async def _stop_on_signal(signals: AsyncIterator[int], fake: Fake, scope: trio.CancelScope) -> None:
     async for signum in signals:
         fake.stopping(signal.Signals(signum))
@@ -190,12 +194,31 @@ async def _stop_on_signal(signals: AsyncIterator[int], fake: Fake, scope: trio.C
         return
 
 
+PARENT_VARIABLE = "PYWORKER_PARENT_PID"
+"""Set by whoever starts a fake and wants it to stop when it dies (the demo, tests)."""
+
+
+async def _stop_with_parent(parent: int, fake: Fake, scope: trio.CancelScope) -> None:
+    # A model server started by a worker (the demo, tests, benchmarks) must not outlive it, even
+    # when the worker is killed outright and cannot stop it. Linux's PR_SET_PDEATHSIG would
+    # not do: trio spawns children from a worker thread, and the signal fires when that thread
+    # ends, not the process. So watch for being handed to another parent instead; the parent
+    # says who it is, as it may already be gone when this process starts.
+    while os.getppid() == parent:  # noqa: ASYNC110 (no event tells of a parent's death)
+        await trio.sleep(_PARENT_POLL)
+    fake.stopping(signal.SIGHUP)
+    scope.cancel()
+
+
 async def _serve_until_signal(fake: Fake, knobs: Knobs) -> int:
     code = 0
     # The receiver is installed before start-up begins, so a signal at any point is clean.
-    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_stop_on_signal, signals, fake, nursery.cancel_scope)
+            parent = os.environ.get(PARENT_VARIABLE, "")
+            if parent.isdigit():
+                nursery.start_soon(_stop_with_parent, int(parent), fake, nursery.cancel_scope)
             code = await serve_fake(fake, knobs)
             nursery.cancel_scope.cancel()
     return code

@@ -13,6 +13,7 @@ import logging
 import os
 import shlex
 import sys
+from collections.abc import Mapping
 from functools import partial
 from pathlib import Path
 
@@ -60,9 +61,18 @@ async def run_demo(
     backend: Backend,
     *,
     shutdown: trio.Event,
+    env: Mapping[str, str] | None = None,
     say: partial[None] | None = None,
 ) -> None:
     """Run the demo until ``shutdown`` is set.
+
+    Args:
+        config: the worker's configuration (the demo sets the addresses).
+        backend: whose demo model server to start.
+        shutdown: set it to drain and stop everything.
+        env: the model server's environment (default: this process's); it is told this
+            process's id, so it stops by itself should this process be killed outright.
+        say: prints a line for the user.
 
     Raises:
         ConfigError: the backend has no demo model server.
@@ -94,7 +104,15 @@ async def run_demo(
         )
         worker_config = attrs.evolve(worker_config, report_addrs=(autoscaler_url,))
         process = await nursery.start(
-            run_process_logged, backend.demo.argv(model_port, str(log_path)), log_path
+            partial(
+                run_process_logged,
+                backend.demo.argv(model_port, str(log_path)),
+                log_path,
+                env={
+                    **(os.environ if env is None else env),
+                    "PYWORKER_PARENT_PID": str(os.getpid()),
+                },
+            )
         )
         speak(
             f"demo model server: pid {process.pid}, http://127.0.0.1:{model_port}, log {log_path}"
