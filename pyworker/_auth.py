@@ -267,6 +267,11 @@ class Authenticator:
     public_key: rsa.RSAPublicKey | None = None
     replay: ReplayGuard = attrs.Factory(ReplayGuard)
     _good_2025: dict[bytes, bytes] = attrs.field(factory=dict, init=False, repr=False)
+    public_pem: bytes = attrs.field(default=b"", init=False, repr=False)
+    """The PEM of :attr:`public_key` (to tell a changed key from the same one)."""
+    bad_signatures: int = attrs.field(default=0, init=False)
+    """Signatures that did not verify (forgeries, or a router key rotated since it was
+    fetched: the key fetcher watches this)."""
 
     def __attrs_post_init__(self) -> None:
         if self.unsecured:
@@ -288,6 +293,7 @@ class Authenticator:
             ValueError: ``pem`` is not an RSA public key in PEM.
         """
         self.public_key = load_public_key(pem)
+        self.public_pem = pem
         self._good_2025.clear()
 
     def verify(self, auth: AuthData, *, reused: bool = False) -> Signed:
@@ -324,6 +330,7 @@ class Authenticator:
             raise AuthError(401, "auth_data.url is not this worker's URL")
         signed = self._signed(key, _decode_signature(auth.signature), auth)
         if signed is None:
+            self.bad_signatures += 1
             raise AuthError(401, "invalid signature")
         if signed is Signed.REQUEST and not reused:
             problem = self.replay.problem(auth)

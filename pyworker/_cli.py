@@ -19,6 +19,7 @@ from ._backend import Backend, UnknownBackendError, available_backends, load_bac
 from ._config import ENV_OPTIONS, ConfigError, WorkerConfig, default_state_dir, load_config
 from ._lifecycle import StateChange
 from ._process import free_port, port_available
+from ._server import raise_open_files_limit
 
 log = logging.getLogger("pyworker")
 
@@ -178,6 +179,13 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         "(default: the worker's port + 1) [WORKER_HTTP_PORT]",
     )
     add(
+        "--max-connections",
+        type=int,
+        default=None,
+        help="client connections open at once at most; more are answered 503 at once "
+        "(default: half the open files limit, which is raised to its hard limit)",
+    )
+    add(
         "--update-flag-file",
         default=None,
         help="the file POST /pyworker/update creates for the start script (default /.force_update)",
@@ -324,6 +332,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     except (ConfigError, UnknownBackendError, ValueError) as exc:
         parser.exit(2, f"pyworker: error: {exc}\n")
     _setup_logging(args.log_level)
+    raise_open_files_limit()
     if config.unsecured:
         log.warning("UNSECURED: signatures are NOT checked; never expose this worker")
     _tune_gc()

@@ -111,6 +111,13 @@ class WorkerConfig:
     http_port: int | None = attrs.field(default=None, validator=attrs.validators.optional(_port))
     """The internal plain-HTTP listener (``/session/end`` only); None: ``port + 1`` (any free
     port when ``port`` is 0)."""
+    keep_alive_timeout: float = attrs.field(default=5.0, validator=_positive)
+    """Seconds an idle client connection (or one whose request head has not arrived) is kept."""
+    max_connections: int | None = attrs.field(
+        default=None, validator=attrs.validators.optional(attrs.validators.ge(1))
+    )
+    """Client connections open at once at most (more get a 503); None: half the process's
+    descriptor limit."""
     update_flag_file: str = "/.force_update"
     """What ``POST /pyworker/update`` creates for the start script to act on."""
 
@@ -183,6 +190,12 @@ class WorkerConfig:
                     raise ConfigError(f"USE_SSL is set but {path} does not exist")
         if self.pubkey_file and not Path(self.pubkey_file).is_file():
             raise ConfigError(f"public key file {self.pubkey_file} does not exist")
+        if not (self.unsecured or self.public_url):
+            raise ConfigError(
+                "no public URL: the router signs the URL clients reach this worker at, so set "
+                "PUBLIC_IPADDR (and VAST_TCP_PORT_<port>) or --public-url, or UNSECURED=true for "
+                "local testing"
+            )
         if not (
             self.unsecured
             or self.report_addrs
@@ -225,6 +238,7 @@ ENV_OPTIONS: dict[str, tuple[str, Callable[[str], object]]] = {
     "load_timeout": ("PYWORKER_LOAD_TIMEOUT", float),
     "max_sessions": ("PYWORKER_MAX_SESSIONS", int),
     "update_flag_file": ("PYWORKER_UPDATE_FLAG_FILE", str),
+    "max_connections": ("PYWORKER_MAX_CONNECTIONS", int),
 }
 
 
@@ -300,6 +314,7 @@ def load_config(args: argparse.Namespace, env: Mapping[str, str]) -> tuple[Worke
         "max_sessions",
         "http_port",
         "update_flag_file",
+        "max_connections",
     ):
         if (value := getattr(args, name)) is not None:
             changes[name] = value

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import httpx
 import trio
 
-from ._auth import load_public_key
+from ._auth import Authenticator, load_public_key
 
 logger = logging.getLogger("pyworker.auth")
 
@@ -112,3 +112,48 @@ def check_urls(urls: Sequence[str]) -> None:
             raise ValueError(f"invalid public key URL {url!r}: {exc}") from None
         if parsed.scheme not in ("http", "https") or not parsed.host:
             raise ValueError(f"invalid public key URL {url!r}: needs http(s)://host")
+
+
+ROTATION_CHECK = 15.0
+"""Seconds between looks at the signatures that failed (the rate limit of re-fetching)."""
+ROTATION_FAILURES = 3
+"""Failed signatures within one look that make the key suspect."""
+
+
+async def watch_key_rotation(
+    authenticator: Authenticator,
+    *,
+    urls: Sequence[str],
+    http: httpx.AsyncClient,
+    every: float = ROTATION_CHECK,
+    failures: int = ROTATION_FAILURES,
+    attempt_timeout: float = 10.0,
+) -> None:
+    """Pick up a rotated router key without a restart; runs until cancelled.
+
+    A burst of signatures that fail to verify is what a rotated key looks like from here (or
+    forgeries): the key is fetched again, at most once per ``every`` seconds, and adopted if it
+    changed. A failed fetch keeps the current key.
+
+    Args:
+        authenticator: whose key to keep current (its ``bad_signatures`` is watched).
+        urls: the key's URLs, tried in order.
+        http: the client to fetch with.
+        every: seconds between looks.
+        failures: failed signatures within one look that trigger a fetch.
+        attempt_timeout: the longest one request may take.
+    """
+    seen = authenticator.bad_signatures
+    while True:
+        await trio.sleep(every)
+        if authenticator.bad_signatures - seen < failures:
+            seen = authenticator.bad_signatures
+            continue
+        seen = authenticator.bad_signatures
+        with trio.move_on_after(attempt_timeout * len(urls) + 1):
+            pem = await fetch_public_key(
+                urls, http=http, backoff=(every,), attempt_timeout=attempt_timeout
+            )
+            if authenticator.public_pem != pem:
+                authenticator.set_public_key(pem)
+                logger.warning("the router's public key changed: using the new one")

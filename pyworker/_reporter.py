@@ -26,6 +26,9 @@ from ._report import Baseline, Report, ReportFormat, ReportSchedule, build_repor
 
 log = logging.getLogger("pyworker.reporter")
 
+_FINAL_GRACE = 1.0
+"""Seconds a delivery under way may still take once the final report is due."""
+
 _GB = float(2**30)
 """What the original worker calls a GB (``psutil.disk_usage(...).used / 2**30``)."""
 
@@ -89,8 +92,11 @@ class Reporter:
 
     def _on_change(self, change: StateChange) -> None:
         if STATE_INFO[change.dest].reports.final:
-            # The final report supersedes a delivery still retrying: its figures include all.
-            self._delivery.cancel()
+            # The final report supersedes a delivery still retrying (its figures include all),
+            # after a moment's grace: one whose answer is on its way must not be cut off, or
+            # the autoscaler, which has it, would get its figures again in the final report.
+            deadline = trio.current_time() + _FINAL_GRACE
+            self._delivery.deadline = min(self._delivery.deadline, deadline)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Report until the final report is delivered (or its time is up), then return.

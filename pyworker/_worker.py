@@ -14,7 +14,6 @@ import attrs
 import httpx
 import trio
 from hypercorn.config import Config as HypercornConfig
-from hypercorn.trio import serve as hypercorn_serve
 
 from ._admission import Admission
 from ._app import UpdateGate, create_app
@@ -36,10 +35,12 @@ from ._load import LoadTracker
 from ._logtail import LogTailer
 from ._model import ModelServer
 from ._pipeline import Pipeline
-from ._pubkey import configured_key, fetch_public_key, pubkey_urls
+from ._pubkey import configured_key, fetch_public_key, pubkey_urls, watch_key_rotation
 from ._records import RecordSender, RequestLog
 from ._report import Report, ReportFormat
 from ._reporter import Reporter
+from ._server import ConnectionCap, connection_cap
+from ._server import serve as serve_http
 from ._session_routes import InternalApp
 from ._sessions import Sessions
 from ._stages import Limits
@@ -129,7 +130,9 @@ class Worker:
         self.authenticator = Authenticator(
             unsecured=config.unsecured,
             accept_2025=config.accept_2025_signatures,
-            own_url=config.public_url or None,
+            # The URL the router signs; without a public address known, the local one, so a
+            # request signed for another worker is never accepted here.
+            own_url=config.url,
         )
         self.lifecycle = Lifecycle(started_at=0.0, key_known=lambda: self.authenticator.has_key)
         self.tracker = LoadTracker(now=0.0)
@@ -227,19 +230,22 @@ class Worker:
             )
             server_stop = trio.Event()
             async with trio.open_nursery() as server:
+                cap = ConnectionCap(limit=config.max_connections or connection_cap())
                 bound = await server.start(
                     partial(
-                        hypercorn_serve,
+                        serve_http,
                         cast(Any, pipeline),
                         self._hypercorn_config(config.port, tls=config.use_ssl),
+                        cap=cap,
                         shutdown_trigger=server_stop.wait,
                     )
                 )
                 internal = await server.start(
                     partial(
-                        hypercorn_serve,
+                        serve_http,
                         cast(Any, InternalApp(pipeline)),
                         self._hypercorn_config(config.internal_port, tls=False),
+                        cap=None,
                         shutdown_trigger=server_stop.wait,
                     )
                 )
@@ -348,7 +354,9 @@ class Worker:
         config.bind = [f"{self.config.host}:{port}"]
         # Requests have already drained when the trigger fires; this only bounds stragglers.
         config.graceful_timeout = 2.0
-        config.keep_alive_timeout = 75.0
+        # Short: an idle connection (or one whose request head never completes, as slowloris
+        # does) holds a descriptor; clients that want to reuse one do so within seconds.
+        config.keep_alive_timeout = self.config.keep_alive_timeout
         # The router and load balancers keep connections for long: hypercorn's default of
         # closing every connection after 1,000 requests costs reconnects (TLS handshakes).
         config.keep_alive_max_requests = 1_000_000
@@ -387,15 +395,18 @@ class Worker:
 
     # -- the router's key --------------------------------------------------------------------
     async def _fetch_key(self, http: httpx.AsyncClient) -> None:
-        if self.authenticator.has_key:
+        authenticator, config = self.authenticator, self.config
+        if authenticator.unsecured:
             return
-        config = self.config
         urls = [config.pubkey_url] if config.pubkey_url else pubkey_urls(config.report_addrs)
         if not urls:
-            log.error("no source for the router's public key: signed requests will get 503")
+            if not authenticator.has_key:
+                log.error("no source for the router's public key: signed requests will get 503")
             return
-        self.authenticator.set_public_key(await fetch_public_key(urls, http=http))
-        self.lifecycle.fire(Trigger.KEY_LOADED, now=trio.current_time())
+        if not authenticator.has_key:
+            authenticator.set_public_key(await fetch_public_key(urls, http=http))
+            self.lifecycle.fire(Trigger.KEY_LOADED, now=trio.current_time())
+        await watch_key_rotation(authenticator, urls=urls, http=http)
 
     # -- benchmark ---------------------------------------------------------------------------
     async def _benchmark(self, model: ModelServer) -> None:

@@ -7,6 +7,7 @@ import itertools
 import json
 import logging
 from collections.abc import Callable, Coroutine
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +31,7 @@ from pyworker._auth import (
     message_2025,
 )
 from pyworker._payload import PayloadError
-from pyworker._pubkey import configured_key, fetch_public_key, pubkey_urls
+from pyworker._pubkey import configured_key, fetch_public_key, pubkey_urls, watch_key_rotation
 from pyworker.devtools import RouterSigner
 
 URL = "http://127.0.0.1:41234"
@@ -503,3 +504,35 @@ def test_signed_messages_keep_the_url_byte_for_byte(
         messages[url] = message(auth)
         assert messages[url].endswith(b'"url": %s\n}' % json.dumps(url).encode())
     assert len(set(messages.values())) == len(urls), messages
+
+
+async def test_a_rotated_router_key_is_picked_up_after_a_burst_of_bad_signatures(
+    signer: RouterSigner, other_signer: RouterSigner, autojump_clock: trio.testing.MockClock
+) -> None:
+    served = [signer.public_pem()]
+    fetches: list[float] = []
+
+    async def router(request: httpx.Request) -> httpx.Response:
+        fetches.append(trio.current_time())
+        return httpx.Response(200, content=served[0])
+
+    authenticator = make_auth(signer)
+    async with mock_client(router) as http, trio.open_nursery() as nursery:
+        nursery.start_soon(
+            partial(watch_key_rotation, authenticator, urls=["http://router/pubkey/"], http=http)
+        )
+        # A forgery or two is no reason to fetch the key again.
+        for reqnum in range(2):
+            refusal(authenticator, signed(other_signer, reqnum=reqnum))
+        await trio.sleep(20)
+        assert fetches == []
+        # The router rotates its key: requests signed with the new one fail, in a burst...
+        served[0] = other_signer.public_pem()
+        for reqnum in range(2, 6):
+            refusal(authenticator, signed(other_signer, reqnum=reqnum))
+        await trio.sleep(16)
+        # ... so the key is fetched again (once per look at most), and the new one is used.
+        assert len(fetches) == 1
+        accept(authenticator, signed(other_signer, reqnum=10))
+        assert "invalid signature" in refusal(authenticator, signed(signer, reqnum=11)).reason
+        nursery.cancel_scope.cancel()

@@ -128,7 +128,12 @@ def test_list_backends(tmp_path: Path) -> None:
         (("--backend", "hello_world", "--benchmark-runs", "-1"), {}, ("benchmark-runs",)),
         (("--backend", "hello_world", "--read-timeout", "0"), {}, ("read-timeout",)),
         (("--backend", "hello_world"), {"WORKER_PORT": "x"}, ("WORKER_PORT",)),
-        (("--backend", "hello_world"), {"MODEL_LOG": "/tmp/m.log"}, ("public key",)),
+        (("--backend", "hello_world"), {"MODEL_LOG": "/tmp/m.log"}, ("public URL",)),
+        (
+            ("--backend", "hello_world"),
+            {"MODEL_LOG": "/tmp/m.log", "PUBLIC_IPADDR": "1.2.3.4"},
+            ("public key",),
+        ),
         (
             ("--backend", "hello_world"),
             {"MODEL_LOG": "/tmp/m.log", "REPORT_ADDR": "ftp://x"},
@@ -145,6 +150,7 @@ def test_list_backends(tmp_path: Path) -> None:
         "negative-benchmark-runs",
         "zero-timeout",
         "bad-WORKER_PORT",
+        "MODEL_LOG-without-public-URL",
         "MODEL_LOG-without-key",
         "bad-REPORT_ADDR",
         "no-MODEL_LOG",
