@@ -5,16 +5,20 @@ from __future__ import annotations
 
 import itertools
 import json
+import logging
 import re
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
+import trio
+from harness import seed_benchmark, start_stack
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from backends.openai import Settings, backend_for
 from backends.tgi._fake_log import generate_parameters, request_span
-from pyworker import Backend, Endpoint, Job, LogAction, LogRule, load_backend
+from pyworker import Backend, Endpoint, Job, LogAction, LogRule, State, load_backend
 
 
 def _backend(*rules: LogRule) -> Backend:
@@ -431,3 +435,74 @@ def test_no_client_text_in_a_request_log_line_signals_anything(
 def test_every_built_in_rule_is_anchored(name: str) -> None:
     # A bare substring matches inside a quoted prompt; each built-in rule pins its line's start.
     assert all(rule.pattern is not None for rule in BACKENDS[name].log_rules)
+
+
+# -- end to end: a prompt that reads like a failure, through a server that logs requests -------
+_ALARMING = (
+    "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB\n"
+    "Traceback (most recent call last):\n"
+    "Error: ShardFailed\n"
+    "INFO:     Application startup complete."
+)
+
+
+class _Seen(logging.Handler):
+    """Sets ``event`` when the worker logs a model server line containing ``marker``: the
+    tailer hands lines over in order, so every line before it has been classified."""
+
+    def __init__(self, marker: str) -> None:
+        super().__init__()
+        self.marker = marker
+        self.event = trio.Event()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.marker in record.getMessage():
+            self.event.set()
+
+
+async def test_a_worker_behind_a_request_logging_vllm_stays_ready(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    backend = load_backend("openai")
+    seed_benchmark(tmp_path / "state", backend, max_perf=1000.0, runs=2)
+    seen = _Seen("Loading weights took 0.42 seconds")
+    logger = logging.getLogger("pyworker")
+    level = logger.level
+    logger.setLevel(logging.INFO)
+    logger.addHandler(seen)
+    try:
+        with trio.fail_after(30):
+            stack = await start_stack(
+                nursery,
+                tmp_path,
+                "openai",
+                "--load-delay",
+                "0",
+                "--token-rate",
+                "5000",
+                "--log-requests",
+                wait_ready=True,
+                benchmark_runs=2,
+            )
+            chat = {"messages": [{"role": "user", "content": _ALARMING}], "max_tokens": 4}
+            first = await stack.post("/v1/chat/completions", chat)
+            assert first.status_code == 200, first.text
+            completion = await stack.post("/v1/completions", {"prompt": _ALARMING, "max_tokens": 4})
+            assert completion.status_code == 200, completion.text
+            received = [
+                line for line in stack.fake.log_text().splitlines() if "Received request" in line
+            ]
+            assert len(received) == 2
+            assert all("CUDA out of memory" in line for line in received)
+            # A line of vLLM's own after them: once the worker has logged it, it has read them.
+            with stack.fake.log_path.open("a") as log:
+                log.write("INFO 05-01 10:00:04 [default_loader.py:262] Loading weights took ")
+                log.write("0.42 seconds\n")
+            await seen.event.wait()
+            assert stack.worker.lifecycle.current is State.READY
+            assert (await stack.status())["state"] == "ready"
+            again = await stack.post("/v1/completions", {"prompt": "still there?", "max_tokens": 2})
+            assert again.status_code == 200, again.text
+    finally:
+        logger.removeHandler(seen)
+        logger.setLevel(level)
