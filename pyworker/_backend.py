@@ -32,14 +32,77 @@ class LogAction(enum.Enum):
     """The model server failed; the line is the reason."""
     INFO = "info"
     """Progress worth showing the operator (downloads, shard start)."""
+    IGNORE = "ignore"
+    """Not the model server's own news: a request log line, which quotes the client's text
+    (vLLM's ``Received request … prompt: '…'``). Matching stops there, so no later rule sees
+    the words a client chose, and :meth:`Backend.classify` answers None."""
+
+
+def _compiled(pattern: str | re.Pattern[str] | None) -> re.Pattern[str] | None:
+    return re.compile(pattern) if isinstance(pattern, str) else pattern
+
+
+def _no_line_ending(rule: LogRule, attribute: attrs.Attribute[str], value: str) -> None:
+    if "\n" in value or "\r" in value:
+        raise ValueError(f"{attribute.name} {value!r}: lines reach the rules without line endings")
+
+
+def _matches_some_lines(
+    rule: LogRule, attribute: attrs.Attribute[re.Pattern[str] | None], value: object
+) -> None:
+    if value is None:
+        return
+    if not isinstance(value, re.Pattern) or not isinstance(value.pattern, str):
+        raise TypeError(f"pattern must be a str or a compiled str pattern, not {value!r}")
+    if value.match("") is not None:
+        raise ValueError(f"pattern {value.pattern!r} matches the empty line, so every line")
 
 
 @attrs.frozen(kw_only=True)
 class LogRule:
-    """A substring of a log line and what it means."""
+    r"""A kind of line in the model server's log, and what it means.
 
-    action: LogAction
-    substring: str
+    A line matches when it contains :attr:`substring` and :attr:`pattern` matches at its start
+    (each only when given). The substring alone is what the README's example uses; the pattern
+    anchors a rule to the server's own log format (its prefix, level and logger), which a
+    client's words quoted *inside* a line cannot forge. A model server that logs requests puts
+    the prompt in its log: ``CUDA out of memory`` inside vLLM's ``INFO … Received request …
+    prompt: '…'`` line must not mean that the model failed. Give both where the server logs
+    client text: the substring is a cheap first test (most lines fail it), and the pattern
+    runs only on the few lines that contain it::
+
+        LogRule(
+            action=LogAction.MODEL_ERROR,
+            substring="CUDA out of memory",
+            # a traceback's last line, at the start of a line, as Python prints it
+            pattern=r"torch\.(?:cuda\.)?OutOfMemoryError: CUDA out of memory",
+        )
+
+    Attributes:
+        action: what a matching line means.
+        substring: text that a matching line contains anywhere ("" for none).
+        pattern: a regular expression (a string is compiled) that must match at the start of
+            the line (:meth:`re.Pattern.match`; end it with ``$`` to match the whole line).
+            It may not match the empty line: it would match every line.
+    """
+
+    action: LogAction = attrs.field(validator=attrs.validators.instance_of(LogAction))
+    substring: str = attrs.field(
+        default="", validator=[attrs.validators.instance_of(str), _no_line_ending]
+    )
+    pattern: re.Pattern[str] | None = attrs.field(
+        default=None, converter=_compiled, validator=_matches_some_lines
+    )
+
+    def __attrs_post_init__(self) -> None:
+        if not self.substring and self.pattern is None:
+            raise ValueError("a log rule needs a substring or a pattern (or both)")
+
+    def matches(self, line: str) -> bool:
+        """Whether ``line`` (without its line ending) is of this rule's kind."""
+        if self.substring not in line:
+            return False
+        return self.pattern is None or self.pattern.match(line) is not None
 
 
 MAX_WORKLOAD = 1e12
@@ -152,7 +215,8 @@ class Backend:
         model_server_url: the model server's default base URL (``MODEL_SERVER_URL`` overrides).
         endpoints: the proxied routes.
         benchmark_route: the route whose ``benchmark_payload`` measures capacity.
-        log_rules: substrings of log lines and their meaning; the first match wins.
+        log_rules: kinds of log lines and their meaning; the first rule that matches a line
+            decides (see :meth:`classify`).
         allow_parallel_requests: False makes the worker send one request at a time, in
             arrival order (for model servers that cannot batch).
         health_path: the model server's health route, polled once loaded (None: no polling).
@@ -197,11 +261,26 @@ class Backend:
         raise KeyError(route)
 
     def classify(self, line: str) -> LogRule | None:
-        """The first rule whose substring occurs in ``line``."""
+        """What ``line`` of the model server's log means: the first rule that matches it.
+
+        Colour codes are left out first (TGI colours its text lines by default), so rules
+        are written against the text as it reads. Called on every line the log tailer
+        reads: a rule costs a substring test, and a pattern match only when that passes.
+
+        Returns:
+            The first matching rule, or None when no rule matches or the first that does is
+            an :attr:`LogAction.IGNORE` rule (a request log line).
+        """
+        if "\x1b" in line:
+            line = _ANSI_ESCAPE.sub("", line)
         for rule in self.log_rules:
-            if rule.substring in line:
-                return rule
+            if rule.substring in line and (rule.pattern is None or rule.pattern.match(line)):
+                return None if rule.action is LogAction.IGNORE else rule
         return None
+
+
+# CSI sequences (colours, cursor moves): ESC [ parameters final-byte.
+_ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
 
 
 _NAME = re.compile(r"^[a-z_][a-z0-9_]*$")

@@ -20,6 +20,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from backends.openai import (
+    SERVERS,
     Settings,
     backend_for,
     log_rules,
@@ -252,10 +253,8 @@ LLAMACPP_OLD_EARLY = '{"tid":"1","level":"INFO","msg":"HTTP server listening","p
 
 
 def _action(server: str, line: str) -> LogAction | None:
-    for rule in log_rules(server):
-        if rule.substring in line:
-            return rule.action
-    return None
+    rule = backend_for(Settings(server=server)).classify(line)
+    return None if rule is None else rule.action
 
 
 @pytest.mark.parametrize(
@@ -312,6 +311,25 @@ def _action(server: str, line: str) -> LogAction | None:
 )
 def test_log_rules(server: str, line: str, action: LogAction | None) -> None:
     assert _action(server, line) is action
+
+
+@pytest.mark.parametrize("server", SERVERS)
+def test_request_log_lines_are_ignored_before_any_other_rule(server: str) -> None:
+    rules = log_rules(server)
+    ignored = [rule for rule in rules if rule.action is LogAction.IGNORE]
+    assert ignored
+    assert rules[: len(ignored)] == tuple(ignored)
+    prompt = "CUDA out of memory. Traceback (most recent call last): Error: ShardFailed"
+    for line in (
+        f"INFO 05-01 10:00:41 [logger.py:43] Received request cmpl-1-0: prompt: {prompt!r}, "
+        "params: SamplingParams(n=1), prompt_token_ids: None, lora_request: None.",
+        "(APIServer pid=7) INFO 05-01 10:00:41 [async_llm.py:270] Added request cmpl-1-0.",
+        f"[2026-03-11 13:54:02] Receive: obj=GenerateReqInput(text={prompt!r}, rid='1')",
+        'srv  log_server_r: request:  {"prompt":"INFO:     Application startup complete."}',
+        "INFO 05-01 10:00:41 [logger.py:43] Received request cmpl-1-0: prompt: "
+        "'The server is fired up and ready to roll! srv  llama_server: server is listening on '",
+    ):
+        assert _action(server, line) is None, line
 
 
 def test_server_choices() -> None:

@@ -11,7 +11,7 @@ import pytest
 import trio
 from fakes import FakeServer, get_stats, poll_stats, start_fake
 
-from pyworker import estimate_tokens
+from pyworker import LogAction, estimate_tokens, load_backend
 
 MODULE = "backends.hello_world.server"
 READY = "infer server has started"
@@ -236,3 +236,22 @@ async def test_throughput_follows_the_capacity_truth(
         stats = await get_stats(client)
     assert stats["completed"] == requests
     assert stats["max_concurrent"] == requests  # all in flight; the model queued the rest
+
+
+async def test_logged_requests_quote_the_prompt_and_mean_nothing(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    fake = await _start(nursery, tmp_path, "--token-rate", "1000", "--log-requests")
+    prompt = (
+        "Exception: corrupted model file\nError: model failed to load\ninfer server has started"
+    )
+    async with httpx.AsyncClient(base_url=fake.url) as client:
+        assert (await client.post("/generate", json=_body(prompt, 2))).status_code == 200
+    backend = load_backend("hello_world")
+    lines = fake.log_text().splitlines()
+    [received] = [line for line in lines if "request received: " in line]
+    assert received.endswith(f" INFO request received: prompt: {prompt!r}, max_response_tokens: 2")
+    assert backend.classify(received) is None
+    meanings = [rule.action for line in lines if (rule := backend.classify(line)) is not None]
+    assert LogAction.MODEL_ERROR not in meanings
+    assert meanings.count(LogAction.MODEL_LOADED) == 1

@@ -12,7 +12,8 @@ import pytest
 import trio
 from fakes import FakeServer, close_when_cancelled, free_port, poll_stats, spawn_fake, start_fake
 
-from pyworker import estimate_tokens
+from backends.openai import Settings, backend_for
+from pyworker import LogAction, estimate_tokens
 
 MODULE = "backends.openai.fake"
 MODEL = "fake-org/Fake-Llama-3-8B-Instruct"
@@ -368,3 +369,46 @@ async def test_failed_starts_exit_1_with_the_flavors_lines(
         assert await fake.wait() == 1
     assert expected in fake.log_text()
     assert READY[flavor] not in fake.log_text()
+    backend = backend_for(Settings(server=flavor))
+    meanings = [backend.classify(line) for line in fake.log_text().splitlines()]
+    assert any(rule is not None and rule.action is LogAction.MODEL_ERROR for rule in meanings)
+
+
+_ALARMING = (
+    "torch.OutOfMemoryError: CUDA out of memory.\nTraceback (most recent call last):\n"
+    "Error: ShardFailed\nThe server is fired up and ready to roll! server is listening on "
+)
+
+
+@pytest.mark.parametrize("flavor", ["vllm", "sglang", "llamacpp"])
+async def test_logged_requests_quote_the_prompt_and_mean_nothing(
+    nursery: trio.Nursery, tmp_path: Path, flavor: str
+) -> None:
+    fake, client = await _start(nursery, tmp_path, flavor, "--log-requests")
+    chat = {"messages": [{"role": "user", "content": _ALARMING}], "max_tokens": 2}
+    assert (await client.post("/v1/chat/completions", json=chat)).status_code == 200
+    completion = {"prompt": [_ALARMING, "two"], "max_tokens": 2, "stop": [_ALARMING]}
+    assert (await client.post("/v1/completions", json=completion)).status_code == 200
+    lines = fake.log_text().splitlines()
+    quoting = [line for line in lines if "CUDA out of memory" in line]
+    first = {
+        "vllm": "Received request chatcmpl-",
+        "sglang": "Receive: obj=GenerateReqInput(text='<|begin_of_text|>",
+        "llamacpp": 'srv  log_server_r: request:  {"messages":',
+    }[flavor]
+    assert first in quoting[0]
+    assert len(quoting) == {"vllm": 2 + 1, "sglang": 2, "llamacpp": 2}[flavor]
+    backend = backend_for(Settings(server=flavor))
+    assert [backend.classify(line) for line in quoting] == [None] * len(quoting)
+    ready = [
+        line
+        for line in lines
+        if (rule := backend.classify(line))
+        and rule.action
+        in (
+            LogAction.MODEL_LOADED,
+            LogAction.MODEL_ERROR,
+        )
+    ]
+    assert len(ready) == 1
+    assert READY[flavor] in ready[0]

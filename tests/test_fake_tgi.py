@@ -378,6 +378,39 @@ async def test_generation_failures_are_424_or_an_event(
         assert streamed.status_code == 200
         [event] = _events(streamed.content)
         assert event["error_type"] == "generation"
+    # TGI logs a request's failure at ERROR, in its span; the server goes on: not fatal.
+    failures = [line for line in fake.log_text().splitlines() if "CUDA out of memory" in line]
+    assert [json.loads(line)["span"]["name"] for line in failures] == [
+        "generate",
+        "generate_stream",
+    ]
+    assert all(json.loads(line)["level"] == "ERROR" for line in failures)
+    assert [BACKEND.classify(line) for line in failures] == [None, None]
+
+
+async def test_request_lines_quote_the_stop_sequences_and_mean_nothing(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    fake = await _start(nursery, tmp_path, "--token-rate", "2000")
+    stop = ["Error: ShardFailed", '"message":"Connected","target":"text_generation_router"']
+    async with _client(fake) as client:
+        answered = await client.post("/generate", json=_body(3, stop=stop))
+        assert answered.status_code == 200
+        streamed = await client.post("/generate_stream", json=_body(3, stop=stop))
+        assert streamed.status_code == 200
+    lines = fake.log_text().splitlines()
+    successes = [json.loads(line) for line in lines if '"message":"Success"' in line]
+    assert [record["span"]["name"] for record in successes] == ["generate", "generate_stream"]
+    for record in successes:
+        assert record["spans"] == [record["span"]]
+        parameters = record["span"]["parameters"]
+        assert parameters.startswith("GenerateParameters { best_of: None, ")
+        assert 'stop: ["Error: ShardFailed", "\\"message\\":\\"Connected' in parameters
+    meanings = [BACKEND.classify(line) for line in lines]
+    assert [rule.action for rule in meanings if rule is not None].count(
+        LogAction.MODEL_LOADED
+    ) == 1  # the router's own "Connected", not the quoted one
+    assert not any(rule is not None and rule.action is LogAction.MODEL_ERROR for rule in meanings)
 
 
 # -- health, info, metrics, disconnects, crashes ---------------------------------------------

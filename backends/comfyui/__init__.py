@@ -60,20 +60,63 @@ __all__ = [
 
 DEFAULT_PORT = 8188
 
+# ComfyUI logs through the root logger with a bare "%(message)s" format (stderr), so its own
+# lines and the tracebacks it prints start at the start of the line; the rules are anchored
+# there. A client's text reaches the log only inside its lines, when a workflow fails
+# validation (the value quoted, then the error dict's repr):
+#     Failed to validate prompt for output 9:
+#     * CheckpointLoaderSimple 4:
+#       - Value not in list: ckpt_name: 'CUDA out of memory' not in ['sd15.safetensors']
+#     invalid prompt: {'type': 'prompt_outputs_failed_validation', 'message': …}
 LOG_RULES: tuple[LogRule, ...] = (
-    LogRule(action=LogAction.MODEL_LOADED, substring="To see the GUI go to:"),
+    # A rejected workflow's lines: nothing about the server, whatever they quote.
+    LogRule(action=LogAction.IGNORE, substring="invalid prompt: ", pattern=r"invalid prompt: "),
+    LogRule(action=LogAction.IGNORE, substring=" - ", pattern=r" +- "),
+    # "To see the GUI go to: http://0.0.0.0:8188" (one per --listen address, https with TLS).
+    LogRule(
+        action=LogAction.MODEL_LOADED,
+        substring="To see the GUI go to:",
+        pattern=r"To see the GUI go to: https?://",
+    ),
     # Fatal at start-up: the port is taken (current wording, then the older traceback's),
-    # or torch has no usable GPU.
-    LogRule(action=LogAction.MODEL_ERROR, substring="is already in use on address"),
-    LogRule(action=LogAction.MODEL_ERROR, substring="OSError: [Errno 98]"),
+    # or torch has no usable GPU (a traceback's last line):
+    #     Port 8188 is already in use on address 0.0.0.0. Please close the other application …
+    #     OSError: [Errno 98] error while attempting to bind on address ('0.0.0.0', 8188): …
+    #     AssertionError: Torch not compiled with CUDA enabled
+    #     RuntimeError: Found no NVIDIA driver on your system. Please check that you have …
+    LogRule(
+        action=LogAction.MODEL_ERROR,
+        substring="is already in use on address",
+        pattern=r"Port \d+ is already in use on address ",
+    ),
+    LogRule(
+        action=LogAction.MODEL_ERROR,
+        substring="OSError: [Errno 98]",
+        pattern=r"OSError: \[Errno 98\]",
+    ),
     LogRule(
         action=LogAction.MODEL_ERROR,
         substring="AssertionError: Torch not compiled with CUDA enabled",
+        pattern=r"AssertionError: Torch not compiled with CUDA enabled",
     ),
-    LogRule(action=LogAction.MODEL_ERROR, substring="Found no NVIDIA driver on your system"),
+    LogRule(
+        action=LogAction.MODEL_ERROR,
+        substring="Found no NVIDIA driver on your system",
+        pattern=r"(?:RuntimeError: )?Found no NVIDIA driver on your system",
+    ),
     # Per prompt, not fatal: the prompt's own answer carries the error; the server goes on.
-    LogRule(action=LogAction.INFO, substring="!!! Exception during processing !!!"),
-    LogRule(action=LogAction.INFO, substring="(IMPORT FAILED)"),
+    #     !!! Exception during processing !!! CUDA out of memory. Tried to allocate …
+    #        0.1 seconds (IMPORT FAILED): /ComfyUI/custom_nodes/broken-pack
+    LogRule(
+        action=LogAction.INFO,
+        substring="!!! Exception during processing !!!",
+        pattern=r"!!! Exception during processing !!!",
+    ),
+    LogRule(
+        action=LogAction.INFO,
+        substring="(IMPORT FAILED)",
+        pattern=r" *[\d.]+ seconds \(IMPORT FAILED\): ",
+    ),
 )
 """What ComfyUI's log lines mean."""
 

@@ -116,6 +116,46 @@ def make_backend(env: Mapping[str, str]) -> Backend:
     return attrs.evolve(BACKEND, model_id=env.get("MODEL_NAME", BACKEND.model_id))
 
 
+# The demo server writes "<UTC time> <LEVEL> <message>" lines (the fake kit's format), and
+# Python prints an exception's last traceback line at the start of a line:
+#     2026-11-25T16:00:00.123Z INFO infer server has started on http://127.0.0.1:5001
+#     2026-11-25T16:00:00.123Z ERROR Error: model failed to load: no weights
+#     Exception: corrupted model file shard 3
+# With --log-requests it logs each request, the prompt quoted (repr) inside the line:
+#     2026-11-25T16:00:00.123Z INFO request received: prompt: 'Error: model failed …', …
+# The rules are anchored to those starts, so no prompt can pass for the server's own line.
+_STAMP = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d+Z "
+
+LOG_RULES: tuple[LogRule, ...] = (
+    LogRule(
+        action=LogAction.IGNORE,
+        substring=" received: ",
+        pattern=_STAMP + r"INFO request received: ",
+    ),
+    LogRule(
+        action=LogAction.MODEL_LOADED,
+        substring="infer server has started",
+        pattern=f"(?:{_STAMP}INFO )?infer server has started",
+    ),
+    LogRule(
+        action=LogAction.MODEL_ERROR,
+        substring="corrupted model file",
+        pattern=f"(?:{_STAMP}ERROR )?Exception: corrupted model file",
+    ),
+    LogRule(
+        action=LogAction.MODEL_ERROR,
+        substring="model failed to load",
+        pattern=f"(?:{_STAMP}ERROR )?Error: model failed to load",
+    ),
+    LogRule(
+        action=LogAction.INFO,
+        substring="loading model",
+        pattern=f"(?:{_STAMP}INFO )?loading model",
+    ),
+)
+"""What the demo server's log lines mean."""
+
+
 BACKEND = Backend(
     name="hello_world",
     model_server_url="http://127.0.0.1:5001",
@@ -126,12 +166,7 @@ BACKEND = Backend(
         ),
     ),
     benchmark_route="/generate",
-    log_rules=(
-        LogRule(action=LogAction.MODEL_LOADED, substring="infer server has started"),
-        LogRule(action=LogAction.MODEL_ERROR, substring="Exception: corrupted model file"),
-        LogRule(action=LogAction.MODEL_ERROR, substring="Error: model failed to load"),
-        LogRule(action=LogAction.INFO, substring="loading model"),
-    ),
+    log_rules=LOG_RULES,
     allow_parallel_requests=True,
     health_path="/healthcheck",
     model_id="hello_world-demo",

@@ -15,6 +15,10 @@ knobs). Routes:
 * ``GET /stats`` (fake-only) answers the request counters of :class:`Stats`;
 * ``GET /sessions_closed`` (fake-only) answers the bodies ``/session_closed`` received.
 
+With ``--log-requests`` it logs each generation request as servers with a request logger do
+(vLLM's, SGLang's), the prompt quoted inside the line:
+``2026-11-25T16:00:00.123Z INFO request received: prompt: '…', max_response_tokens: 32``.
+
 A request costs ``estimate_tokens(prompt) + n`` units of the capacity model, the same
 workload the hello_world backend computes: the prompt's units are served first (prefill),
 then one unit per generated token, so streams emit tokens as they are generated.
@@ -94,11 +98,13 @@ class HelloWorldServer:
     Attributes:
         knobs: rates, limits and failure injection.
         log: where cancellations, injected failures and crashes are logged.
+        log_requests: log each generation request, its prompt quoted.
         stats: the counters served by ``GET /stats``.
     """
 
     knobs: Knobs
     log: LogWriter
+    log_requests: bool = False
     stats: Stats = attrs.field(init=False, factory=Stats)
     sessions_closed: list[object] = attrs.field(init=False, factory=list)
     _capacity: CapacityModel = attrs.field(init=False)
@@ -171,6 +177,8 @@ class HelloWorldServer:
             prompt, wanted = _parse(request.body)
         except _BadRequest as exc:
             return exc.response
+        if self.log_requests:
+            self.log.info(f"request received: prompt: {prompt!r}, max_response_tokens: {wanted}")
         if self._faults.fail_request():
             self.log.warning("injected failure (--error-rate)")
             return Response.json({"error": "injected failure"}, status=500)
@@ -255,8 +263,19 @@ class HelloWorldServer:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the demo server; returns the exit status."""
     parser = knob_parser("hello_world demo LLM server (a fake model server)", port=DEFAULT_PORT)
-    knobs = Knobs.parse(parser, argv)
-    return run_fake(lambda log: HelloWorldServer(knobs=knobs, log=log).handle, knobs)
+    parser.add_argument(
+        "--log-requests",
+        action="store_true",
+        help="log each generation request, its prompt quoted (as vLLM's request logger does)",
+    )
+    namespace = parser.parse_args(argv)
+    knobs = Knobs.from_namespace(namespace)
+    return run_fake(
+        lambda log: (
+            HelloWorldServer(knobs=knobs, log=log, log_requests=namespace.log_requests).handle
+        ),
+        knobs,
+    )
 
 
 if __name__ == "__main__":

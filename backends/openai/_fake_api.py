@@ -45,6 +45,9 @@ class Options:
         max_model_len: the context window, in tokens.
         warmup: SGLang only: seconds of warm-up between listening and the ready line.
         fail_warmup: SGLang only: fail the warm-up with this reason (exit 1).
+        log_requests: log each request as the flavor's request logger does, the client's
+            text quoted (vLLM's ``--enable-log-requests``, SGLang's ``--log-requests``,
+            llama.cpp's ``--verbose``).
     """
 
     flavor: str = attrs.field(default="vllm", validator=attrs.validators.in_(FLAVORS))
@@ -54,6 +57,7 @@ class Options:
     )
     warmup: float = attrs.field(default=0.5, validator=attrs.validators.ge(0.0))
     fail_warmup: str | None = None
+    log_requests: bool = False
 
 
 class ApiError(Exception):

@@ -8,11 +8,17 @@
 * llama.cpp: ``srv  <function>: …`` and ``slot <function>: id  0 | task 5 | …`` lines, and
   the loader's bare lines, all on stderr.
 
+With ``--log-requests`` each flavor also logs requests as its request logger does, the
+client's text inside the line (:meth:`OpenAILog.request_received`,
+:meth:`OpenAILog.request_bodies`): what the worker's log rules must never take for the
+server's own news.
+
 With ``--log`` both streams are the log file (as ``server >log 2>&1``), in the order written.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import time
 
@@ -75,6 +81,74 @@ class OpenAILog:
     def raw(self, text: str) -> None:
         """Lines as they are (tracebacks, C-level messages) on stderr."""
         self.writer.line(text, stderr=True)
+
+    # -- request logs ------------------------------------------------------------------------
+    def request_received(self, request_id: str, body: bytes, *, chat: bool) -> None:
+        """Log a generation request as vLLM's or SGLang's request logger does (llama.cpp logs
+        bodies instead, :meth:`request_bodies`).
+
+        vLLM (``vllm/entrypoints/logger.py``, the prompt by ``%r``, once per prompt, then the
+        engine's ``Added request``)::
+
+            INFO 05-01 10:00:41 [logger.py:43] Received request cmpl-5c1e…-0: prompt: '…',
+              params: SamplingParams(n=1, …, stop=[], …), prompt_token_ids: None,
+              prompt_embeds shape: None, lora_request: None.
+            INFO 05-01 10:00:41 [async_llm.py:270] Added request cmpl-5c1e…-0.
+
+        SGLang (its tokenizer manager, the request dataclass with strings by repr)::
+
+            [2026-03-11 13:54:02] Receive: obj=GenerateReqInput(text='…', …)
+
+        Args:
+            request_id: the answer's id.
+            body: the request's JSON body (already validated).
+            chat: a chat completion (its messages go through the chat template first).
+        """
+        data = json.loads(body)
+        prompts = [_chat_prompt(data["messages"])] if chat else _prompts(data["prompt"])
+        stop = data.get("stop") or []
+        stop = [stop] if isinstance(stop, str) else stop
+        max_tokens = data.get("max_completion_tokens") or data.get("max_tokens") or 16
+        if self.flavor == "vllm":
+            params = (
+                f"SamplingParams(n={data.get('n') or 1}, presence_penalty=0.0, "
+                f"frequency_penalty=0.0, repetition_penalty=1.0, "
+                f"temperature={float(data.get('temperature', 1.0))}, "
+                f"top_p={float(data.get('top_p', 1.0))}, top_k=0, min_p=0.0, "
+                f"seed={data.get('seed')!r}, stop={stop!r}, stop_token_ids=[], bad_words=[], "
+                f"include_stop_str_in_output=False, ignore_eos={bool(data.get('ignore_eos'))}, "
+                f"max_tokens={max_tokens}, min_tokens=0, logprobs=None, prompt_logprobs=None, "
+                "skip_special_tokens=True, spaces_between_special_tokens=True, "
+                "truncate_prompt_tokens=None, structured_outputs=None, extra_args=None)"
+            )
+            for index, (text, token_ids) in enumerate(prompts):
+                rid = f"{request_id}-{index}"
+                self.vllm(
+                    "logger.py:43",
+                    f"Received request {rid}: prompt: {text!r}, params: {params}, "
+                    f"prompt_token_ids: {token_ids!r}, prompt_embeds shape: None, "
+                    "lora_request: None.",
+                )
+                self.vllm("async_llm.py:270", f"Added request {rid}.")
+        elif self.flavor == "sglang":
+            texts: object = prompts[0][0] if len(prompts) == 1 else [p for p, _ in prompts]
+            ids = prompts[0][1] if len(prompts) == 1 else None
+            sampling = {"max_new_tokens": max_tokens, "stop": stop}
+            self.sglang(
+                f"Receive: obj=GenerateReqInput(text={texts!r}, input_ids={ids!r}, "
+                f"sampling_params={sampling!r}, rid={request_id!r}, return_logprob=False, "
+                f"stream={bool(data.get('stream'))}, log_metrics=True)"
+            )
+
+    def request_bodies(self, request: bytes, response: bytes) -> None:
+        """Log a request's body and its answer's as llama.cpp does with ``--verbose``, after
+        its ``request: POST /path … 200`` line (``log_server_request``, debug level)::
+
+            srv  log_server_r: request:  {"messages":[{"role":"user","content":"…"}],…}
+            srv  log_server_r: response: {"choices":[…],…}
+        """
+        self.srv("log_server_r", "request:  " + request.decode("utf-8", "replace"))
+        self.srv("log_server_r", "response: " + response.decode("utf-8", "replace"))
 
     # -- events, as the flavor logs them ---------------------------------------------------------
     def warning(self, message: str) -> None:
@@ -144,3 +218,31 @@ class OpenAILog:
     def hanging(self, request_id: str, done: int) -> None:
         """The line logged when ``--hang-after`` stalls a request."""
         self.warning(f"request {request_id}: hanging after {done} tokens")
+
+
+def _prompts(prompt: object) -> list[tuple[str | None, list[int] | None]]:
+    """A completion's prompts as vLLM logs them: (text, None) or (None, token ids) each."""
+    if isinstance(prompt, str):
+        return [(prompt, None)]
+    assert isinstance(prompt, list)
+    if all(isinstance(p, str) for p in prompt):
+        return [(p, None) for p in prompt]
+    if all(isinstance(t, int) for t in prompt):
+        return [(None, prompt)]
+    return [(None, p) for p in prompt]
+
+
+def _chat_prompt(messages: list[dict[str, object]]) -> tuple[str, None]:
+    """The prompt a Llama 3 chat template makes of ``messages``, as the servers log it."""
+    parts = ["<|begin_of_text|>"]
+    for message in messages:
+        content = message.get("content")
+        if isinstance(content, list):
+            content = "".join(
+                str(part.get("text", "")) for part in content if isinstance(part, dict)
+            )
+        parts.append(
+            f"<|start_header_id|>{message['role']}<|end_header_id|>\n\n{content or ''}<|eot_id|>"
+        )
+    parts.append("<|start_header_id|>assistant<|end_header_id|>\n\n")
+    return "".join(parts), None

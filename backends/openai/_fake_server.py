@@ -135,6 +135,9 @@ class OpenAIFake:
         if request.path != "/stats":
             reason = _REASONS.get(response.status, "")
             self.log.access(request.method, request.path, response.status, reason)
+            if self.options.log_requests and flavor == "llamacpp":
+                answered = response.body if isinstance(response, Response) else b""
+                self.log.request_bodies(request.body, answered)
         return response
 
     def _error(self, error: ApiError) -> Response:
@@ -198,6 +201,8 @@ class OpenAIFake:
             self.log.warning("injected failure (--error-rate)")
             return self._error(ApiError(500, "injected failure", "internal"))
         answer = Answer.start(self.options.flavor, gen)
+        if self.options.log_requests:
+            self.log.request_received(answer.id, request.body, chat=chat)
         offset = zlib.crc32(gen.seed_text.encode("utf-8", "surrogatepass")) % TABLE_SIZE
         if gen.stream:
             headers: tuple[tuple[bytes, bytes], ...] = ((b"cache-control", b"no-cache"),)

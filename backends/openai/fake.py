@@ -65,6 +65,12 @@ def parser(flavor: str) -> argparse.ArgumentParser:
         help="sglang: seconds of warm-up after listening, /health 503 meanwhile",
     )
     add("--fail-warmup", metavar="REASON", help="sglang: fail the warm-up; exit 1")
+    add(
+        "--log-requests",
+        action="store_true",
+        help="log each request with the client's text, as vLLM's --enable-log-requests, "
+        "SGLang's --log-requests and llama.cpp's --verbose do",
+    )
     return p
 
 
@@ -84,6 +90,7 @@ def parse(argv: Sequence[str] | None = None) -> tuple[Knobs, Options]:
         max_model_len=namespace.max_model_len,
         warmup=namespace.warmup,
         fail_warmup=namespace.fail_warmup,
+        log_requests=namespace.log_requests,
     )
     return Knobs.from_namespace(namespace), options
 

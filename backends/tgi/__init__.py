@@ -60,40 +60,83 @@ DEFAULT_PORT = 3000
 BENCHMARK_MAX_NEW_TOKENS = 128
 
 # -- log lines -------------------------------------------------------------------------------
-# The launcher's fatal exits: the Rust error enum printed on stderr, exit status 1.
-_FATAL = (
-    "Error: DownloadError",
-    "Error: ShardCannotStart",
-    "Error: ShardFailed",
-    "Error: WebserverFailed",
-    "Error: WebserverCannotStart",
-    "Error: ArgumentValidation",
-    "Error: NotEnoughCUDADevices",
-)
-# The router's "Connected", logged just before it binds its port:
-# * --json-output (Vast's templates): no closing quote after the target, because TGI <= 2.0
-#   logged it from `text_generation_router` and TGI >= 2.1 from `text_generation_router::server`;
-# * plain text: `… text_generation_router::server: router/src/server.rs:2302: Connected`, where
-#   the router colours its output by default (LOG_COLORIZE), which puts an ANSI reset between
-#   the line number's colon and the message.
+# Every rule is anchored to the start of a line as TGI writes it. The router logs each request
+# inside its handler's span, whose `parameters` field holds the client's stop sequences (and,
+# at LOG_LEVEL=debug, an "Input: …" line holds the prompt), so a client's words are in the log
+# on lines that begin with TGI's own prefix; anchoring the level, target and message keeps them
+# from passing for TGI's own. The forms (tracing-subscriber's; `…` elides):
+#
+# --json-output (Vast's templates): one JSON object per line, fields in this order; a client's
+# quotes are escaped inside it, so a quoted key and value are TGI's own. The router flattens
+# its events, the launcher nests them under "fields":
+#     {"timestamp":"2025-05-01T10:00:30.001Z","level":"INFO","message":"Connected",
+#      "target":"text_generation_router::server","filename":"router/src/server.rs",…}
+#     {"timestamp":"…","level":"INFO","fields":{"message":"Shard ready in 12.3s"},
+#      "target":"text_generation_launcher","span":{"rank":0,"name":"shard-manager"},…}
+#     {"timestamp":"…","level":"INFO","message":"Success","target":"text_generation_router::
+#      server",…,"span":{"parameters":"GenerateParameters { …, stop: [\"…\"], … }",…,
+#      "name":"generate"},"spans":[…]}
+_JSON = r'\{"timestamp":"[^"]*","level":"(?P<level>[A-Z]+)",'
+# Text (router: file and line; launcher: compact, spans first); the level padded to 5; the
+# router's colours are left out before matching (Backend.classify):
+#     2025-05-01T10:00:30.001234Z  INFO text_generation_router::server: router/src/server.rs:
+#       2302: Connected
+#     2025-05-01T10:00:40.123456Z  INFO generate{parameters=GenerateParameters { … stop:
+#       ["…"] … } total_time="…" …}: text_generation_router::server: router/src/server.rs:
+#       432: Success
+#     2025-05-01T10:00:04.211Z  INFO shard-manager: text_generation_launcher: Shard ready in …
+_TEXT = r"\d{4}-\d\d-\d\dT[\d:.]+Z +"
+# The router's "Connected", logged just before it binds its port, from `main.rs` (target
+# `text_generation_router`) up to TGI 2.0 and from `server.rs` (`…::server`) since 2.1: the
+# Vast template's `"message":"Connected","target":"text_generation_router` with the target's
+# end left open, anchored. Not inside a span: a request line has its span between the level
+# and the target.
 _READY = (
-    '"message":"Connected","target":"text_generation_router',
-    ": Connected",
-    ":\x1b[0m Connected",
+    LogRule(
+        action=LogAction.MODEL_LOADED,
+        substring="Connected",
+        pattern=_JSON + r'"message":"Connected","target":"text_generation_router(?:::server)?"',
+    ),
+    LogRule(
+        action=LogAction.MODEL_LOADED,
+        substring="Connected",
+        pattern=_TEXT + r"INFO text_generation_router(?:::server)?: [\w/.-]+:\d+: Connected$",
+    ),
+)
+# The launcher's fatal exits: Rust's `main` returning its error enum, printed by the standard
+# library on stderr at the start of a line, exit status 1:
+#     Error: ShardCannotStart
+#     Error: ArgumentValidation("`max_input_tokens` must be < `max_total_tokens`")
+_FATAL = tuple(
+    LogRule(
+        action=LogAction.MODEL_ERROR, substring=f"Error: {variant}", pattern=rf"Error: {variant}\b"
+    )
+    for variant in (
+        "DownloadError",
+        "ShardCannotStart",
+        "ShardFailed",
+        "WebserverFailed",
+        "WebserverCannotStart",
+        "ArgumentValidation",
+        "NotEnoughCUDADevices",
+    )
+)
+_PROGRESS_MESSAGES = (
+    r"(?:Starting check and download process|Download|Successfully downloaded weights"
+    r"|Files are already present on the host|Shard ready in)"
 )
 _PROGRESS = (
-    "Starting check and download process",
-    '"message":"Download',
-    "Successfully downloaded weights",
-    "Files are already present on the host",
-    "Shard ready in",
+    LogRule(
+        action=LogAction.INFO,
+        pattern=_JSON + r'"fields":\{"message":"' + _PROGRESS_MESSAGES,
+    ),
+    LogRule(
+        action=LogAction.INFO,
+        pattern=_TEXT + r"INFO (?:\S+: )*?text_generation_launcher: " + _PROGRESS_MESSAGES,
+    ),
 )
 
-LOG_RULES: tuple[LogRule, ...] = (
-    *(LogRule(action=LogAction.MODEL_ERROR, substring=s) for s in _FATAL),
-    *(LogRule(action=LogAction.MODEL_LOADED, substring=s) for s in _READY),
-    *(LogRule(action=LogAction.INFO, substring=s) for s in _PROGRESS),
-)
+LOG_RULES: tuple[LogRule, ...] = (*_FATAL, *_READY, *_PROGRESS)
 """What TGI's log lines mean; fatal lines first, since the first matching rule wins."""
 
 # -- benchmark -------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import random
 import zlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 
 import attrs
 import trio
@@ -46,7 +46,7 @@ from ._fake_api import (
     overloaded,
     validate,
 )
-from ._fake_log import TGILog
+from ._fake_log import TGILog, request_span
 from ._fake_run import Run, Token, dumps, token_table
 
 VERSION = "3.3.4"
@@ -240,9 +240,9 @@ class TGIFakeServer:
             )
         return gen
 
-    def _refused(self, exc: TGIError) -> None:
+    def _refused(self, exc: TGIError, span: Mapping[str, str]) -> None:
         self._failures[exc.error_type] += 1
-        self.log.router("ERROR", exc.message, line=1508)
+        self.log.router("ERROR", exc.message, line=1508, span=span)
 
     def _seed(self, gen: Generation) -> int | None:
         if not gen.sampling:
@@ -254,7 +254,7 @@ class TGIFakeServer:
         try:
             gen = self._admit(parsed, stream=False)
         except TGIError as exc:
-            self._refused(exc)
+            self._refused(exc, request_span("generate", parsed.parameters))
             return Response(status=exc.status, body=dumps(exc.body()))
         validated = trio.current_time()
         async with self._running(request, gen) as run:
@@ -264,9 +264,20 @@ class TGIFakeServer:
         body: dict[str, object] = {"generated_text": run.text()}
         if gen.details:
             body["details"] = self._details(run)
-        self._succeeded()
         total, queue = done - started, run.admitted_at - validated
         inference = done - run.admitted_at
+        self._succeeded(
+            request_span(
+                "generate",
+                parsed.parameters,
+                total_time=f"{total * 1000:.6f}ms",
+                validation_time=f"{(validated - started) * 1000:.6f}ms",
+                queue_time=f"{queue * 1000:.6f}ms",
+                inference_time=f"{inference * 1000:.6f}ms",
+                time_per_token=f"{inference * 1000 / max(run.produced, 1):.6f}ms",
+                seed=f"Some({gen.seed})" if gen.seed is not None else "None",
+            )
+        )
         headers = {
             "x-compute-type": COMPUTE_TYPE,
             "x-compute-time": f"{total:.6f}",
@@ -330,15 +341,18 @@ class TGIFakeServer:
         }
 
     def _stream(self, request: Request, parsed: Parsed) -> StreamResponse:
+        span = request_span("generate_stream", parsed.parameters)
         try:
             gen = self._admit(parsed, stream=True)
         except TGIError as exc:
-            self._refused(exc)
+            self._refused(exc, span)
             self.stats.errors += 1
             return StreamResponse(chunks=_once(_event(exc.body())), headers=_SSE_HEADERS)
-        return StreamResponse(chunks=self._events(request, gen), headers=_SSE_HEADERS)
+        return StreamResponse(chunks=self._events(request, gen, span), headers=_SSE_HEADERS)
 
-    async def _events(self, request: Request, gen: Generation) -> AsyncIterator[bytes]:
+    async def _events(
+        self, request: Request, gen: Generation, span: Mapping[str, str]
+    ) -> AsyncIterator[bytes]:
         head = b'data:{"index":%d,"token":'
         middle = b',"top_tokens":%s' if gen.top_n_tokens else b""
         tail = b',"generated_text":null,"details":null}\n\n'
@@ -354,7 +368,7 @@ class TGIFakeServer:
                     top = middle % dumps(self._top_tokens(run, index - 1)) if middle else b""
                     yield head % index + token.json + top + tail
             yield self._last_event(run)
-        self._succeeded()
+        self._succeeded(span)
 
     def _last_event(self, run: Run) -> bytes:
         gen = run.gen
@@ -374,9 +388,9 @@ class TGIFakeServer:
         )
         return _event(event)
 
-    def _succeeded(self) -> None:
+    def _succeeded(self, span: Mapping[str, str]) -> None:
         self._successes += 1
-        self.log.router("INFO", "Success", line=493)
+        self.log.router("INFO", "Success", line=432, span=span)
 
     # -- the generation loop -----------------------------------------------------------------
     @contextlib.asynccontextmanager
