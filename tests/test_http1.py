@@ -187,3 +187,120 @@ def test_http10_keep_alive_without_a_length_still_ends_at_close() -> None:
     wire = b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\n\r\nuntil close"
     head, body, _ = _read_all([wire], reader)
     assert (body, head.keep_alive, reader.reusable) == (b"until close", False, False)
+
+
+# -- upstream oddities: every malformed response is a ProtocolError ------------------------------
+
+
+@pytest.mark.parametrize(
+    "wire",
+    [
+        b"HTTP/1.1 000 Zero\r\nContent-Length: 2\r\n\r\nok",
+        b"HTTP/1.1 099 Low\r\nContent-Length: 2\r\n\r\nok",
+        b"HTTP/1.1 600 High\r\nContent-Length: 2\r\n\r\nok",
+        b"HTTP/1.1 999 High\r\nContent-Length: 2\r\n\r\nok",
+        b"HTTP/1.1 2000 OK\r\nContent-Length: 2\r\n\r\nok",
+        b"HTTP/1.1 +20 OK\r\nContent-Length: 2\r\n\r\nok",
+        b"HTTP/1.1 200 O\x00K\r\nContent-Length: 2\r\n\r\nok",
+        b"HTTP/1.1 200 O\x01K\r\nContent-Length: 2\r\n\r\nok",
+        b"HTTP/1.1 200 OK\r\nX-A: a\x00b\r\nContent-Length: 2\r\n\r\nok",
+        b"HTTP/1.1 200 OK\r\nX-A: a\rb\r\nContent-Length: 2\r\n\r\nok",
+        b"HTTP/1.1 200 OK\r\nX-A: a\nb\r\nContent-Length: 2\r\n\r\nok",
+        b"HTTP/1.1 200 OK\r\nX-A: a\x01b\r\nContent-Length: 2\r\n\r\nok",
+        b"HTTP/1.1 200 OK\r\nX-A: a\x1bb\r\nContent-Length: 2\r\n\r\nok",
+        b"HTTP/1.1 200 OK\r\nX-A: a\x7fb\r\nContent-Length: 2\r\n\r\nok",
+        b"HTTP/1.1 200 OK\r\nX-A: ab\r\r\nContent-Length: 2\r\n\r\nok",
+        b"HTTP/1.1 200 OK\r\nX\x01A: b\r\nContent-Length: 2\r\n\r\nok",
+        b"HTTP/1.1 200 OK\r\n(X): b\r\nContent-Length: 2\r\n\r\nok",
+        b"HTTP/1.1 200 OK\r\nX-A: b\r\n folded\r\nContent-Length: 2\r\n\r\nok",
+        b"HTTP/1.1 200 OK\r\nContent-Length: " + b"9" * 5000 + b"\r\n\r\nok",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 1, 2\r\n\r\nok",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n",
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\n\r\nHTTP/1.1 200 OK\r\n\r\n",
+        b"HTTP/2.0 200 OK\r\nContent-Length: 2\r\n\r\nok",
+    ],
+    ids=[
+        "status-000",
+        "status-099",
+        "status-600",
+        "status-999",
+        "status-4-digits",
+        "status-sign",
+        "reason-nul",
+        "reason-ctl",
+        "value-nul",
+        "value-cr",
+        "value-lf",
+        "value-ctl",
+        "value-esc",
+        "value-del",
+        "value-trailing-cr",
+        "name-ctl",
+        "name-separators",
+        "obs-fold",
+        "length-5000-digits",
+        "length-list-conflict",
+        "te-gzip-chunked",
+        "te-chunked-twice",
+        "te-repeated",
+        "101-unasked",
+        "http-2",
+    ],
+)
+def test_upstream_oddities_are_protocol_errors(wire: bytes) -> None:
+    reader = ResponseReader()
+    reader.expect()
+    with pytest.raises(ProtocolError):
+        _read_all([wire], reader)
+
+
+def test_what_is_not_http_is_refused_at_once() -> None:
+    # A server that speaks something else (a TLS port, SSH, a proxy's banner) is refused on its
+    # first bytes, not after the whole head bound or the timeout.
+    for first in (b"SSH-2.0-OpenSSH_9.6\r\n", b"\x16\x03\x01\x02\x00", b"<html>", b"HTTP/2 "):
+        reader = ResponseReader()
+        reader.expect()
+        reader.feed(first)
+        with pytest.raises(ProtocolError):
+            reader.next_event()
+    reader = ResponseReader()
+    reader.expect()
+    reader.feed(b"HTTP/1.")  # a prefix of a valid status line: wait for more
+    assert reader.next_event() is NEED_DATA
+
+
+# -- framing and header rules ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "framing",
+    [b"Content-Length: 2, 2", b"Content-Length: 2\r\nContent-Length: 2", b"Content-Length:  2 "],
+)
+def test_repeated_equal_lengths_are_one_length(framing: bytes) -> None:
+    # RFC 9110 §8.6: a recipient may replace a list of one repeated value with a single field.
+    reader = ResponseReader()
+    reader.expect()
+    head, body, _ = _read_all([b"HTTP/1.1 200 OK\r\n%s\r\n\r\nok" % framing], reader)
+    assert (head.headers, body) == ([(b"content-length", b"2")], b"ok")
+
+
+@pytest.mark.parametrize(
+    "framing",
+    [
+        b"Content-Encoding: gzip\r\nContent-Length: 4",
+        b"Content-Encoding: gzip\r\nTransfer-Encoding: chunked",
+        b"Content-Encoding: gzip\r\nContent-Length: 9\r\nTransfer-Encoding: chunked",
+    ],
+)
+def test_a_content_coded_body_is_read_as_it_is(framing: bytes) -> None:
+    # The reader decodes transfer codings (chunked only) and never content codings: a gzip
+    # body comes out as the gzip bytes, its Content-Encoding kept beside it.
+    coded = b"\x1f\x8b\x08\x00"
+    body = b"4\r\n%s\r\n0\r\n\r\n" % coded if b"chunked" in framing else coded
+    reader = ResponseReader()
+    reader.expect()
+    head, got, _ = _read_all([b"HTTP/1.1 200 OK\r\n%s\r\n\r\n%s" % (framing, body)], reader)
+    assert got == coded
+    assert (b"content-encoding", b"gzip") in head.headers
