@@ -66,7 +66,8 @@ class ResponseHead:
 
     Header names are lower-cased, values stripped of surrounding whitespace. Framing fields
     are normalised as h11 does: Transfer-Encoding's value lower-cased, a repeated or listed
-    Content-Length kept once.
+    Content-Length kept once, and a Content-Length that Transfer-Encoding overrides dropped
+    (RFC 9112 §6.3: an intermediary must not forward it).
     """
 
     status: int
@@ -252,6 +253,13 @@ class ResponseReader:
         # (RFC 9112 Appendix C.2.2).
         http10 = match.group(1) == b"0"
         close = b"close" in connection or (http10 and b"keep-alive" not in connection)
+        if chunked:
+            if length is not None:
+                # RFC 9112 §6.3 ¶3: Transfer-Encoding overrides Content-Length, and an
+                # intermediary must remove the Content-Length before forwarding.
+                headers = [h for h in headers if h[0] != b"content-length"]
+            # RFC 9112 §6.1: Transfer-Encoding in HTTP/1.0 is faulty framing: close after.
+            close = close or http10
         # RFC 9112 §6.3: no body after HEAD, 204 or 304 (¶1), then chunked (¶3), then
         # Content-Length (¶5), else until the connection closes (¶7).
         if self._head_request or status == 204 or status == 304:

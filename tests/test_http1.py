@@ -274,6 +274,30 @@ def test_what_is_not_http_is_refused_at_once() -> None:
 # -- framing and header rules ----------------------------------------------------------------------
 
 
+def test_length_and_chunked_together_is_chunked_and_the_length_is_dropped() -> None:
+    # RFC 9112 §6.3 ¶3: Transfer-Encoding overrides Content-Length, and an intermediary must
+    # remove the Content-Length before forwarding.
+    reader = ResponseReader()
+    reader.expect()
+    wire = (
+        b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\nTransfer-Encoding: Chunked\r\nX-A: b\r\n\r\n"
+        b"5\r\nhello\r\n0\r\n\r\n"
+    )
+    head, body, _ = _read_all([wire], reader)
+    assert head.headers == [(b"transfer-encoding", b"chunked"), (b"x-a", b"b")]
+    assert (body, reader.reusable) == (b"hello", True)
+
+
+def test_http10_with_transfer_encoding_is_chunked_then_closed() -> None:
+    # RFC 9112 §6.1: the framing of an HTTP/1.0 message with Transfer-Encoding is faulty: read
+    # it as chunked, then close the connection.
+    reader = ResponseReader()
+    reader.expect()
+    wire = b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nTransfer-Encoding: chunked\r\n\r\n"
+    head, body, _ = _read_all([wire + b"2\r\nok\r\n0\r\n\r\n"], reader)
+    assert (body, head.keep_alive, reader.reusable) == (b"ok", False, False)
+
+
 @pytest.mark.parametrize(
     "framing",
     [b"Content-Length: 2, 2", b"Content-Length: 2\r\nContent-Length: 2", b"Content-Length:  2 "],
