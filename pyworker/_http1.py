@@ -23,7 +23,14 @@ import re
 import attrs
 
 MAX_HEAD_BYTES = 64 * 1024
+"""The most bytes a response head may take: status line, header lines and the blank line that
+ends them, CRLFs included. Each informational (1xx) head and the trailer section (its field
+lines and blank line) are bounded alike, each on its own."""
+MAX_INFORMATIONAL = 5
+"""The most informational (1xx) responses before the final one (as Go's net/http allows):
+more is a :class:`ProtocolError`. Their time is bounded by the caller's first-byte timeout."""
 _MAX_CHUNK_LINE = 1024
+"""The most bytes of a chunk-size line (extensions included, CRLF not)."""
 
 # RFC 9112 §4: status-line = HTTP-version SP status-code SP [ reason-phrase ]. Like h11, the
 # SP before an empty reason may be missing. Any HTTP/1.x is read as 1.1 (RFC 9110 §2.5); other
@@ -114,10 +121,13 @@ class ResponseReader:
         "_error",
         "_head",
         "_head_request",
+        "_informational",
         "_pos",
         "_received_any",
         "_remaining",
         "_scan",
+        "_trailer_bytes",
+        "_trailers",
     )
 
     def __init__(self) -> None:
@@ -128,9 +138,12 @@ class ResponseReader:
         self._scan = 0  # bytes after _pos already searched for the end of the head
         self._eof = False
         self._head: ResponseHead | None = None
+        self._informational = 0
         self._body = _NO_BODY
         self._remaining = 0
         self._chunk = _SIZE
+        self._trailers: list[bytes] = []
+        self._trailer_bytes = 0
         self._done = False
         self._received_any = False
         self._error: ProtocolError | None = None
@@ -158,6 +171,7 @@ class ResponseReader:
             head_request: the request was HEAD (no body follows, whatever the head says).
         """
         self._head = None
+        self._informational = 0
         self._done = False
         self._received_any = self._pos < len(self._buf)
         self._head_request = head_request
@@ -173,7 +187,7 @@ class ResponseReader:
             # Everything before was consumed (the usual case): keep the bytes as they are.
             self._buf = data
         else:
-            # An unfinished head or chunk line: never more than its own bound.
+            # An unfinished head, chunk line or trailer: never more than its own bound.
             self._buf = self._buf[pos:] + data
         self._pos = 0
 
@@ -214,8 +228,9 @@ class ResponseReader:
             end = buf.find(b"\r\n\r\n", pos + self._scan)
             if end < 0:
                 size = len(buf) - pos
-                if size > MAX_HEAD_BYTES:
-                    raise ProtocolError("response head too large")
+                # Even if the next byte ended it, the head would be one byte longer than this.
+                if size >= MAX_HEAD_BYTES:
+                    raise ProtocolError(f"response head too large (over {MAX_HEAD_BYTES} bytes)")
                 if not _STATUS_PREFIX.startswith(buf[pos : pos + len(_STATUS_PREFIX)]):
                     # Not HTTP/1 at all (a TLS port, another protocol): no use waiting.
                     raise ProtocolError(f"bad status line {buf[pos : pos + 40]!r}")
@@ -225,6 +240,8 @@ class ResponseReader:
                     )
                 self._scan = max(0, size - 3)  # the CRLFCRLF may be cut after 1 to 3 bytes
                 return NEED_DATA
+            if end + 4 - pos > MAX_HEAD_BYTES:
+                raise ProtocolError(f"response head too large (over {MAX_HEAD_BYTES} bytes)")
             raw = buf[pos:end]
             self._pos = end + 4
             self._scan = 0
@@ -244,10 +261,14 @@ class ResponseReader:
         del lines[0]
         headers, length, chunked, connection = _parse_fields(lines)
         if status < 200:
-            # RFC 9110 §15.2: an interim response; the final one follows. 101 switches
-            # protocols, which is only done when asked (we never ask).
+            # RFC 9110 §15.2: a client must read any number of 1xx before the final answer;
+            # a bound keeps an endless stream of them from holding the request forever.
+            # 101 switches protocols, which is only done when asked (we never ask).
             if status == 101:
                 raise ProtocolError("101 Switching Protocols, never asked for")
+            self._informational += 1
+            if self._informational > MAX_INFORMATIONAL:
+                raise ProtocolError(f"over {MAX_INFORMATIONAL} informational (1xx) responses")
             return None
         # RFC 9112 §9.3: HTTP/1.1 persists unless "close"; HTTP/1.0 only with "keep-alive"
         # (RFC 9112 Appendix C.2.2).
@@ -266,6 +287,7 @@ class ResponseReader:
             self._body = _NO_BODY
         elif chunked:
             self._body, self._chunk = _CHUNKED, _SIZE
+            self._trailers, self._trailer_bytes = [], 0
         elif length is not None:
             self._body, self._remaining = _LENGTH, length
         else:
@@ -330,17 +352,21 @@ class ResponseReader:
                 self._chunk = _SIZE
                 continue
             line_end = buf.find(b"\r\n", pos)
-            if line_end < 0:
-                if len(buf) - pos > _MAX_CHUNK_LINE:
-                    raise ProtocolError("chunk line too long")
-                break
             if state is _TRAILERS:
-                blank = line_end == pos
-                self._pos = pos = line_end + 2
-                if blank:
+                if self._read_trailer_line(buf, pos, line_end):
                     self._done = True
                     return END
-                continue  # trailer fields are not relayed
+                if line_end < 0:
+                    break
+                pos = self._pos
+                continue
+            if line_end < 0:
+                # Complete, the line would be at least this long (less a CR at the end).
+                if len(buf) - pos > _MAX_CHUNK_LINE + 1:
+                    raise ProtocolError(f"chunk line over {_MAX_CHUNK_LINE} bytes")
+                break
+            if line_end - pos > _MAX_CHUNK_LINE:
+                raise ProtocolError(f"chunk line over {_MAX_CHUNK_LINE} bytes")
             match = _CHUNK_LINE.fullmatch(buf, pos, line_end)
             if match is None:
                 raise ProtocolError(f"bad chunk line {buf[pos : min(line_end, pos + 40)]!r}")
@@ -353,6 +379,27 @@ class ResponseReader:
         if self._eof:
             raise ProtocolError("connection closed mid-body")
         return NEED_DATA
+
+    def _read_trailer_line(self, buf: bytes, pos: int, line_end: int) -> bool:
+        """Consume one trailer line if complete; True once the blank line ends the section."""
+        if line_end < 0:
+            # Even if the next byte ended the section, it would be one byte longer than this.
+            if self._trailer_bytes + len(buf) - pos >= MAX_HEAD_BYTES:
+                raise ProtocolError(f"trailer section too large (over {MAX_HEAD_BYTES} bytes)")
+            return False
+        self._trailer_bytes += line_end + 2 - pos
+        if self._trailer_bytes > MAX_HEAD_BYTES:
+            raise ProtocolError(f"trailer section too large (over {MAX_HEAD_BYTES} bytes)")
+        self._pos = line_end + 2
+        if line_end == pos:
+            # Trailer fields are not relayed, but are held to the rules of header fields
+            # (RFC 9112 §7.1.2), as h11 does.
+            _parse_fields(self._trailers)
+            return True
+        line = buf[pos:line_end]
+        _check_controls(line, "trailer section")
+        self._trailers.append(line)
+        return False
 
 
 def _check_controls(text: bytes, where: str) -> None:

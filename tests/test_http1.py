@@ -6,6 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from pyworker import _http1 as http1
 from pyworker._http1 import END, NEED_DATA, ProtocolError, ResponseHead, ResponseReader
 
 
@@ -220,6 +221,7 @@ def test_http10_keep_alive_without_a_length_still_ends_at_close() -> None:
         b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n",
         b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\n\r\nHTTP/1.1 200 OK\r\n\r\n",
         b"HTTP/2.0 200 OK\r\nContent-Length: 2\r\n\r\nok",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\nX\x00: y\r\n\r\n",
     ],
     ids=[
         "status-000",
@@ -247,6 +249,7 @@ def test_http10_keep_alive_without_a_length_still_ends_at_close() -> None:
         "te-repeated",
         "101-unasked",
         "http-2",
+        "trailer-name-nul",
     ],
 )
 def test_upstream_oddities_are_protocol_errors(wire: bytes) -> None:
@@ -328,3 +331,91 @@ def test_a_content_coded_body_is_read_as_it_is(framing: bytes) -> None:
     head, got, _ = _read_all([b"HTTP/1.1 200 OK\r\n%s\r\n\r\n%s" % (framing, body)], reader)
     assert got == coded
     assert (b"content-encoding", b"gzip") in head.headers
+
+
+# -- bounds ----------------------------------------------------------------------------------------
+
+
+def _head_of(size: int, *, status: bytes = b"200 OK", framing: bytes = b"") -> bytes:
+    """A response head of exactly ``size`` bytes, its blank line included."""
+    start = b"HTTP/1.1 " + status + b"\r\n" + framing + b"X-Fill: "
+    fill = size - len(start) - len(b"\r\n\r\n")
+    assert fill > 0
+    return start + b"f" * fill + b"\r\n\r\n"
+
+
+@given(cuts=st.lists(st.integers(min_value=0, max_value=70_000), max_size=6))
+def test_a_head_of_exactly_the_bound_is_read_and_one_byte_more_refused(cuts: list[int]) -> None:
+    limit = http1.MAX_HEAD_BYTES
+    final = _head_of(limit, framing=b"Content-Length: 2\r\n") + b"ok"
+    reader = ResponseReader()
+    reader.expect()
+    head, body, _ = _read_all(_split(final, cuts), reader)
+    assert (head.status, body) == (200, b"ok")
+
+    reader = ResponseReader()
+    reader.expect()
+    too_big = _head_of(limit + 1, framing=b"Content-Length: 2\r\n") + b"ok"
+    with pytest.raises(ProtocolError, match="head"):
+        _read_all(_split(too_big, cuts), reader)
+
+    # Each informational head is bounded alike (not their sum).
+    reader = ResponseReader()
+    reader.expect()
+    interim = _head_of(limit, status=b"103 Early Hints")
+    head, body, _ = _read_all(_split(interim * 2 + final, cuts), reader)
+    assert (head.status, body) == (200, b"ok")
+    reader = ResponseReader()
+    reader.expect()
+    with pytest.raises(ProtocolError, match="head"):
+        _read_all(_split(_head_of(limit + 1, status=b"100 Continue") + final, cuts), reader)
+
+
+@given(cuts=st.lists(st.integers(min_value=0, max_value=70_000), max_size=6))
+def test_the_trailer_section_is_bounded_like_a_head(cuts: list[int]) -> None:
+    limit = http1.MAX_HEAD_BYTES
+    start = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n"
+    for size, ok in ((limit, True), (limit + 1, False)):
+        fill = size - len(b"X-Fill: \r\n\r\n")
+        wire = start + b"X-Fill: " + b"f" * fill + b"\r\n\r\n"
+        reader = ResponseReader()
+        reader.expect()
+        if ok:
+            assert _read_all(_split(wire, cuts), reader)[1] == b"ok"
+        else:
+            with pytest.raises(ProtocolError, match="trailer"):
+                _read_all(_split(wire, cuts), reader)
+
+
+def test_informational_responses_are_bounded_in_number() -> None:
+    limit = http1.MAX_INFORMATIONAL
+    final = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+    reader = ResponseReader()
+    reader.expect()
+    head, body, _ = _read_all([b"HTTP/1.1 103 Early Hints\r\n\r\n" * limit + final], reader)
+    assert (head.status, body) == (200, b"ok")
+    # The count starts again with each response.
+    reader.expect()
+    reader.feed(b"HTTP/1.1 100 Continue\r\n\r\n" * limit + final)
+    assert isinstance(reader.next_event(), ResponseHead)
+
+    reader = ResponseReader()
+    reader.expect()
+    reader.feed(b"HTTP/1.1 100 Continue\r\n\r\n" * (limit + 1))  # no EOF: refused at once
+    with pytest.raises(ProtocolError, match="informational"):
+        reader.next_event()
+
+
+@pytest.mark.parametrize("extra", [0, 1, 2])
+def test_a_chunk_line_is_bounded_whatever_the_split(extra: int) -> None:
+    limit = http1._MAX_CHUNK_LINE
+    line = b"2;" + b"e" * (limit - 2 + extra)
+    wire = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + line + b"\r\nok\r\n0\r\n\r\n"
+    for cut in (len(wire), len(wire) - 10, len(wire) - 11, len(wire) - 12):
+        reader = ResponseReader()
+        reader.expect()
+        if extra == 0:
+            assert _read_all(_split(wire, [cut]), reader)[1] == b"ok"
+        else:
+            with pytest.raises(ProtocolError, match="chunk line"):
+                _read_all(_split(wire, [cut]), reader)
