@@ -21,11 +21,13 @@ from ._upstream import UpstreamError
 log = logging.getLogger("pyworker.relay")
 
 # Response headers that describe the upstream hop, not the answer (RFC 9110 §7.6.1), plus the
-# ones our server sets itself.
+# ones our server sets itself. Content-Length goes through: the body is relayed byte for byte
+# (and the reader has dropped a length that Transfer-Encoding overrides, RFC 9112 §6.3).
 _HOP_HEADERS = frozenset(
     {
         b"connection",
         b"keep-alive",
+        b"proxy-connection",
         b"proxy-authenticate",
         b"proxy-authorization",
         b"te",
@@ -36,6 +38,23 @@ _HOP_HEADERS = frozenset(
         b"server",
     }
 )
+# Never dropped for being named in Connection: the body is relayed as it came, content coding
+# included, so the field saying how it is coded must go with it (else gzip passes for plain).
+# RFC 9110 §7.6.1 forbids a sender to name such a field; a server that does is not obeyed.
+_END_TO_END = frozenset({b"content-encoding"})
+
+
+def _relayed_headers(headers: Headers) -> Headers:
+    """``headers`` without the hop-by-hop ones: those above and any the Connection header names
+    (RFC 9110 §7.6.1)."""
+    dropped = _HOP_HEADERS
+    for name, value in headers:
+        if name == b"connection":
+            options = {option.strip().lower() for option in value.split(b",")}
+            dropped = dropped | (options - _END_TO_END)
+    return [(k, v) for k, v in headers if k not in dropped]
+
+
 JSON_TYPE: Headers = [(b"content-type", b"application/json")]
 
 
@@ -106,7 +125,7 @@ async def relay(
         broken response rather than a silently truncated success.
     """
     status = answer.status
-    headers = [(k, v) for k, v in answer.headers if k not in _HOP_HEADERS]
+    headers = _relayed_headers(answer.headers)
     if isinstance(answer, WholeAnswer):
         headers.append((b"content-length", str(len(answer.body)).encode()))
         await send({"type": "http.response.start", "status": status, "headers": headers})

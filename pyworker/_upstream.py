@@ -6,6 +6,15 @@ the rest of the worker; this one does only what a loopback hop to one trusted se
 keep-alive pooling, Content-Length or chunked bodies, timeouts, and closing the connection when
 a response is abandoned (which is how the model server learns the client went away).
 Requests are written by hand; responses are read by :mod:`pyworker._http1`.
+
+Timeouts, as Knative has them toward its containers (``UpstreamPool`` documents the defaults):
+
+* ``connect_timeout``: opening a connection;
+* ``first_byte_timeout``: from sending the request to the complete final response head,
+  whatever arrives meanwhile (a stream of 1xx interim responses, a head trickled byte by byte);
+* ``read_timeout``: silence between bytes of the body;
+* the total: the caller's, with a cancel scope (``trio.fail_after``) around the request and
+  the reading of its body; a cancelled request closes its connection.
 """
 
 from __future__ import annotations
@@ -32,7 +41,7 @@ class UpstreamError(Exception):
 
 
 class UpstreamTimeout(UpstreamError):
-    """The model server did not answer within the timeout."""
+    """The model server did not answer within a timeout (the message names which)."""
 
 
 class _ConnectionReset(UpstreamError):
@@ -73,8 +82,8 @@ class UpstreamResponse:
         """The next chunk of the body as it arrives; ``b""`` at the end.
 
         Raises:
-            UpstreamTimeout: no data within the pool's read timeout.
-            UpstreamError: the connection broke mid-body.
+            UpstreamTimeout: no data within the pool's ``read_timeout``.
+            UpstreamError: the connection broke mid-body, or the body is malformed.
         """
         conn = self._conn
         if conn is None:
@@ -156,10 +165,17 @@ class UpstreamPool:
     Args:
         host: the model server's host (an IP address or name).
         port: its port.
-        connect_timeout: seconds to open a connection.
-        read_timeout: seconds of silence tolerated while waiting for response data (a model
-            generating a long answer without streaming is silent until it is done).
+        connect_timeout: seconds to open a connection (default 10).
+        read_timeout: seconds of silence tolerated between bytes of a response body (default
+            600).
+        first_byte_timeout: seconds from sending a request to its complete final response
+            head, 1xx interim responses included (keyword only; default: ``read_timeout``, so
+            600, as before this bound had its own name). A model generating a long answer
+            without streaming sends nothing until it is done: this is how long it may take.
         max_idle: idle connections kept for reuse.
+
+    A total bound on a request is the caller's: a cancel scope around :meth:`request` and the
+    reading of the response; cancelled, the request closes its connection.
     """
 
     host: str
@@ -167,6 +183,10 @@ class UpstreamPool:
     connect_timeout: float = 10.0
     read_timeout: float = 600.0
     max_idle: int = 256
+    first_byte_timeout: float = attrs.field(
+        kw_only=True,
+        default=attrs.Factory(lambda self: self.read_timeout, takes_self=True),
+    )
     _idle: list[_Connection] = attrs.field(factory=list, init=False)
     _host_header: bytes = attrs.field(init=False)
     _closed: bool = attrs.field(default=False, init=False)
@@ -190,8 +210,10 @@ class UpstreamPool:
         saw the request.
 
         Raises:
-            UpstreamTimeout: connecting or waiting for the status line took too long.
-            UpstreamError: the model server refused or dropped the connection.
+            UpstreamTimeout: connecting took over ``connect_timeout``, or sending the request
+                and receiving the response head over ``first_byte_timeout``.
+            UpstreamError: the model server refused or dropped the connection, or its answer
+                is not valid HTTP/1.1.
         """
         if not _TOKEN.fullmatch(method) or not _TARGET.fullmatch(target):
             raise UpstreamError(f"refusing to send a malformed request line {method!r} {target!r}")
@@ -229,24 +251,47 @@ class UpstreamPool:
     ) -> UpstreamResponse:
         reader = conn.reader
         reader.expect(head_request=head_request)
-        try:
-            await conn.stream.send_all(data)
-        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-            if conn.reused:
-                raise _StaleConnection from exc
-            raise UpstreamError(f"model server closed the connection: {exc}") from None
-        try:
-            event = await self._next_event(conn)
-        except _ConnectionReset as exc:
-            # Stale only if the server reset the connection having said nothing at all. A
-            # clean close after reading the request is not retried: the server may have
-            # started on it, and a POST must not run twice.
-            if conn.reused and not reader.started:
-                raise _StaleConnection from exc
-            raise
-        if type(event) is not ResponseHead:
-            raise UpstreamError("model server sent a body before a response head")
-        return UpstreamResponse(status=event.status, headers=event.headers, pool=self, conn=conn)
+        sent = False
+        # One deadline for writing the request and reading the whole final head: bytes that
+        # keep coming (1xx interim responses, a head trickled byte by byte) do not extend it.
+        with trio.move_on_after(self.first_byte_timeout):
+            try:
+                await conn.stream.send_all(data)
+            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                if conn.reused:
+                    raise _StaleConnection from exc
+                raise UpstreamError(f"model server closed the connection: {exc}") from None
+            sent = True
+            try:
+                head = await self._read_head(conn)
+            except _ConnectionReset as exc:
+                # Stale only if the server reset the connection having said nothing at all. A
+                # clean close after reading the request is not retried: the server may have
+                # started on it, and a POST must not run twice.
+                if conn.reused and not reader.started:
+                    raise _StaleConnection from exc
+                raise
+            return UpstreamResponse(status=head.status, headers=head.headers, pool=self, conn=conn)
+        timeout = f"{self.first_byte_timeout:g} s (first_byte_timeout)"
+        if not sent:
+            raise UpstreamTimeout(f"model server did not read the request within {timeout}")
+        if not reader.started:
+            raise UpstreamTimeout(f"model server sent nothing for {timeout}")
+        raise UpstreamTimeout(f"model server sent no complete response head within {timeout}")
+
+    async def _read_head(self, conn: _Connection) -> ResponseHead:
+        reader = conn.reader
+        while True:
+            try:
+                event = reader.next_event()
+            except ProtocolError as exc:
+                raise UpstreamError(f"model server broke HTTP/1.1: {exc}") from None
+            if type(event) is ResponseHead:
+                return event
+            if event is not NEED_DATA:
+                raise UpstreamError("model server sent a body before a response head")
+            # No timeout of its own: the caller's deadline bounds the whole head.
+            await self._receive(conn)
 
     async def _next_event(self, conn: _Connection) -> ResponseHead | bytes | object:
         reader = conn.reader
@@ -259,14 +304,19 @@ class UpstreamPool:
                 return event
             try:
                 with trio.fail_after(self.read_timeout):
-                    data = await conn.stream.receive_some(_RECEIVE_SIZE)
+                    await self._receive(conn)
             except trio.TooSlowError:
                 raise UpstreamTimeout(
-                    f"model server sent nothing for {self.read_timeout:g} s"
+                    f"model server sent nothing for {self.read_timeout:g} s mid-body (read_timeout)"
                 ) from None
-            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-                raise _ConnectionReset(f"connection to the model server broke: {exc}") from None
-            reader.feed(data)
+
+    @staticmethod
+    async def _receive(conn: _Connection) -> None:
+        try:
+            data = await conn.stream.receive_some(_RECEIVE_SIZE)
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            raise _ConnectionReset(f"connection to the model server broke: {exc}") from None
+        conn.reader.feed(data)
 
     async def _connect(self) -> _Connection:
         if self._closed:
@@ -276,7 +326,8 @@ class UpstreamPool:
                 stream = await trio.open_tcp_stream(self.host, self.port)
         except trio.TooSlowError:
             raise UpstreamTimeout(
-                f"connecting to the model server at {self.host}:{self.port} timed out"
+                f"connecting to the model server at {self.host}:{self.port} timed out after "
+                f"{self.connect_timeout:g} s (connect_timeout)"
             ) from None
         except OSError as exc:
             raise UpstreamError(

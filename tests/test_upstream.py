@@ -357,7 +357,9 @@ async def test_closed_pool_refuses_new_connections(nursery: trio.Nursery) -> Non
 
 
 async def _raw_server(
-    nursery: trio.Nursery, handler: Callable[[trio.SocketStream], Awaitable[None]]
+    nursery: trio.Nursery,
+    handler: Callable[[trio.SocketStream], Awaitable[None]],
+    **timeouts: float,
 ) -> UpstreamPool:
     async def guarded(stream: trio.SocketStream) -> None:
         try:
@@ -369,7 +371,8 @@ async def _raw_server(
 
     listeners = await nursery.start(partial(trio.serve_tcp, guarded, 0, host="127.0.0.1"))
     port = listeners[0].socket.getsockname()[1]
-    return UpstreamPool(host="127.0.0.1", port=port, connect_timeout=2.0, read_timeout=2.0)
+    timeouts = {"connect_timeout": 2.0, "read_timeout": 2.0} | timeouts
+    return UpstreamPool(host="127.0.0.1", port=port, **timeouts)
 
 
 async def _read_request(stream: trio.SocketStream) -> None:
@@ -456,3 +459,150 @@ async def test_answer_read_until_close_closes_the_connection_at_once(
             async with await pool.request(b"GET", b"/") as response:
                 assert await response.read() == b"until close"
         assert connections == 2
+
+
+# -- malformed answers are UpstreamErrors, never anything else ----------------------------------
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        b"HTTP/1.1 000 Zero\r\ncontent-length: 2\r\n\r\nok",
+        b"HTTP/1.1 999 High\r\ncontent-length: 2\r\n\r\nok",
+        b"HTTP/1.1 200 OK\r\nx-a: a\x00b\r\ncontent-length: 2\r\n\r\nok",
+        b"HTTP/1.1 200 OK\r\nx-a: a\rb\r\ncontent-length: 2\r\n\r\nok",
+        b"HTTP/1.1 200 OK\r\ncontent-length: " + b"9" * 5000 + b"\r\n\r\nok",
+    ],
+    ids=["status-000", "status-999", "value-nul", "value-cr", "length-5000-digits"],
+)
+async def test_a_malformed_head_is_an_upstream_error(nursery: trio.Nursery, answer: bytes) -> None:
+    async def handler(stream: trio.SocketStream) -> None:
+        await _read_request(stream)
+        await stream.send_all(answer)
+
+    with trio.fail_after(GUARD):
+        async with await _raw_server(nursery, handler) as pool:
+            with pytest.raises(UpstreamError, match=r"broke HTTP/1\.1"):
+                await pool.request(b"POST", b"/", b"{}")
+
+
+# -- timeouts: connect, first byte (the whole head), idle between body bytes ---------------------
+
+
+def test_timeout_defaults() -> None:
+    pool = UpstreamPool(host="127.0.0.1", port=9)
+    assert (pool.connect_timeout, pool.first_byte_timeout, pool.read_timeout) == (10, 600, 600)
+    # Unless given, the first-byte bound is the read timeout, as it has always been.
+    pool = UpstreamPool(host="127.0.0.1", port=9, read_timeout=30)
+    assert pool.first_byte_timeout == 30
+    pool = UpstreamPool(host="127.0.0.1", port=9, read_timeout=30, first_byte_timeout=900)
+    assert (pool.first_byte_timeout, pool.read_timeout) == (900, 30)
+
+
+async def _informational_forever(stream: trio.SocketStream) -> None:
+    await _read_request(stream)
+    while True:
+        await stream.send_all(b"HTTP/1.1 100 Continue\r\n\r\n")
+        await trio.sleep(0.01)
+
+
+async def test_a_stream_of_informational_responses_is_refused(nursery: trio.Nursery) -> None:
+    with trio.fail_after(GUARD):
+        async with await _raw_server(nursery, _informational_forever) as pool:
+            with pytest.raises(UpstreamError, match="informational"):
+                await pool.request(b"POST", b"/", b"{}")
+
+
+async def _trickle_head(stream: trio.SocketStream) -> None:
+    """Two interim responses, then a status line one byte at a time, never finished."""
+    await _read_request(stream)
+    await stream.send_all(b"HTTP/1.1 102 Processing\r\n\r\nHTTP/1.1 103 Early Hints\r\n\r\n")
+    for byte in b"HTTP/1.1 200 OK\r\nx-padding: " + b"p" * 100_000:
+        await stream.send_all(bytes([byte]))
+        await trio.sleep(0.02)
+
+
+async def test_a_head_trickled_byte_by_byte_hits_the_first_byte_timeout(
+    nursery: trio.Nursery,
+) -> None:
+    # Bytes keep coming, so no idle bound ever fires: the first-byte bound covers the head.
+    with trio.fail_after(GUARD):
+        # Only the read timeout given, as existing callers do: the first-byte bound follows it.
+        async with await _raw_server(nursery, _trickle_head, read_timeout=0.3) as pool:
+            with pytest.raises(UpstreamTimeout, match=r"within 0\.3 s \(first_byte_timeout\)"):
+                await pool.request(b"POST", b"/", b"{}")
+
+
+async def test_the_first_byte_timeout_is_not_the_idle_one(nursery: trio.Nursery) -> None:
+    async def trickles_then_answers(stream: trio.SocketStream) -> None:
+        await _read_request(stream)
+        await stream.send_all(b"HTTP/1.1 102 Processing\r\n\r\n")
+        await trio.sleep(0.3)  # a silent generation, longer than the idle bound
+        await stream.send_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+
+    with trio.fail_after(GUARD):
+        pool = await _raw_server(
+            nursery, trickles_then_answers, read_timeout=0.05, first_byte_timeout=5.0
+        )
+        async with pool, await pool.request(b"POST", b"/", b"{}") as response:
+            assert await response.read() == b"ok"
+
+        pool = await _raw_server(nursery, _trickle_head, read_timeout=5.0, first_byte_timeout=0.3)
+        async with pool:
+            with pytest.raises(UpstreamTimeout, match="first_byte_timeout"):
+                await pool.request(b"POST", b"/", b"{}")
+
+
+async def test_a_request_the_server_never_reads_hits_the_first_byte_timeout(
+    nursery: trio.Nursery,
+) -> None:
+    async def never_reads(stream: trio.SocketStream) -> None:
+        await trio.sleep_forever()
+
+    with trio.fail_after(GUARD):
+        async with await _raw_server(nursery, never_reads, read_timeout=0.3) as pool:
+            # Larger than any loopback socket buffers: sending it blocks.
+            with pytest.raises(UpstreamTimeout, match=r"did not read the request.*first_byte"):
+                await pool.request(b"POST", b"/", b"x" * (64 << 20))
+
+
+async def test_the_read_timeout_mid_body_names_itself(nursery: trio.Nursery) -> None:
+    async def stalls(stream: trio.SocketStream) -> None:
+        await _read_request(stream)
+        await stream.send_all(b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nfirst")
+        await trio.sleep_forever()
+
+    with trio.fail_after(GUARD):
+        pool = await _raw_server(nursery, stalls, read_timeout=0.2)
+        async with pool, await pool.request(b"POST", b"/", b"{}") as response:
+            assert await response.receive() == b"first"
+            with pytest.raises(UpstreamTimeout, match=r"nothing for 0\.2 s.*\(read_timeout\)"):
+                await response.receive()
+
+
+async def test_a_callers_deadline_closes_the_connection(nursery: trio.Nursery) -> None:
+    """The total bound is the caller's: its deadline, before the head or mid-body, cancels the
+    request, and the connection is closed (the model server learns nobody listens)."""
+    hung_up: list[trio.Event] = []
+
+    async def handler(stream: trio.SocketStream) -> None:
+        hung_up.append(trio.Event())
+        mine = hung_up[-1]
+        await _read_request(stream)
+        if len(hung_up) == 2:
+            await stream.send_all(b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nfirst")
+        while await stream.receive_some(65536):
+            pass
+        mine.set()
+
+    with trio.fail_after(GUARD):
+        async with await _raw_server(nursery, handler) as pool:
+            with pytest.raises(trio.TooSlowError), trio.fail_after(0.2):
+                await pool.request(b"POST", b"/", b"{}")
+            await hung_up[0].wait()
+
+            async with await pool.request(b"POST", b"/", b"{}") as response:
+                assert await response.receive() == b"first"
+                with pytest.raises(trio.TooSlowError), trio.fail_after(0.2):
+                    await response.receive()
+            await hung_up[1].wait()
