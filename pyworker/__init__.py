@@ -39,17 +39,17 @@ from ._tokens import estimate_tokens as estimate_tokens
 from ._version import __version__ as __version__
 
 if _typing.TYPE_CHECKING:
-    from ._lifecycle import Lifecycle as Lifecycle
     from ._lifecycle import State as State
-    from ._lifecycle import StateChange as StateChange
     from ._lifecycle import Trigger as Trigger
+    from ._machine import Lifecycle as Lifecycle
+    from ._machine import StateChange as StateChange
     from ._worker import Worker as Worker
     from ._worker import WorkerInfo as WorkerInfo
 
 _LAZY = {
-    "Lifecycle": "._lifecycle",
+    "Lifecycle": "._machine",
     "State": "._lifecycle",
-    "StateChange": "._lifecycle",
+    "StateChange": "._machine",
     "Trigger": "._lifecycle",
     "Worker": "._worker",
     "WorkerInfo": "._worker",

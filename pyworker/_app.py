@@ -15,8 +15,8 @@ from quart import Response, jsonify, request
 from quart_trio import QuartTrio
 
 from ._backend import Backend
-from ._lifecycle import Lifecycle
 from ._load import LoadTracker
+from ._machine import Lifecycle
 from ._upstream import UpstreamError, UpstreamPool
 
 log = logging.getLogger("pyworker.app")

@@ -78,6 +78,10 @@ class LogRule:
             pattern=r"torch\.(?:cuda\.)?OutOfMemoryError: CUDA out of memory",
         )
 
+    The substring of an error rule also names the failure where the worker shows it
+    (``error_msg`` in ``/status``, 503 bodies and reports): the line itself, which may quote a
+    client's words, goes only to the worker's own log. Make it say what went wrong.
+
     Attributes:
         action: what a matching line means.
         substring: text that a matching line contains anywhere ("" for none).

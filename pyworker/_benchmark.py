@@ -15,25 +15,19 @@ when the model server takes parallel requests. Two methods:
   exact for serial models, but it reads low when the model's parallelism does not divide
   ``runs`` (the last round runs part-empty) or when ``concurrency`` cannot saturate the model.
 
-The result is cached under a key that changes whenever the backend, the model, the benchmark
-payload or the benchmark settings change, so a restarted worker does not benchmark again, and
-a changed one does.
+The result is cached (:mod:`pyworker._benchcache`), so a restarted worker does not measure
+again.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import math
-import os
 import random
 import statistics
-import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from functools import partial
-from pathlib import Path
 
 import attrs
 import trio
@@ -44,9 +38,9 @@ from ._upstream import UpstreamError
 
 log = logging.getLogger("pyworker.benchmark")
 
-# Bump when the measuring method changes, so old cached figures are not trusted.
-_METHOD_VERSION = 3
-_SEED = 20240501
+METHOD_VERSION = 3
+"""Bumped when the measuring method changes, so old cached figures are not trusted."""
+SEED = 20240501
 # The adaptive method raises concurrency up to this many times the backend's (at most
 # _MAX_CONCURRENCY), while requests keep at least _MIN_EFFICIENCY of their single-request speed.
 _RAMP_FACTOR = 8
@@ -123,77 +117,13 @@ class BenchmarkResult:
     key: str = attrs.field(validator=attrs.validators.instance_of(str))
     measured_at: float = attrs.field(validator=_number)
     """Unix time of the measurement."""
-
-
-def _payloads(endpoint: Endpoint, count: int) -> list[object]:
-    assert endpoint.benchmark_payload is not None
-    rng = random.Random(_SEED)
-    return [endpoint.benchmark_payload(rng) for _ in range(count)]
-
-
-def cache_key(backend: Backend, model_id: str, settings: BenchmarkSettings) -> str:
-    """A digest of everything the measured capacity depends on."""
-    endpoint = backend.endpoint(backend.benchmark_route)
-    material = {
-        "method": _METHOD_VERSION,
-        "backend": backend.name,
-        "model": model_id,
-        "route": backend.benchmark_route,
-        "parallel": backend.allow_parallel_requests,
-        "settings": attrs.asdict(settings),
-        "payloads": _payloads(endpoint, min(settings.runs, 4)),
-    }
-    blob = json.dumps(material, sort_keys=True, default=str).encode()
-    return hashlib.sha256(blob).hexdigest()[:24]
-
-
-@attrs.define(eq=False)
-class BenchmarkCache:
-    """Cached results, one small JSON file per key, written atomically."""
-
-    directory: Path
-
-    def _path(self, key: str) -> Path:
-        return self.directory / f"benchmark-{key}.json"
-
-    async def load(self, key: str) -> BenchmarkResult | None:
-        """The cached result for ``key``; None when absent or unreadable."""
-        return await trio.to_thread.run_sync(self._load_sync, key)
-
-    def _load_sync(self, key: str) -> BenchmarkResult | None:
-        try:
-            data = json.loads(self._path(key).read_text())
-            if not isinstance(data, dict):
-                raise TypeError(f"a JSON object was expected, not {type(data).__name__}")
-            result = BenchmarkResult(**data)
-        except FileNotFoundError:
-            return None
-        except (OSError, ValueError, TypeError) as exc:
-            # Treated as absent, never fatal: a damaged file must not crash-loop the worker.
-            log.warning(
-                "ignoring unreadable benchmark cache %s (benchmarking again): %s",
-                self._path(key),
-                exc,
-            )
-            return None
-        return result if result.key == key else None
-
-    async def store(self, result: BenchmarkResult) -> None:
-        """Write ``result`` so that a crash never leaves a half-written file."""
-        await trio.to_thread.run_sync(self._store_sync, result)
-
-    def _store_sync(self, result: BenchmarkResult) -> None:
-        self.directory.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=".benchmark-", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w") as f:
-                json.dump(attrs.asdict(result), f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self._path(result.key))
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+    request_speed: float = attrs.field(default=0.0, validator=[_number, attrs.validators.ge(0.0)])
+    """Workload units per second of one request alone: the fastest measured (0: not measured,
+    in a cache written before it was). A model that batches serves many requests at once, each
+    far slower than ``max_perf``."""
+    spread: float = attrs.field(default=1.0, validator=[_number, attrs.validators.ge(1.0)])
+    """The slowest measured request's time per unit of workload over the median one's (1:
+    all alike; also in a cache written before it was measured)."""
 
 
 async def _one(endpoint: Endpoint, job: Job, model: ModelServer) -> None:
@@ -223,7 +153,7 @@ async def run_benchmark(
     endpoint = backend.endpoint(backend.benchmark_route)
     make_payload = endpoint.benchmark_payload
     assert make_payload is not None
-    rng = random.Random(_SEED)
+    rng = random.Random(SEED)
     failures = 0
     last_error = ""
 
@@ -250,43 +180,60 @@ async def run_benchmark(
     try:
         if settings.max_concurrency is None:
             jobs = [endpoint.parse(make_payload(rng)) for _ in range(settings.runs)]
-            workload, elapsed, runs = await _fixed_count(settings, jobs, attempt)
+            samples = await _fixed_count(settings, jobs, attempt)
+            workload, elapsed = sum(s.workload for s in samples), _span(samples)
         else:
             loop = _ClosedLoop(attempt=attempt, next_job=lambda: endpoint.parse(make_payload(rng)))
-            workload, elapsed, runs = await _adaptive(settings, loop, warmed)
+            samples, level = await _adaptive(settings, loop, warmed)
+            workload, elapsed = _little(samples, level)
     except* BenchmarkError as group:
         raise group.exceptions[0] from None
     return BenchmarkResult(
         max_perf=workload / elapsed,
         workload=workload,
         elapsed=elapsed,
-        runs=runs,
+        runs=len(samples),
         key=key,
         measured_at=time.time(),
+        request_speed=max(_speed(sample) for sample in [warmed, *samples]),
+        spread=_spread(samples),
     )
 
 
 async def _fixed_count(
     settings: BenchmarkSettings, jobs: list[Job], attempt: Callable[[Job], Awaitable[bool]]
-) -> tuple[float, float, int]:
-    """Run ``jobs`` at ``settings.concurrency``; (workload, wall time, runs)."""
-    queue = list(reversed(jobs))
-    done_workload = 0.0
+) -> list[_Sample]:
+    """Run ``jobs`` at ``settings.concurrency``; one sample per job (its successful try)."""
+    queue = list(enumerate(reversed(jobs)))
+    samples: list[_Sample] = []
 
     async def runner() -> None:
-        nonlocal done_workload
         while queue:
-            job = queue.pop()
+            index, job = queue.pop()
+            started = trio.current_time()
             while not await attempt(job):
-                pass
-            done_workload += job.workload
+                started = trio.current_time()
+            samples.append(_Sample(index, started, trio.current_time(), job.workload))
 
     log.info("benchmark: %d runs, %d at a time", settings.runs, settings.concurrency)
-    started = trio.current_time()
     async with trio.open_nursery() as nursery:
         for _ in range(settings.concurrency):
             nursery.start_soon(runner)
-    return done_workload, max(trio.current_time() - started, 1e-9), len(jobs)
+    return samples
+
+
+def _span(samples: list[_Sample]) -> float:
+    """Seconds from the first request sent to the last one answered (the drain included)."""
+    return max(max(s.finished for s in samples) - min(s.started for s in samples), 1e-9)
+
+
+def _spread(samples: list[_Sample]) -> float:
+    """The slowest sample's seconds per unit of workload over the median sample's."""
+    per_unit = [(s.finished - s.started) / s.workload for s in samples if s.workload > 0]
+    if not per_unit:
+        return 1.0
+    median = statistics.median(per_unit)
+    return max(max(per_unit) / median, 1.0) if median > 0 else 1.0
 
 
 @attrs.frozen
@@ -350,7 +297,7 @@ class _ClosedLoop:
 
 async def _adaptive(
     settings: BenchmarkSettings, loop: _ClosedLoop, warmup: _Sample
-) -> tuple[float, float, int]:
+) -> tuple[list[_Sample], int]:
     """Find a saturating concurrency and measure steady throughput there.
 
     Each level's wave (the first requests of the runners it adds) shows whether requests
@@ -359,7 +306,8 @@ async def _adaptive(
     state starts at the level's first answer, so waiting for the wave costs nothing).
 
     Returns:
-        (workload, seconds, requests) of the measurement.
+        The requests the measurement rests on, and the concurrency they ran at (see
+        :func:`_little`).
     """
     assert settings.max_concurrency is not None
     top = max(settings.concurrency, settings.max_concurrency)
@@ -400,7 +348,7 @@ async def _adaptive(
             # Never saturated: requests ran at (nearly) full speed, so the throughput is
             # what they show (the model may have even more room).
             await loop.wait(_at_least(partial(loop.done, first), settings.runs))
-            result = _little(loop.done(first), level)
+            result = loop.done(first), level
             log.info("benchmark: not saturated at %d at a time (the most tried)", level)
             break
         nursery.cancel_scope.cancel()  # abandon the requests still running
@@ -415,15 +363,15 @@ def _at_least(samples: Callable[[], list[_Sample]], count: int) -> Callable[[], 
     return lambda: len(samples()) >= count
 
 
-def _little(samples: list[_Sample], level: int) -> tuple[float, float, int]:
-    """(workload, seconds, requests) at ``level`` in flight, by Little's law.
+def _little(samples: list[_Sample], level: int) -> tuple[float, float]:
+    """(workload, seconds) at ``level`` in flight, by Little's law.
 
     Throughput = level x workload / latency summed over ``samples``; the seconds returned are
     how long their workload takes at that throughput.
     """
     workload = sum(s.workload for s in samples)
     busy = sum(s.finished - s.started for s in samples)
-    return workload, max(busy / level, 1e-9), len(samples)
+    return workload, max(busy / level, 1e-9)
 
 
 async def _steady_rate(
@@ -432,8 +380,8 @@ async def _steady_rate(
     level: int,
     wave: list[_Sample],
     wrap_up: float,
-) -> tuple[float, float, int]:
-    """Throughput at ``level`` from requests in the steady state (see :func:`_little`).
+) -> tuple[list[_Sample], int]:
+    """The requests in the steady state at ``level`` (see :func:`_little`).
 
     Only requests sent after the level's first answer count: the wave before them was sent
     all at once, to a model whose queue was still forming. It waits for ``settings.runs`` of
@@ -445,4 +393,4 @@ async def _steady_rate(
     await loop.wait(_at_least(sample, settings.runs), deadline=wrap_up)
     await loop.wait(_at_least(sample, 2))
     log.info("benchmark: steady state over %d requests", len(sample()))
-    return _little(sample(), level)
+    return sample(), level

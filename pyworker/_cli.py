@@ -17,7 +17,7 @@ import trio
 
 from ._backend import Backend, UnknownBackendError, available_backends, load_backend
 from ._config import ENV_OPTIONS, ConfigError, WorkerConfig, default_state_dir, load_config
-from ._lifecycle import StateChange
+from ._machine import StateChange
 from ._process import free_port, port_available
 from ._server import raise_open_files_limit
 
@@ -123,10 +123,31 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         help="largest request body accepted (default 16 MiB)",
     )
     add(
+        "--connect-timeout",
+        type=float,
+        default=None,
+        help="seconds to open a connection to the model server (default 10)",
+    )
+    add(
+        "--first-byte-timeout",
+        type=float,
+        default=None,
+        help="seconds from sending a request to the model server to its answer's head; a "
+        "non-streamed answer's head comes with the whole answer (default: --read-timeout)",
+    )
+    add(
         "--read-timeout",
         type=float,
         default=None,
-        help="seconds of silence tolerated from the model server (default 600)",
+        help="seconds of silence tolerated from the model server between bytes of an answer "
+        "(default 600)",
+    )
+    add(
+        "--total-timeout",
+        type=float,
+        default=None,
+        help="seconds a request may take at the model server in all, however steadily it "
+        "streams (default 3600; 0: no limit)",
     )
     add(
         "--drain-timeout",
@@ -159,6 +180,14 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         help="seconds a model load may take before the worker reports it errored (default 7200)",
     )
     add(
+        "--stall-timeout",
+        type=float,
+        default=None,
+        help="seconds of silence from the model server, with requests waiting on it, after "
+        "which it is stalled: they get 504 and the worker stops taking requests until it "
+        "answers again (longer when their predicted service time is; default 30; 0: off)",
+    )
+    add(
         "--report-format",
         choices=["2026", "2024"],
         default=None,
@@ -177,6 +206,13 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         default=None,
         help="port of the internal plain-HTTP listener serving only POST /session/end "
         "(default: the worker's port + 1) [WORKER_HTTP_PORT]",
+    )
+    add(
+        "--keep-alive-timeout",
+        type=float,
+        default=None,
+        help="seconds an idle client connection, or one whose request head is still "
+        "arriving, is kept open (default 5)",
     )
     add(
         "--max-connections",

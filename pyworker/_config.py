@@ -89,6 +89,14 @@ class WorkerConfig:
     body_timeout: float = attrs.field(default=30.0, validator=_positive)
     connect_timeout: float = attrs.field(default=10.0, validator=_positive)
     read_timeout: float = attrs.field(default=600.0, validator=_positive)
+    """Seconds of silence from the model server between two bytes of an answer's body."""
+    first_byte_timeout: float | None = attrs.field(
+        default=None, validator=attrs.validators.optional(_positive)
+    )
+    """Seconds from sending a request to the model server to its answer's complete head (a
+    non-streamed answer's head comes with the whole answer); None: ``read_timeout``."""
+    total_timeout: float = attrs.field(default=3600.0, validator=attrs.validators.ge(0))
+    """Seconds a request may take at the model server in all, answer included (0: no limit)."""
     max_queue_time: float = 30.0
     drain_timeout: float = attrs.field(default=30.0, validator=_positive)
     health_interval: float = attrs.field(default=10.0, validator=_positive)
@@ -96,6 +104,9 @@ class WorkerConfig:
     health_failures: int = 3
     load_timeout: float = attrs.field(default=7200.0, validator=_positive)
     """Seconds a load may take (from start, or a new log) before the worker gives up on it."""
+    stall_timeout: float = attrs.field(default=30.0, validator=attrs.validators.ge(0))
+    """The least silence from the model server, with requests waiting on it, that is a stall
+    (longer when their predicted service time says so; 0: no watchdog)."""
     state_dir: Path = attrs.field(factory=lambda: default_state_dir({}))
     force_benchmark: bool = False
     benchmark_runs: int | None = attrs.field(default=None, validator=_at_least_one)
@@ -230,15 +241,20 @@ ENV_OPTIONS: dict[str, tuple[str, Callable[[str], object]]] = {
     "max_queue_time": ("PYWORKER_MAX_QUEUE_TIME", float),
     "max_body_bytes": ("PYWORKER_MAX_BODY_BYTES", int),
     "read_timeout": ("PYWORKER_READ_TIMEOUT", float),
+    "connect_timeout": ("PYWORKER_CONNECT_TIMEOUT", float),
+    "first_byte_timeout": ("PYWORKER_FIRST_BYTE_TIMEOUT", float),
+    "total_timeout": ("PYWORKER_TOTAL_TIMEOUT", float),
     "drain_timeout": ("PYWORKER_DRAIN_TIMEOUT", float),
     "health_interval": ("PYWORKER_HEALTH_INTERVAL", float),
     "force_benchmark": ("PYWORKER_FORCE_BENCHMARK", _flag),
     "benchmark_runs": ("PYWORKER_BENCHMARK_RUNS", int),
     "report_format": ("PYWORKER_REPORT_FORMAT", str),
     "load_timeout": ("PYWORKER_LOAD_TIMEOUT", float),
+    "stall_timeout": ("PYWORKER_STALL_TIMEOUT", float),
     "max_sessions": ("PYWORKER_MAX_SESSIONS", int),
     "update_flag_file": ("PYWORKER_UPDATE_FLAG_FILE", str),
     "max_connections": ("PYWORKER_MAX_CONNECTIONS", int),
+    "keep_alive_timeout": ("PYWORKER_KEEP_ALIVE_TIMEOUT", float),
 }
 
 
@@ -306,15 +322,20 @@ def load_config(args: argparse.Namespace, env: Mapping[str, str]) -> tuple[Worke
         "max_queue_time",
         "max_body_bytes",
         "read_timeout",
+        "connect_timeout",
+        "first_byte_timeout",
+        "total_timeout",
         "drain_timeout",
         "health_interval",
         "benchmark_runs",
         "report_format",
         "load_timeout",
+        "stall_timeout",
         "max_sessions",
         "http_port",
         "update_flag_file",
         "max_connections",
+        "keep_alive_timeout",
     ):
         if (value := getattr(args, name)) is not None:
             changes[name] = value

@@ -1,22 +1,19 @@
-"""The worker's lifecycle: one declarative table, one synchronous machine.
+"""The worker's lifecycle table: the whole truth about its states and transitions.
 
-The table (:data:`STATES`, :data:`TRANSITIONS`) is the whole truth about the lifecycle: which
-states exist, what each one does to requests, what entering it changes, how often it reports,
-which services run in it, and which trigger leads where under which guard. Everything else reads
-it: the runtime :class:`Lifecycle` (a sync ``transitions.Machine`` whose one callback applies the
-table's effects), the service runner (:func:`pyworker._watch.run_in_states`), the report schedule
-(:mod:`pyworker._report`), the diagram and guide generator (:mod:`pyworker._statecharts`) and the
-property tests. Nothing here does I/O or awaits: Trio tasks do the work and fire triggers.
+The table (:data:`STATES`, :data:`TRANSITIONS`) says which states exist, what each one does to
+requests, what entering it changes, how often it reports, which services run in it, and which
+trigger leads where under which guard. Everything else reads it: the runtime
+:class:`~pyworker._machine.Lifecycle` (a sync ``transitions.Machine`` whose one callback applies
+the table's effects), the service runner (:func:`pyworker._watch.run_in_states`), the report
+schedule (:mod:`pyworker._report`), the diagram and guide generator (:mod:`pyworker._statecharts`)
+and the property tests. Nothing here does I/O: Trio tasks do the work and fire triggers.
 """
 
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable, Mapping
-from typing import Any
 
 import attrs
-from transitions import EventData, Machine
 
 
 class State(enum.StrEnum):
@@ -26,6 +23,7 @@ class State(enum.StrEnum):
     BENCHMARKING = "benchmarking"
     AWAITING_KEY = "awaiting_key"
     READY = "ready"
+    STALLED = "stalled"
     ERRORED = "errored"
     DRAINING = "draining"
     STOPPED = "stopped"
@@ -42,6 +40,8 @@ class Trigger(enum.StrEnum):
     BENCHMARK_FAILED = "benchmark_failed"
     KEY_LOADED = "key_loaded"
     HEALTH_FAILED = "health_failed"
+    STALLED = "stalled"
+    PROGRESSED = "progressed"
     SHUTDOWN = "shutdown"
     DRAINED = "drained"
 
@@ -54,6 +54,8 @@ class Effect(enum.Enum):
     SET_CAPACITY = "the measured capacity (max_perf) is kept"
     FINISH_LOAD = "the load time since the load began is recorded (reports carry it)"
     SET_ERROR = "the failure's reason becomes error_msg, and the load time is cleared"
+    NOTE_STALL = "the stall's reason becomes error_msg (the load time is kept: still loaded)"
+    CLEAR_ERROR = "error_msg is cleared"
 
 
 class Guard(enum.Enum):
@@ -69,6 +71,8 @@ class Service(enum.Enum):
     LOAD_TIMEOUT = "gives up on a load that has not logged its ready line within --load-timeout"
     BENCHMARK = "measures the model's capacity (or reads the cached figure)"
     HEALTH_CHECKS = "polls the model server's health route"
+    WATCHDOG = "watches the requests sent to the model server for progress (see --stall-timeout)"
+    STALL_PROBE = "sends the benchmark request until the model server answers one again"
     KEY_FETCH = "fetches the router's public key until it has one"
     REPORTS = "sends load reports to the autoscaler"
     RECORDS = "sends finished-request records to the autoscaler's /delete_requests/"
@@ -101,6 +105,10 @@ class StateInfo:
     admits_requests: bool
     """Whether the proxy forwards new requests; otherwise it answers 503 with ``refusal``."""
     refusal: str = ""
+    serves_admitted: bool = False
+    """Whether a request admitted earlier still goes to the model server when its turn comes
+    (one queued behind others for a one-at-a-time model, say); otherwise it is answered 503 with
+    ``refusal`` then, and never reaches the model server."""
     on_enter: tuple[Effect, ...] = ()
     """Applied on every entry, before the transition's own effects."""
     reports: ReportPolicy = ReportPolicy()
@@ -163,10 +171,24 @@ STATES: tuple[StateInfo, ...] = (
         "its load. Leaving it for anything but draining ends every open session (its "
         "requests get 410 from then on, so clients go elsewhere).",
         admits_requests=True,
-        on_enter=(Effect.FINISH_LOAD,),
+        serves_admitted=True,
         reports=ReportPolicy(on_load_change=True),
-        services=_LIVE_SERVICES | {Service.HEALTH_CHECKS, Service.SESSIONS},
+        services=_LIVE_SERVICES | {Service.HEALTH_CHECKS, Service.WATCHDOG, Service.SESSIONS},
         cause="the benchmark finished and the router's key is known",
+    ),
+    StateInfo(
+        state=State.STALLED,
+        meaning="The model server took requests and stopped answering them: nothing arrived "
+        "on any of them for longer than the stall limit, though its health route may still "
+        "pass. Those requests were ended (504, or a cut stream) and their connections closed; "
+        "the benchmark request is sent until one is answered.",
+        admits_requests=False,
+        refusal="model server stalled",
+        on_enter=(Effect.NOTE_STALL,),
+        services=_LIVE_SERVICES | {Service.STALL_PROBE},
+        cause="a wedged engine (a hung GPU kernel, a deadlocked scheduler): no byte from the "
+        "model server within max(--stall-timeout, k x the predicted time of the oldest "
+        "request); error_msg gives the figures",
     ),
     StateInfo(
         state=State.ERRORED,
@@ -185,6 +207,7 @@ STATES: tuple[StateInfo, ...] = (
         "finish (up to the drain timeout), then open sessions end (their on_close called).",
         admits_requests=False,
         refusal="worker is shutting down",
+        serves_admitted=True,
         reports=ReportPolicy(on_in_flight_drop=True),
         services=_ALWAYS | {Service.SESSIONS},
         cause="SIGTERM (the instance is stopping) or Ctrl-C",
@@ -202,7 +225,14 @@ STATES: tuple[StateInfo, ...] = (
 
 INITIAL = State.LOADING
 
-_LIVE = (State.LOADING, State.BENCHMARKING, State.AWAITING_KEY, State.READY, State.ERRORED)
+_LIVE = (
+    State.LOADING,
+    State.BENCHMARKING,
+    State.AWAITING_KEY,
+    State.READY,
+    State.STALLED,
+    State.ERRORED,
+)
 
 TRANSITIONS: tuple[Transition, ...] = (
     Transition(
@@ -213,7 +243,7 @@ TRANSITIONS: tuple[Transition, ...] = (
     ),
     Transition(
         trigger=Trigger.MODEL_LOADED,
-        sources=(State.AWAITING_KEY, State.READY, State.ERRORED),
+        sources=(State.AWAITING_KEY, State.READY, State.STALLED, State.ERRORED),
         dest=State.BENCHMARKING,
         why="a ready line again: the model server restarted without a new log, so this load "
         "is timed from its ready line",
@@ -225,7 +255,7 @@ TRANSITIONS: tuple[Transition, ...] = (
         dest=State.READY,
         why="capacity measured or read from the cache, and the router's key is known",
         guard=Guard.KEY_KNOWN,
-        effects=(Effect.SET_CAPACITY,),
+        effects=(Effect.SET_CAPACITY, Effect.FINISH_LOAD),
     ),
     Transition(
         trigger=Trigger.BENCHMARK_DONE,
@@ -239,6 +269,7 @@ TRANSITIONS: tuple[Transition, ...] = (
         sources=(State.AWAITING_KEY,),
         dest=State.READY,
         why="the router's public key arrived",
+        effects=(Effect.FINISH_LOAD,),
     ),
     Transition(
         trigger=Trigger.BENCHMARK_FAILED,
@@ -248,7 +279,13 @@ TRANSITIONS: tuple[Transition, ...] = (
     ),
     Transition(
         trigger=Trigger.MODEL_FAILED,
-        sources=(State.LOADING, State.BENCHMARKING, State.AWAITING_KEY, State.READY),
+        sources=(
+            State.LOADING,
+            State.BENCHMARKING,
+            State.AWAITING_KEY,
+            State.READY,
+            State.STALLED,
+        ),
         dest=State.ERRORED,
         why="the model server logged an error line",
     ),
@@ -265,8 +302,27 @@ TRANSITIONS: tuple[Transition, ...] = (
         why="the model server failed its health checks",
     ),
     Transition(
+        trigger=Trigger.STALLED,
+        sources=(State.READY,),
+        dest=State.STALLED,
+        why="requests were sent and nothing came back on any of them within the stall limit",
+    ),
+    Transition(
+        trigger=Trigger.PROGRESSED,
+        sources=(State.STALLED,),
+        dest=State.READY,
+        why="the probe request was answered: the model server works again",
+        effects=(Effect.CLEAR_ERROR,),
+    ),
+    Transition(
         trigger=Trigger.MODEL_RESTARTED,
-        sources=(State.BENCHMARKING, State.AWAITING_KEY, State.READY, State.ERRORED),
+        sources=(
+            State.BENCHMARKING,
+            State.AWAITING_KEY,
+            State.READY,
+            State.STALLED,
+            State.ERRORED,
+        ),
         dest=State.LOADING,
         why="the model log was replaced or truncated: a new model server process",
     ),
@@ -290,162 +346,3 @@ STATE_INFO: dict[State, StateInfo] = {info.state: info for info in STATES}
 def states_running(service: Service) -> frozenset[State]:
     """The states in which ``service`` runs."""
     return frozenset(info.state for info in STATES if service in info.services)
-
-
-def machine_kwargs(guards: Mapping[Guard, Callable[[EventData], bool]]) -> dict[str, Any]:
-    """The keyword arguments of the ``transitions`` machine built from the table.
-
-    Args:
-        guards: evaluates each guard the table uses (given the machine's event data).
-    """
-    return {
-        "states": [info.state.value for info in STATES],
-        "transitions": [
-            {
-                "trigger": row.trigger.value,
-                "source": [s.value for s in row.sources],
-                "dest": row.dest.value,
-                "conditions": [] if row.guard is None else [guards[row.guard]],
-            }
-            for row in TRANSITIONS
-        ],
-        "initial": INITIAL.value,
-        "auto_transitions": False,
-        # An event that does not apply in the current state is dropped, not an error: a log
-        # line saying "loaded" while draining, say, changes nothing. fire() reports it.
-        "ignore_invalid_triggers": True,
-        "send_event": True,
-    }
-
-
-@attrs.frozen(kw_only=True)
-class StateChange:
-    """A record of one transition, handed to listeners."""
-
-    trigger: Trigger
-    source: State
-    dest: State
-    at: float
-    reason: str
-
-
-class _MachineModel:
-    """What ``transitions`` binds its state and trigger methods to; private to Lifecycle, so
-    no string-named method or attribute of the library leaks into the typed API."""
-
-    state: str
-
-
-class Lifecycle:
-    """The runtime lifecycle of one worker.
-
-    Fire triggers with :meth:`fire`; read :attr:`current`, :attr:`error_msg`, :attr:`max_perf`.
-    Every transition is synchronous and does no I/O: one callback applies the effects the table
-    lists. Listeners (see :meth:`subscribe`) are how Trio tasks learn of changes.
-
-    Args:
-        started_at: the clock reading when the worker started (for ``loadtime``).
-        key_known: tells whether the router's public key is known (:attr:`Guard.KEY_KNOWN`);
-            None: always (signatures are not checked, or the key was given).
-    """
-
-    def __init__(self, *, started_at: float, key_known: Callable[[], bool] | None = None) -> None:
-        self.error_msg = ""
-        self.max_perf = 0.0
-        self.load_started_at = started_at
-        self.loads_completed = 0
-        self._key_known = key_known
-        self.loadtime = 0.0
-        """Seconds the current load took to become ready (0 while not loaded)."""
-        self._listeners: list[Callable[[StateChange], None]] = []
-        self._rows = {(r.trigger, s, r.dest): r for r in TRANSITIONS for s in r.sources}
-        self._model = _MachineModel()
-        self._machine = Machine(
-            model=self._model,
-            after_state_change=self._after_change,
-            **machine_kwargs({Guard.KEY_KNOWN: self._guard_key_known}),
-        )
-
-    # -- queries ---------------------------------------------------------------------------
-    @property
-    def current(self) -> State:
-        """The current state."""
-        return State(self._model.state)
-
-    @property
-    def info(self) -> StateInfo:
-        """The behaviour of the current state."""
-        return STATE_INFO[self.current]
-
-    @property
-    def admits_requests(self) -> bool:
-        """Whether new requests may be forwarded now."""
-        return self.info.admits_requests
-
-    def refusal_reason(self) -> str:
-        """Why requests are refused now (empty when they are admitted)."""
-        info = self.info
-        if info.state is State.ERRORED and self.error_msg:
-            return f"{info.refusal}: {self.error_msg}"
-        return info.refusal
-
-    # -- commands --------------------------------------------------------------------------
-    def fire(
-        self, trigger: Trigger, *, now: float, reason: str = "", max_perf: float = 0.0
-    ) -> bool:
-        """Fire ``trigger``. Returns whether it changed the state (False: not valid here)."""
-        if not self.can_fire(trigger):
-            # Not valid here (a repeated error line while errored, say): nothing to do, and
-            # nothing for transitions to log as a warning.
-            return False
-        fire: Callable[..., bool] = getattr(self._model, "trigger")  # noqa: B009 (by Machine)
-        return bool(fire(trigger.value, now=now, reason=reason, max_perf=max_perf))
-
-    def can_fire(self, trigger: Trigger) -> bool:
-        """Whether ``trigger`` has a row out of the current state (its guard may still say no)."""
-        return trigger.value in self._machine.get_triggers(self._model.state)
-
-    def subscribe(self, listener: Callable[[StateChange], None]) -> Callable[[], None]:
-        """Call ``listener`` (synchronously) after every transition.
-
-        Returns:
-            A function that unsubscribes it.
-        """
-        self._listeners.append(listener)
-        return lambda: self._listeners.remove(listener)
-
-    # -- the machine's callbacks (sync, no I/O) ---------------------------------------------
-    def _guard_key_known(self, event: EventData) -> bool:
-        return self._key_known is None or self._key_known()
-
-    def _after_change(self, event: EventData) -> None:
-        assert event.transition is not None
-        trigger = Trigger(event.event.name)
-        source, dest = State(str(event.transition.source)), State(str(event.transition.dest))
-        row = self._rows[trigger, source, dest]
-        now: float = event.kwargs["now"]
-        reason: str = event.kwargs.get("reason") or ""
-        for effect in (*STATE_INFO[dest].on_enter, *row.effects):
-            self._apply(effect, trigger, now, reason, event.kwargs.get("max_perf") or 0.0)
-        change = StateChange(trigger=trigger, source=source, dest=dest, at=now, reason=reason)
-        for listener in list(self._listeners):
-            listener(change)
-
-    def _apply(
-        self, effect: Effect, trigger: Trigger, now: float, reason: str, max_perf: float
-    ) -> None:
-        if effect is Effect.START_LOAD_CLOCK:
-            self.load_started_at = now
-        elif effect is Effect.FORGET_LOAD:
-            self.error_msg = ""
-            self.max_perf = 0.0
-            self.loadtime = 0.0
-        elif effect is Effect.SET_CAPACITY:
-            self.max_perf = float(max_perf)
-        elif effect is Effect.FINISH_LOAD:
-            self.loads_completed += 1
-            # Never 0, so the autoscaler can tell it was sent.
-            self.loadtime = max(now - self.load_started_at, 1e-3)
-        elif effect is Effect.SET_ERROR:
-            self.error_msg = reason or trigger.value.replace("_", " ")
-            self.loadtime = 0.0

@@ -10,8 +10,11 @@
 6. parse the payload: the backend's own hook, reached only by signed requests (422);
 7. admit: the 429 decision, the request's number remembered, its session extended, its turn
    awaited;
-8. send the job to the model server (its own 502/504 when it fails);
-9. relay the answer as it arrives, until it ends, the client leaves or its session ends;
+8. send the job to the model server (its own 502/504 when it fails; 503 when the worker stopped
+   serving the model while the request waited for its turn);
+9. relay the answer as it arrives, until it ends, the client leaves, its session ends, or the
+   watchdog ends it: the model server stalled, or the total timeout passed (504, or a cut
+   stream);
 10. record the outcome (on leaving the admission block, whatever happened).
 
 The session routes (``/session/create``, ``/get``, ``/health``, ``/end``) share the first stages
@@ -33,14 +36,15 @@ import attrs
 from ._admission import Admission, Overloaded
 from ._auth import Authenticator, AuthError, Signed
 from ._backend import Backend, Endpoint, Job
-from ._lifecycle import Lifecycle
 from ._load import Outcome
+from ._machine import Lifecycle
 from ._model import ModelServer, send_job
 from ._relay import ClientWatch, relay, send_json, watch_client
 from ._session_routes import SESSION_ROUTES
 from ._sessions import Session, Sessions
 from ._stages import ClientGone, Envelope, Limits, Refusal, parse_envelope, parse_payload, read_body
 from ._typing import ASGIApp, Receive, Scope, Send
+from ._watchdog import Watchdog
 
 log = logging.getLogger("pyworker.proxy")
 
@@ -58,6 +62,7 @@ class Pipeline:
         admission: 429s, turns, and the accounting of every admitted request.
         sessions: the open sessions.
         model: the model server.
+        watchdog: follows every request sent to the model server.
         fallback: the ASGI app for every other route and for lifespan.
         limits: body size and time bounds.
     """
@@ -68,6 +73,7 @@ class Pipeline:
     admission: Admission
     sessions: Sessions
     model: ModelServer
+    watchdog: Watchdog
     fallback: ASGIApp
     limits: Limits = attrs.Factory(Limits)
     _routes: dict[str, Endpoint] = attrs.field(init=False)
@@ -179,10 +185,32 @@ class Pipeline:
     async def exchange(
         self, endpoint: Endpoint, job: Job, send: Send, client: ClientWatch
     ) -> Outcome:
-        """Stages 8 and 9: send the job to the model server, relay its answer."""
-        answer = await send_job(endpoint, job, self.model)
-        try:
-            observer = endpoint.observe() if endpoint.observe is not None else None
-            return await relay(answer, send, observer=observer, before_last=client.stop)
-        finally:
-            await answer.aclose()
+        """Stages 8 and 9: send the job to the model server, relay its answer.
+
+        A request whose turn comes when the worker no longer serves the model (stalled,
+        errored, reloading) is answered 503 without reaching it.
+        """
+        if not self.lifecycle.info.serves_admitted:
+            refusal = self._unavailable()
+            await send_json(send, refusal.status, refusal.body, refusal.headers)
+            return Outcome.failed(refusal.status, self.lifecycle.refusal_reason())
+        status = 0
+        with self.watchdog.track(job.workload) as work, work.scope:
+            answer = self.watchdog.answer(work, await send_job(endpoint, job, self.model))
+            try:
+                observer = endpoint.observe() if endpoint.observe is not None else None
+                status = answer.status
+                work.relaying = True
+                return await relay(answer, send, observer=observer, before_last=client.stop)
+            finally:
+                await answer.aclose()
+        # Only the watchdog ends the block early: the model server stalled, or the request
+        # took longer than the total timeout.
+        error = work.ended
+        if not work.relaying:
+            await send_json(send, 504, {"error": error})
+            return Outcome.failed(504, error)
+        # The answer had begun: the final body message is withheld, so the server closes the
+        # connection and the client sees a broken response, not a truncated success.
+        log.warning("%s, mid-answer: the stream is cut", error)
+        return Outcome.failed(status, f"{error} mid-response")

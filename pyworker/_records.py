@@ -24,8 +24,8 @@ import attrs
 import trio
 
 from ._autoscaler import Autoscaler
-from ._lifecycle import Lifecycle
 from ._load import Outcome, OutcomeKind
+from ._machine import Lifecycle
 
 log = logging.getLogger("pyworker.records")
 

@@ -20,8 +20,9 @@ from typing import Any
 
 import attrs
 
-from ._lifecycle import STATE_INFO, Lifecycle, State, StateChange
+from ._lifecycle import STATE_INFO, State
 from ._load import LoadTotals, LoadTracker
+from ._machine import Lifecycle, StateChange
 from ._version import __version__
 
 _EPS = 1e-6

@@ -20,8 +20,9 @@ import attrs
 import trio
 
 from ._autoscaler import Autoscaler
-from ._lifecycle import STATE_INFO, Lifecycle, StateChange
+from ._lifecycle import STATE_INFO
 from ._load import LoadTracker
+from ._machine import Lifecycle, StateChange
 from ._report import Baseline, Report, ReportFormat, ReportSchedule, build_report
 
 log = logging.getLogger("pyworker.reporter")

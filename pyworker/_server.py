@@ -169,3 +169,33 @@ async def serve(
     """
     setattr(config, "pyworker_cap", cap)  # noqa: B010 (read by _CappedTCPServer)
     await hypercorn_serve(app, config, shutdown_trigger=shutdown_trigger, task_status=task_status)
+
+
+def hypercorn_config(
+    host: str,
+    port: int,
+    *,
+    keep_alive_timeout: float,
+    certfile: str | None = None,
+    keyfile: str | None = None,
+) -> HypercornConfig:
+    """Hypercorn's configuration for one of the worker's listeners (TLS with ``certfile``)."""
+    config = HypercornConfig()
+    # Log fields first: hypercorn caches its logger on first access of config.log. No access
+    # log: the router's key travels in query strings and headers (vast-2026.md §4).
+    config.accesslog = None
+    config.errorlog = logging.getLogger("pyworker.http")
+    config.bind = [f"{host}:{port}"]
+    # Requests have already drained when the trigger fires; this only bounds stragglers.
+    config.graceful_timeout = 2.0
+    # Short: an idle connection (or one whose request head never completes, as slowloris
+    # does) holds a descriptor; clients that want to reuse one do so within seconds.
+    config.keep_alive_timeout = keep_alive_timeout
+    # The router and load balancers keep connections for long: hypercorn's default of closing
+    # every connection after 1,000 requests costs reconnects (TLS handshakes).
+    config.keep_alive_max_requests = 1_000_000
+    config.include_server_header = False
+    if certfile is not None:
+        config.certfile = certfile
+        config.keyfile = keyfile
+    return config

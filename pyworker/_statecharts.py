@@ -21,6 +21,7 @@ from ._lifecycle import (
     INITIAL,
     STATES,
     TRANSITIONS,
+    Effect,
     Guard,
     ReportPolicy,
     Service,
@@ -175,12 +176,16 @@ def _reports(policy: ReportPolicy) -> str:
 def _requests(info: StateInfo) -> str:
     if info.admits_requests:
         return "admitted and forwarded to the model server."
-    if info.state is State.ERRORED:
-        return (
-            f"refused with 503, reason `{info.refusal}: <error_msg>` (the reason of the "
-            "failure that caused the error)."
+    if Effect.SET_ERROR in info.on_enter or Effect.NOTE_STALL in info.on_enter:
+        new = (
+            f"new ones refused with 503, reason `{info.refusal}: <error_msg>` (what went "
+            "wrong, in the worker's words: never a log line or a payload)"
         )
-    return f"refused with 503, reason `{info.refusal}`."
+    else:
+        new = f"new ones refused with 503, reason `{info.refusal}`"
+    if info.serves_admitted:
+        return f"{new}; those already admitted are still served, queued ones included."
+    return f"{new}, and so are queued ones when their turn comes (they never reach the model)."
 
 
 def _services(info: StateInfo) -> str:

@@ -7,7 +7,8 @@ from collections.abc import Awaitable, Callable
 import attrs
 import trio
 
-from ._lifecycle import Lifecycle, Service, State, StateChange, states_running
+from ._lifecycle import Service, State, states_running
+from ._machine import Lifecycle, StateChange
 
 
 @attrs.define(eq=False)

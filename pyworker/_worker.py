@@ -13,43 +13,39 @@ from urllib.parse import urlsplit
 import attrs
 import httpx
 import trio
-from hypercorn.config import Config as HypercornConfig
 
 from ._admission import Admission
 from ._app import UpdateGate, create_app
 from ._auth import Authenticator
 from ._autoscaler import Autoscaler
 from ._backend import Backend, LogAction
-from ._benchmark import (
-    BenchmarkCache,
-    BenchmarkError,
-    BenchmarkResult,
-    BenchmarkSettings,
-    cache_key,
-    run_benchmark,
-)
+from ._benchcache import measured_capacity
+from ._benchmark import BenchmarkError, BenchmarkResult
 from ._config import WorkerConfig
 from ._health import HealthChecker
-from ._lifecycle import Lifecycle, Service, StateChange, Trigger
+from ._lifecycle import Service, Trigger
 from ._load import LoadTracker
 from ._logtail import LogTailer
+from ._machine import Lifecycle, StateChange
 from ._model import ModelServer
 from ._pipeline import Pipeline
 from ._pubkey import configured_key, fetch_public_key, pubkey_urls, watch_key_rotation
 from ._records import RecordSender, RequestLog
 from ._report import Report, ReportFormat
 from ._reporter import Reporter
-from ._server import ConnectionCap, connection_cap
+from ._server import ConnectionCap, connection_cap, hypercorn_config
 from ._server import serve as serve_http
 from ._session_routes import InternalApp
 from ._sessions import Sessions
 from ._stages import Limits
 from ._upstream import UpstreamPool
 from ._watch import LifecycleWatch, run_in_states
+from ._watchdog import Pace, Stall, Watchdog, probe
 
 log = logging.getLogger("pyworker")
 
-_MAX_LOG_REASON = 500
+_MAX_LOG_LINE = 2000
+"""The most of one model log line the worker's own log repeats."""
 
 
 @attrs.frozen(kw_only=True)
@@ -122,6 +118,8 @@ class Worker:
     records: RequestLog = attrs.field(factory=RequestLog, init=False)
     """Ended requests and sessions not yet accepted by the router's ``/delete_requests/``."""
     last_benchmark: BenchmarkResult | None = attrs.field(default=None, init=False)
+    watchdog: Watchdog = attrs.field(init=False)
+    """Follows every request sent to the model server, for stalls."""
 
     def __attrs_post_init__(self) -> None:
         # These exist before serve() so tests and embedders can inspect them; their clocks
@@ -137,6 +135,11 @@ class Worker:
         self.lifecycle = Lifecycle(started_at=0.0, key_known=lambda: self.authenticator.has_key)
         self.tracker = LoadTracker(now=0.0)
         self.watch = LifecycleWatch(self.lifecycle)
+        self.watchdog = Watchdog(
+            stall_timeout=config.stall_timeout,
+            pace=lambda: Pace.of(self.last_benchmark),
+            total_timeout=config.total_timeout,
+        )
         if self.on_change is not None:
             self.lifecycle.subscribe(self.on_change)
 
@@ -180,6 +183,7 @@ class Worker:
             port=port,
             connect_timeout=config.connect_timeout,
             read_timeout=config.read_timeout,
+            first_byte_timeout=config.first_byte_timeout or config.read_timeout,
         )
         timeout = httpx.Timeout(config.read_timeout, connect=config.connect_timeout)
         async with (
@@ -213,6 +217,7 @@ class Worker:
                 admission=admission,
                 sessions=sessions,
                 model=model,
+                watchdog=self.watchdog,
                 fallback=create_app(
                     backend=self.backend,
                     lifecycle=self.lifecycle,
@@ -235,7 +240,13 @@ class Worker:
                     partial(
                         serve_http,
                         cast(Any, pipeline),
-                        self._hypercorn_config(config.port, tls=config.use_ssl),
+                        hypercorn_config(
+                            config.host,
+                            config.port,
+                            keep_alive_timeout=config.keep_alive_timeout,
+                            certfile=config.ssl_certfile if config.use_ssl else None,
+                            keyfile=config.ssl_keyfile,
+                        ),
                         cap=cap,
                         shutdown_trigger=server_stop.wait,
                     )
@@ -244,7 +255,11 @@ class Worker:
                     partial(
                         serve_http,
                         cast(Any, InternalApp(pipeline)),
-                        self._hypercorn_config(config.internal_port, tls=False),
+                        hypercorn_config(
+                            config.host,
+                            config.internal_port,
+                            keep_alive_timeout=config.keep_alive_timeout,
+                        ),
                         cap=None,
                         shutdown_trigger=server_stop.wait,
                     )
@@ -315,10 +330,20 @@ class Worker:
         return {
             Service.LOAD_TIMEOUT: self._load_timeout,
             Service.LOG_TAIL: (
-                idle if tailer is None else partial(tailer.run, self._on_log_line, self._on_new_log)
+                idle
+                if tailer is None
+                else partial(tailer.run, partial(self._on_log_line, health), self._on_new_log)
             ),
             Service.BENCHMARK: partial(self._benchmark, model),
             Service.HEALTH_CHECKS: idle if health is None else health.run,
+            Service.WATCHDOG: partial(self.watchdog.run, self._on_stall),
+            Service.STALL_PROBE: partial(
+                probe,
+                self.backend.endpoint(self.backend.benchmark_route),
+                model,
+                self.watchdog,
+                on_answered=self._on_progress,
+            ),
             Service.KEY_FETCH: partial(self._fetch_key, http),
             Service.REPORTS: finals.track(reporter.run),
             Service.RECORDS: finals.track(sender.run),
@@ -345,38 +370,30 @@ class Worker:
         await sessions.end_all("the worker is shutting down")
         lifecycle.fire(Trigger.DRAINED, now=trio.current_time())
 
-    def _hypercorn_config(self, port: int, *, tls: bool) -> HypercornConfig:
-        config = HypercornConfig()
-        # Log fields first: hypercorn caches its logger on first access of config.log. No
-        # access log: the router's key travels in query strings and headers (vast-2026.md §4).
-        config.accesslog = None
-        config.errorlog = logging.getLogger("pyworker.http")
-        config.bind = [f"{self.config.host}:{port}"]
-        # Requests have already drained when the trigger fires; this only bounds stragglers.
-        config.graceful_timeout = 2.0
-        # Short: an idle connection (or one whose request head never completes, as slowloris
-        # does) holds a descriptor; clients that want to reuse one do so within seconds.
-        config.keep_alive_timeout = self.config.keep_alive_timeout
-        # The router and load balancers keep connections for long: hypercorn's default of
-        # closing every connection after 1,000 requests costs reconnects (TLS handshakes).
-        config.keep_alive_max_requests = 1_000_000
-        config.include_server_header = False
-        if tls:
-            config.certfile = self.config.ssl_certfile
-            config.keyfile = self.config.ssl_keyfile
-        return config
+    # -- stalls ------------------------------------------------------------------------------
+    def _on_stall(self, stall: Stall) -> None:
+        self.lifecycle.fire(Trigger.STALLED, now=trio.current_time(), reason=stall.reason)
+
+    def _on_progress(self) -> None:
+        self.lifecycle.fire(Trigger.PROGRESSED, now=trio.current_time())
 
     # -- model log ---------------------------------------------------------------------------
-    def _on_log_line(self, line: str) -> None:
+    def _on_log_line(self, health: HealthChecker | None, line: str) -> None:
         rule = self.backend.classify(line)
         if rule is None:
             return
         now = trio.current_time()
-        text = line.strip()[:_MAX_LOG_REASON]
+        text = line.strip()[:_MAX_LOG_LINE]
         if rule.action is LogAction.MODEL_LOADED:
             self.lifecycle.fire(Trigger.MODEL_LOADED, now=now)
         elif rule.action is LogAction.MODEL_ERROR:
-            self.lifecycle.fire(Trigger.MODEL_FAILED, now=now, reason=text)
+            # The line may quote a client's words, so it goes to the worker's own log only;
+            # error_msg (in /status, 503 bodies and reports) names the rule's words instead.
+            log.error("model server logged an error: %s", text)
+            reason = f"model server logged an error ({rule.substring or 'see the worker log'})"
+            # While ready, a health check confirms it first (see HealthChecker.suspect).
+            if health is None or not health.suspect(reason):
+                self.lifecycle.fire(Trigger.MODEL_FAILED, now=now, reason=reason)
         else:
             log.info("model server: %s", text)
 
@@ -390,7 +407,7 @@ class Worker:
             Trigger.LOAD_TIMED_OUT,
             now=trio.current_time(),
             reason=f"the model server did not log its ready line within "
-            f"{self.config.load_timeout:g} s (is MODEL_LOG {self.config.model_log} right?)",
+            f"{self.config.load_timeout:g} s (is MODEL_LOG right?)",
         )
 
     # -- the router's key --------------------------------------------------------------------
@@ -411,7 +428,13 @@ class Worker:
     # -- benchmark ---------------------------------------------------------------------------
     async def _benchmark(self, model: ModelServer) -> None:
         try:
-            result = await self._measure(model)
+            result = await measured_capacity(
+                self.backend,
+                model,
+                cache_dir=self.config.state_dir,
+                runs=self.config.benchmark_runs,
+                force=self.config.force_benchmark,
+            )
         except BenchmarkError as exc:
             self.lifecycle.fire(Trigger.BENCHMARK_FAILED, now=trio.current_time(), reason=str(exc))
             return
@@ -419,29 +442,3 @@ class Worker:
         self.lifecycle.fire(
             Trigger.BENCHMARK_DONE, now=trio.current_time(), max_perf=result.max_perf
         )
-
-    async def _measure(self, model: ModelServer) -> BenchmarkResult:
-        settings = BenchmarkSettings.for_backend(self.backend, self.config.benchmark_runs)
-        key = cache_key(self.backend, self.backend.model_id, settings)
-        cache = BenchmarkCache(directory=self.config.state_dir)
-        if not self.config.force_benchmark:
-            cached = await cache.load(key)
-            if cached is not None:
-                log.info(
-                    "benchmark: using the cached capacity %.1f/s (key %s)", cached.max_perf, key
-                )
-                return cached
-        result = await run_benchmark(self.backend, settings, model=model, key=key)
-        log.info(
-            "benchmark: capacity %.1f workload/s (%d runs, %.1f s)",
-            result.max_perf,
-            result.runs,
-            result.elapsed,
-        )
-        try:
-            await cache.store(result)
-        except OSError as exc:
-            log.warning(
-                "could not cache the benchmark result in %s: %s", self.config.state_dir, exc
-            )
-        return result

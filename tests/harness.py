@@ -29,7 +29,8 @@ from fakes import FakeServer, close_when_cancelled, free_port, spawn_fake
 
 from pyworker import Backend, State, load_backend
 from pyworker._auth import AuthData, Authenticator
-from pyworker._benchmark import BenchmarkCache, BenchmarkResult, BenchmarkSettings, cache_key
+from pyworker._benchcache import BenchmarkCache, cache_key
+from pyworker._benchmark import BenchmarkResult, BenchmarkSettings
 from pyworker._config import WorkerConfig
 from pyworker._worker import Worker, WorkerInfo
 from pyworker.devtools import RouterSigner, StandIn, serve_standin
@@ -155,10 +156,16 @@ async def eventually(
 
 
 def seed_benchmark(
-    state_dir: Path, backend: Backend, *, max_perf: float, runs: int | None = None
+    state_dir: Path,
+    backend: Backend,
+    *,
+    max_perf: float,
+    runs: int | None = None,
+    request_speed: float = 0.0,
 ) -> str:
     """Write a cached benchmark result, so a worker with ``benchmark_runs=runs`` on
-    ``state_dir`` becomes ready without benchmarking, with capacity ``max_perf``.
+    ``state_dir`` becomes ready without benchmarking, with capacity ``max_perf`` (and one
+    request's speed ``request_speed``, 0: unknown).
 
     Returns:
         The cache key.
@@ -174,6 +181,7 @@ def seed_benchmark(
             runs=settings.runs,
             key=key,
             measured_at=time.time(),
+            request_speed=request_speed,
         )
     )
     return key
@@ -298,10 +306,12 @@ async def ready_stack(
     tmp_path: Path,
     *fake_args: str,
     max_perf: float | None = 1000.0,
+    request_speed: float = 0.0,
     backend: Backend | None = None,
     **config: Any,
 ) -> Stack:
-    """A hello_world stack, ready: seeded with capacity ``max_perf`` (None: really benchmark)."""
+    """A hello_world stack, ready: seeded with capacity ``max_perf`` and one request's speed
+    ``request_speed`` (``max_perf`` None: really benchmark)."""
     config.setdefault("benchmark_runs", 2)
     if max_perf is not None:
         seed_benchmark(
@@ -309,6 +319,7 @@ async def ready_stack(
             backend or load_backend("hello_world"),
             max_perf=max_perf,
             runs=config["benchmark_runs"],
+            request_speed=request_speed,
         )
     return await start_stack(
         nursery,

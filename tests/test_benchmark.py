@@ -14,12 +14,13 @@ from harness import eventually, seed_benchmark, start_stack
 
 from backends._fakekit import HTTPServer, Request, Response
 from pyworker import Backend, State, load_backend
+from pyworker._benchcache import BenchmarkCache, cache_key
 from pyworker._benchmark import (
-    BenchmarkCache,
     BenchmarkError,
     BenchmarkResult,
     BenchmarkSettings,
-    cache_key,
+    _Sample,
+    _spread,
     run_benchmark,
 )
 from pyworker._model import ModelServer
@@ -170,6 +171,22 @@ async def test_adaptive_benchmark_finds_a_parallelism_limit_it_does_not_divide(
     # The estimator's accuracy, not a speed: the band is for scheduling noise on a busy host.
     assert result.max_perf == pytest.approx(truth, rel=0.2)
     assert model.max_in_flight > 3  # it did look beyond the model's parallelism
+    # One request alone takes its 64 ms: the fastest measured is that speed (the watchdog's
+    # prediction for a request alone), a third of the model's total.
+    assert result.request_speed == pytest.approx(per_request / 0.064, rel=0.2)
+    assert result.spread >= 1.0
+
+
+def test_spread_is_the_slowest_time_per_unit_over_the_median() -> None:
+    samples = [
+        _Sample(0, 0.0, 1.0, 10.0),  # 0.1 s per unit
+        _Sample(1, 0.0, 2.0, 20.0),  # 0.1
+        _Sample(2, 0.0, 1.5, 10.0),  # 0.15
+        _Sample(3, 0.0, 4.0, 10.0),  # 0.4: the slowest, 3.2 x the median 0.125
+    ]
+    assert _spread(samples) == pytest.approx(3.2)
+    assert _spread(samples[:2]) == 1.0
+    assert _spread([_Sample(0, 0.0, 1.0, 0.0)]) == 1.0  # no workload: nothing to compare
 
 
 async def test_serial_backend_is_benchmarked_one_at_a_time(nursery: trio.Nursery) -> None:

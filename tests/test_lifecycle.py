@@ -15,17 +15,9 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from pyworker._lifecycle import (
-    INITIAL,
-    STATE_INFO,
-    STATES,
-    TRANSITIONS,
-    Lifecycle,
-    State,
-    StateChange,
-    Trigger,
-)
+from pyworker._lifecycle import INITIAL, STATE_INFO, STATES, TRANSITIONS, State, Trigger
 from pyworker._load import CANCELLED, LoadTracker, Outcome, Ticket
+from pyworker._machine import Lifecycle, StateChange
 
 S = State
 T = Trigger
@@ -52,12 +44,21 @@ EXPECTED_NEXT: dict[tuple[State, Trigger], State] = {
     (S.AWAITING_KEY, T.MODEL_FAILED): S.ERRORED,
     (S.AWAITING_KEY, T.MODEL_RESTARTED): S.LOADING,
     (S.AWAITING_KEY, T.SHUTDOWN): S.DRAINING,
-    # Ready: a second ready line means an unseen restart (benchmark again); health is watched.
+    # Ready: a second ready line means an unseen restart (benchmark again); health is watched,
+    # and so is progress on the requests sent.
     (S.READY, T.MODEL_LOADED): S.BENCHMARKING,
     (S.READY, T.MODEL_FAILED): S.ERRORED,
     (S.READY, T.HEALTH_FAILED): S.ERRORED,
+    (S.READY, T.STALLED): S.STALLED,
     (S.READY, T.MODEL_RESTARTED): S.LOADING,
     (S.READY, T.SHUTDOWN): S.DRAINING,
+    # Stalled: an answered probe returns to ready; the model server may still fail or restart
+    # (a health failure is not looked for: the probe is the better test).
+    (S.STALLED, T.PROGRESSED): S.READY,
+    (S.STALLED, T.MODEL_LOADED): S.BENCHMARKING,
+    (S.STALLED, T.MODEL_FAILED): S.ERRORED,
+    (S.STALLED, T.MODEL_RESTARTED): S.LOADING,
+    (S.STALLED, T.SHUTDOWN): S.DRAINING,
     # Errored: only a restart of the model server (seen either way) moves it on, or SIGTERM.
     (S.ERRORED, T.MODEL_LOADED): S.BENCHMARKING,
     (S.ERRORED, T.MODEL_RESTARTED): S.LOADING,
@@ -82,6 +83,7 @@ PATH_TO: dict[State, tuple[Trigger, ...]] = {
     S.BENCHMARKING: (T.MODEL_LOADED,),
     S.AWAITING_KEY: (T.MODEL_LOADED, T.BENCHMARK_DONE),
     S.READY: (T.MODEL_LOADED, T.BENCHMARK_DONE),
+    S.STALLED: (T.MODEL_LOADED, T.BENCHMARK_DONE, T.STALLED),
     S.ERRORED: (T.MODEL_FAILED,),
     S.DRAINING: (T.SHUTDOWN,),
     S.STOPPED: (T.SHUTDOWN, T.DRAINED),
@@ -134,11 +136,17 @@ class Oracle:
                 self.load_started_at = now
         elif dest is S.AWAITING_KEY:
             self.max_perf = max_perf
+        elif dest is S.READY and source is S.STALLED:
+            # Back from a stall: the same load, so nothing but the error changes.
+            self.error_msg = ""
         elif dest is S.READY:
             self.loads_completed += 1
             if source is S.BENCHMARKING:
                 self.max_perf = max_perf
             self.loadtime = max(now - self.load_started_at, 1e-3)
+        elif dest is S.STALLED:
+            # Still loaded (capacity and load time kept); the error names the stall.
+            self.error_msg = reason or default_error_msg(trigger)
         elif dest is S.ERRORED:
             self.error_msg = reason or default_error_msg(trigger)
             self.loadtime = 0.0
@@ -184,9 +192,11 @@ def test_states_and_initial() -> None:
     assert INITIAL is S.LOADING
     assert [info.state for info in STATES] == list(State)
     assert set(STATE_INFO) == set(State)
-    # Only a ready worker forwards requests; every other state names its 503 reason.
+    # Only a ready worker forwards requests; every other state names its 503 reason. Requests
+    # admitted earlier still reach the model server only while ready or draining.
     for state, info in STATE_INFO.items():
         assert info.admits_requests == (state is S.READY)
+        assert info.serves_admitted == (state in (S.READY, S.DRAINING))
         assert bool(info.refusal) != info.admits_requests
         assert info.meaning
         assert info.reports
@@ -265,6 +275,7 @@ def test_refusal_reason_per_state(state: State) -> None:
         S.BENCHMARKING: "model is being benchmarked",
         S.AWAITING_KEY: "the router's public key is not known yet",
         S.READY: "",
+        S.STALLED: "model server stalled: stalled",
         S.ERRORED: "model server is in error: model failed",
         S.DRAINING: "worker is shutting down",
         S.STOPPED: "worker is stopped",
@@ -352,6 +363,19 @@ def test_loadtime_is_never_zero_for_a_load() -> None:
     lifecycle = lifecycle_in(S.BENCHMARKING, now=7.0)
     assert lifecycle.fire(T.BENCHMARK_DONE, now=7.0)
     assert lifecycle.loadtime > 0.0
+
+
+def test_stall_keeps_the_load_and_recovery_clears_the_error() -> None:
+    lifecycle = lifecycle_in(S.BENCHMARKING)
+    assert lifecycle.fire(T.BENCHMARK_DONE, now=3.0, max_perf=40.0)
+    assert lifecycle.fire(T.STALLED, now=50.0, reason="no answer for 31 s")
+    assert (lifecycle.current, lifecycle.error_msg) == (S.STALLED, "no answer for 31 s")
+    assert lifecycle.refusal_reason() == "model server stalled: no answer for 31 s"
+    assert (lifecycle.loadtime, lifecycle.max_perf, lifecycle.loads_completed) == (3.0, 40.0, 1)
+    assert lifecycle.fire(T.PROGRESSED, now=60.0)
+    assert (lifecycle.current, lifecycle.error_msg, lifecycle.refusal_reason()) == (S.READY, "", "")
+    # The same load: the load time and the count of loads are unchanged.
+    assert (lifecycle.loadtime, lifecycle.max_perf, lifecycle.loads_completed) == (3.0, 40.0, 1)
 
 
 @pytest.mark.parametrize("leave", [T.MODEL_FAILED, T.HEALTH_FAILED, T.MODEL_RESTARTED])
@@ -556,6 +580,18 @@ class LifecycleAndLoad(RuleBasedStateMachine):
     def health_check_fails(self, reason: str) -> None:
         self.fire(T.HEALTH_FAILED, reason=reason)
 
+    @rule(reason=REASONS)
+    def watchdog_sees_a_stall(self, reason: str) -> None:
+        # The watchdog ends the requests it followed: cancelled, as far as the load goes.
+        if self.lifecycle.can_fire(T.STALLED):
+            for index in list(self.in_flight):
+                self.cancel_request(index)
+        self.fire(T.STALLED, reason=reason)
+
+    @rule()
+    def probe_answered(self) -> None:
+        self.fire(T.PROGRESSED)
+
     @rule(roll=st.integers(min_value=0, max_value=3))
     def sigterm(self, roll: int) -> None:
         # Shutdown is absorbing; sending it on one roll in four leaves the runs room to explore.
@@ -689,7 +725,10 @@ class LifecycleAndLoad(RuleBasedStateMachine):
         assert lifecycle.loadtime == pytest.approx(oracle.loadtime, rel=1e-12)
         if oracle.state in (S.LOADING, S.BENCHMARKING, S.AWAITING_KEY, S.ERRORED):
             assert lifecycle.loadtime == 0.0
-        if oracle.state is S.ERRORED:
+        if oracle.state in (S.READY, S.STALLED):
+            assert lifecycle.loadtime > 0.0
+            assert lifecycle.max_perf > 0.0
+        if oracle.state in (S.ERRORED, S.STALLED):
             assert lifecycle.error_msg
             assert lifecycle.refusal_reason().endswith(": " + lifecycle.error_msg)
         if oracle.state in (S.LOADING, S.BENCHMARKING, S.AWAITING_KEY, S.READY):

@@ -21,8 +21,9 @@ import trio.testing
 from pyworker import Backend, Endpoint, Fields, Job, Reply, RunContext, Trigger
 from pyworker._admission import Admission
 from pyworker._auth import Authenticator
-from pyworker._lifecycle import Lifecycle, State
+from pyworker._lifecycle import State
 from pyworker._load import LoadTracker
+from pyworker._machine import Lifecycle
 from pyworker._model import ModelServer
 from pyworker._pipeline import Pipeline
 from pyworker._records import RequestLog
@@ -30,6 +31,7 @@ from pyworker._sessions import Sessions
 from pyworker._stages import Limits
 from pyworker._typing import Message
 from pyworker._upstream import UpstreamPool
+from pyworker._watchdog import Watchdog
 from pyworker.devtools import RouterSigner
 
 URL = "http://127.0.0.1:41234"
@@ -142,6 +144,7 @@ async def rig(
                 tracker=tracker, records=records, model_url="http://127.0.0.1:9", http=http
             ),
             model=ModelServer(url="http://127.0.0.1:9", upstream=pool, http=http),
+            watchdog=Watchdog(),
             fallback=_no_fallback,
             limits=Limits(max_body_bytes=1000),
         )
@@ -289,3 +292,48 @@ async def test_a_client_that_leaves_while_queued_never_reaches_the_model(
             release.set()
         assert len(r.model.ran) == 1
         assert r.tracker.totals(trio.current_time()).cancelled == 10.0
+
+
+@pytest.mark.parametrize("leave", [Trigger.STALLED, Trigger.MODEL_FAILED, Trigger.MODEL_RESTARTED])
+async def test_a_queued_request_is_refused_at_its_turn_once_the_model_is_not_served(
+    signer: RouterSigner, leave: Trigger
+) -> None:
+    async with rig(signer, parallel=False) as r:
+        r.model.gate = release = trio.Event()  # the first request holds the only turn
+        answers: list[tuple[int, Any]] = []
+
+        async def post() -> None:
+            answers.append(await r.post({"auth_data": r.auth(), "payload": PAYLOAD}))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(post)
+            await r.model.started.wait()
+            nursery.start_soon(post)
+            await trio.testing.wait_all_tasks_blocked()
+            assert r.tracker.in_flight == 2  # the second waits for its turn
+            assert r.lifecycle.fire(leave, now=1.0, reason="r")
+            release.set()
+        assert len(r.model.ran) == 1  # the queued one never reached the model server
+        refused = answers[1]
+        assert refused[0] == 503
+        assert refused[1]["state"] == r.lifecycle.current.value
+        assert r.tracker.in_flight == 0
+
+
+async def test_a_queued_request_is_still_served_while_draining(signer: RouterSigner) -> None:
+    async with rig(signer, parallel=False) as r:
+        r.model.gate = release = trio.Event()
+        answers: list[tuple[int, Any]] = []
+
+        async def post() -> None:
+            answers.append(await r.post({"auth_data": r.auth(), "payload": PAYLOAD}))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(post)
+            await r.model.started.wait()
+            nursery.start_soon(post)
+            await trio.testing.wait_all_tasks_blocked()
+            assert r.lifecycle.fire(Trigger.SHUTDOWN, now=1.0)
+            release.set()
+        assert [status for status, _ in answers] == [200, 200]
+        assert len(r.model.ran) == 2

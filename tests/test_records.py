@@ -12,8 +12,9 @@ import trio
 import trio.testing
 
 from pyworker._autoscaler import Autoscaler
-from pyworker._lifecycle import Lifecycle, Trigger
+from pyworker._lifecycle import Trigger
 from pyworker._load import CANCELLED, Outcome
+from pyworker._machine import Lifecycle
 from pyworker._records import Record, RecordSender, RecordStatus, RequestLog
 
 

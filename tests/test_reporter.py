@@ -19,8 +19,9 @@ from hypercorn.config import Config
 from hypercorn.trio import serve
 
 from pyworker._autoscaler import Autoscaler
-from pyworker._lifecycle import Lifecycle, State, Trigger
+from pyworker._lifecycle import State, Trigger
 from pyworker._load import CANCELLED, LoadTracker, Outcome, TicketKind
+from pyworker._machine import Lifecycle
 from pyworker._report import Baseline, Draft, ReportFormat, ReportSchedule, build_report
 from pyworker._reporter import Reporter
 from pyworker._version import __version__

@@ -517,8 +517,13 @@ _ERRORS = (
     # and "… exiting due to HTTP server error" after "couldn't bind HTTP server socket, …"
     _rule(
         LogAction.MODEL_ERROR,
-        "exiting due to ",
-        _LLAMACPP + r"exiting due to (?:model loading|HTTP server) error",
+        "exiting due to model loading error",
+        _LLAMACPP + r"exiting due to model loading error",
+    ),
+    _rule(
+        LogAction.MODEL_ERROR,
+        "exiting due to HTTP server error",
+        _LLAMACPP + r"exiting due to HTTP server error",
     ),
     # llama-cpp-python: "ValueError: Failed to load model from file: /models/x.gguf"
     _rule(

@@ -22,7 +22,8 @@ import trio
 
 from .._backend import Backend
 from .._config import ConfigError, WorkerConfig
-from .._lifecycle import State, StateChange
+from .._lifecycle import State
+from .._machine import StateChange
 from .._process import free_port, run_process_logged
 from .._worker import Worker
 from ._signer import RouterSigner
