@@ -78,6 +78,7 @@ def create_app(
     @app.get("/status")
     async def status() -> Any:
         """What the worker is doing, for operators."""
+        totals = tracker.totals(trio.current_time())
         return jsonify(
             backend=backend.name,
             state=lifecycle.current.value,
@@ -88,6 +89,12 @@ def create_app(
             in_flight=tracker.in_flight,
             pending_workload=tracker.pending_workload,
             sessions=len(sessions),
+            # Work done since start: the backend's estimates, and what the model server
+            # reported where it did (the estimate elsewhere).
+            workload_done={
+                "estimated": totals.completed_estimated,
+                "actual": totals.completed,
+            },
         )
 
     @app.post("/pyworker/update")

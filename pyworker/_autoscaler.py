@@ -54,6 +54,9 @@ class Autoscaler:
     _healthy: bool = attrs.field(default=True, init=False)
     accepted: dict[str, int] = attrs.field(factory=dict, init=False)
     """POSTs each address accepted (for tests and operators)."""
+    attempts: dict[tuple[str, str], int] = attrs.field(factory=dict, init=False)
+    """POST attempts by (address, outcome): ``accepted``, ``refused`` (4xx) or ``failed``
+    (no answer, a transport error, 5xx); for ``/metrics``."""
 
     async def post(self, body: object) -> bool:
         """POST ``body`` (as JSON) to the first address that accepts it.
@@ -88,6 +91,13 @@ class Autoscaler:
             if attempt:
                 await trio.sleep(self.retry_backoff * 2 ** (attempt - 1))
             failure_or_none = await self._attempt(url, body)
+            outcome = (
+                "accepted"
+                if failure_or_none is None
+                else ("failed" if failure_or_none.retry else "refused")
+            )
+            key = (address, outcome)
+            self.attempts[key] = self.attempts.get(key, 0) + 1
             if failure_or_none is None:
                 return None
             failure = failure_or_none

@@ -208,6 +208,13 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         "(default: the worker's port + 1) [WORKER_HTTP_PORT]",
     )
     add(
+        "--metrics-port",
+        type=int,
+        default=None,
+        help="serve GET /metrics (Prometheus) on this port, plain HTTP, instead of on the "
+        "worker's own port",
+    )
+    add(
         "--keep-alive-timeout",
         type=float,
         default=None,

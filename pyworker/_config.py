@@ -130,6 +130,8 @@ class WorkerConfig:
     """Client connections open at once at most (more get a 503); None: half the process's
     descriptor limit."""
     update_flag_file: str = "/.force_update"
+    metrics_port: int | None = attrs.field(default=None, validator=attrs.validators.optional(_port))
+    """Serve ``GET /metrics`` on this port (plain HTTP) instead of the public one."""
     """What ``POST /pyworker/update`` creates for the start script to act on."""
 
     @classmethod
@@ -255,6 +257,7 @@ ENV_OPTIONS: dict[str, tuple[str, Callable[[str], object]]] = {
     "update_flag_file": ("PYWORKER_UPDATE_FLAG_FILE", str),
     "max_connections": ("PYWORKER_MAX_CONNECTIONS", int),
     "keep_alive_timeout": ("PYWORKER_KEEP_ALIVE_TIMEOUT", float),
+    "metrics_port": ("PYWORKER_METRICS_PORT", int),
 }
 
 
@@ -336,6 +339,7 @@ def load_config(args: argparse.Namespace, env: Mapping[str, str]) -> tuple[Worke
         "update_flag_file",
         "max_connections",
         "keep_alive_timeout",
+        "metrics_port",
     ):
         if (value := getattr(args, name)) is not None:
             changes[name] = value

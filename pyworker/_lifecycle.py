@@ -77,6 +77,7 @@ class Service(enum.Enum):
     REPORTS = "sends load reports to the autoscaler"
     RECORDS = "sends finished-request records to the autoscaler's /delete_requests/"
     SESSIONS = "ends sessions as they expire; stopped, it ends them all (on_close called)"
+    LAG_PROBE = "samples the event loop's lag for /metrics"
 
 
 @attrs.frozen(kw_only=True)
@@ -132,7 +133,7 @@ class Transition:
     """Applied after the destination's ``on_enter`` effects."""
 
 
-_ALWAYS = frozenset({Service.REPORTS, Service.RECORDS})
+_ALWAYS = frozenset({Service.REPORTS, Service.RECORDS, Service.LAG_PROBE})
 _LIVE_SERVICES = _ALWAYS | {Service.LOG_TAIL, Service.KEY_FETCH}
 
 STATES: tuple[StateInfo, ...] = (

@@ -120,6 +120,8 @@ class LoadTotals:
     completed: float = 0.0
     """Work done: completed requests (at their actual workload where known) and closed
     sessions."""
+    completed_estimated: float = 0.0
+    """The same work at the backends' estimates (for comparison with ``completed``)."""
     accepted: int = 0
     """Requests and sessions accepted (requests in sessions aside)."""
     at: float = 0.0
@@ -131,6 +133,7 @@ class LoadTotals:
             cancelled=self.cancelled - earlier.cancelled,
             rejected=self.rejected - earlier.rejected,
             completed=self.completed - earlier.completed,
+            completed_estimated=self.completed_estimated - earlier.completed_estimated,
             accepted=self.accepted - earlier.accepted,
             at=self.at - earlier.at,
         )
@@ -200,7 +203,7 @@ class LoadTracker:
         if outcome.kind is OutcomeKind.COMPLETED:
             done = ticket.workload if outcome.actual is None else outcome.actual
             self._completions.append((now, done))
-            self._add(now, completed=done)
+            self._add(now, completed=done, estimated=ticket.workload)
         elif outcome.kind is OutcomeKind.CANCELLED:
             self._add(now, cancelled=ticket.workload)
         else:
@@ -218,6 +221,7 @@ class LoadTracker:
         cancelled: float = 0.0,
         rejected: float = 0.0,
         completed: float = 0.0,
+        estimated: float = 0.0,
         accepted: int = 0,
     ) -> None:
         totals = self._totals
@@ -226,6 +230,7 @@ class LoadTracker:
             cancelled=totals.cancelled + cancelled,
             rejected=totals.rejected + rejected,
             completed=totals.completed + completed,
+            completed_estimated=totals.completed_estimated + estimated,
             accepted=totals.accepted + accepted,
             at=now,
         )

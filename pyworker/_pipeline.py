@@ -15,7 +15,8 @@
 9. relay the answer as it arrives, until it ends, the client leaves, its session ends, or the
    watchdog ends it: the model server stalled, or the total timeout passed (504, or a cut
    stream);
-10. record the outcome (on leaving the admission block, whatever happened).
+10. record the outcome (on leaving the admission block, whatever happened), and count it for
+    ``/metrics``.
 
 The session routes (``/session/create``, ``/get``, ``/health``, ``/end``) share the first stages
 (:mod:`pyworker._session_routes`).
@@ -32,18 +33,20 @@ import logging
 from functools import partial
 
 import attrs
+import trio
 
 from ._admission import Admission, Overloaded
 from ._auth import Authenticator, AuthError, Signed
 from ._backend import Backend, Endpoint, Job
-from ._load import Outcome
+from ._load import CANCELLED, Outcome
 from ._machine import Lifecycle
+from ._metrics import CLIENT_LEFT, RequestMetrics
 from ._model import ModelServer, send_job
 from ._relay import ClientWatch, relay, send_json, watch_client
 from ._session_routes import SESSION_ROUTES
 from ._sessions import Session, Sessions
 from ._stages import ClientGone, Envelope, Limits, Refusal, parse_envelope, parse_payload, read_body
-from ._typing import ASGIApp, Receive, Scope, Send
+from ._typing import ASGIApp, Message, Receive, Scope, Send
 from ._watchdog import Watchdog
 
 log = logging.getLogger("pyworker.proxy")
@@ -65,6 +68,7 @@ class Pipeline:
         watchdog: follows every request sent to the model server.
         fallback: the ASGI app for every other route and for lifespan.
         limits: body size and time bounds.
+        metrics: what ``/metrics`` shows of the requests.
     """
 
     backend: Backend
@@ -76,6 +80,7 @@ class Pipeline:
     watchdog: Watchdog
     fallback: ASGIApp
     limits: Limits = attrs.Factory(Limits)
+    metrics: RequestMetrics = attrs.Factory(RequestMetrics)
     _routes: dict[str, Endpoint] = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
@@ -96,6 +101,7 @@ class Pipeline:
 
     async def handle(self, endpoint: Endpoint, scope: Scope, receive: Receive, send: Send) -> None:
         """Serve one proxied request, from the client's socket to the model server and back."""
+        arrived = trio.current_time()
         try:
             body = await read_body(scope, receive, self.limits)
             envelope = parse_envelope(body)
@@ -105,12 +111,16 @@ class Pipeline:
             job = parse_payload(endpoint, envelope.payload)
         except Refusal as refusal:
             await send_json(send, refusal.status, refusal.body, refusal.headers)
+            self.metrics.answered(endpoint.route, refusal.status)
             return
         except ClientGone:
+            self.metrics.answered(endpoint.route, CLIENT_LEFT)
             return
         # From admission on, the client leaving (or its session ending) cancels the rest at
         # once, the wait for a turn included: a request nobody waits for never reaches the
         # model server.
+        timed = _FirstByte(send)
+        outcome = CANCELLED
         async with watch_client(receive, session) as client:
             try:
                 async with self.admission.admit(
@@ -119,12 +129,24 @@ class Pipeline:
                     in_session=session is not None,
                     on_admit=partial(self.accept, envelope, signed, session),
                 ) as ticket:
-                    ticket.end(await self.exchange(endpoint, job, send, client))
+                    outcome = await self.exchange(endpoint, job, timed, client)
+                    ticket.end(outcome)
             except Overloaded as exc:
                 retry_after = str(exc.retry_after).encode()
                 await send_json(send, 429, {"error": str(exc)}, [(b"retry-after", retry_after)])
+                self.metrics.answered(endpoint.route, 429)
+                return
         if client.left:
             log.info("request to %s cancelled before its answer was complete", endpoint.route)
+        self.count(endpoint.route, outcome, arrived, timed.at)
+
+    def count(self, route: str, outcome: Outcome, arrived: float, first_byte: float | None) -> None:
+        """Stage 10, for ``/metrics``: the status and times of a request that was admitted."""
+        self.metrics.answered(route, outcome.status or CLIENT_LEFT)
+        now = trio.current_time()
+        self.metrics.timed(
+            route, now - arrived, None if first_byte is None else first_byte - arrived
+        )
 
     def find_session(self, envelope: Envelope) -> Session | None:
         """Stage 3: the open session the request names, if it names one.
@@ -214,3 +236,16 @@ class Pipeline:
         # connection and the client sees a broken response, not a truncated success.
         log.warning("%s, mid-answer: the stream is cut", error)
         return Outcome.failed(status, f"{error} mid-response")
+
+
+@attrs.define(eq=False)
+class _FirstByte:
+    """An ASGI ``send`` that notes when the answer's first body message goes out."""
+
+    _send: Send
+    at: float | None = None
+
+    async def __call__(self, message: Message) -> None:
+        if self.at is None and message["type"] == "http.response.body":
+            self.at = trio.current_time()
+        await self._send(message)

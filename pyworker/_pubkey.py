@@ -9,7 +9,7 @@ once. Otherwise the worker fetches ``{REPORT_ADDR}/pubkey/`` in the background w
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import httpx
 import trio
@@ -157,3 +157,27 @@ async def watch_key_rotation(
             if authenticator.public_pem != pem:
                 authenticator.set_public_key(pem)
                 logger.warning("the router's public key changed: using the new one")
+
+
+async def keep_key(
+    authenticator: Authenticator,
+    *,
+    urls: Sequence[str],
+    http: httpx.AsyncClient,
+    on_loaded: Callable[[], object],
+) -> None:
+    """The ``key_fetch`` service: fetch the router's key until one is had (then call
+    ``on_loaded``), then watch for its rotation (see :func:`watch_key_rotation`).
+
+    Returns at once for an unsecured worker; with no URL to fetch from, says so (once).
+    """
+    if authenticator.unsecured:
+        return
+    if not urls:
+        if not authenticator.has_key:
+            logger.error("no source for the router's public key: signed requests will get 503")
+        return
+    if not authenticator.has_key:
+        authenticator.set_public_key(await fetch_public_key(urls, http=http))
+        on_loaded()
+    await watch_key_rotation(authenticator, urls=urls, http=http)

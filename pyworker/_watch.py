@@ -100,3 +100,31 @@ class _Stay:
         if change.dest not in self.states:
             self.over.set()
             self.scope.cancel()
+
+
+@attrs.define(eq=False)
+class Finals:
+    """The services that make a last delivery when the worker stops (the final report, the
+    last records): :meth:`wait` returns once every tracked run has returned, so the worker
+    cancels the rest only then."""
+
+    _pending: int = 0
+    _done: trio.Event = attrs.Factory(trio.Event)
+
+    def track(self, run: Callable[[], Awaitable[None]]) -> Callable[[], Awaitable[None]]:
+        """``run``, tracked."""
+        self._pending += 1
+
+        async def tracked() -> None:
+            try:
+                await run()
+            finally:
+                self._pending -= 1
+                if not self._pending:
+                    self._done.set()
+
+        return tracked
+
+    async def wait(self) -> None:
+        """Return once every tracked run has returned."""
+        await self._done.wait()

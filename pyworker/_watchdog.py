@@ -44,7 +44,7 @@ import trio
 
 from ._backend import Endpoint
 from ._benchmark import BenchmarkResult
-from ._model import Answer, ModelServer, send_job
+from ._model import Answer, ModelServer, WholeAnswer, send_job
 from ._typing import Headers
 from ._upstream import UpstreamError
 
@@ -199,6 +199,8 @@ class Watchdog:
     def answer(self, work: Work, answer: Answer) -> Answer:
         """``answer`` (which has just arrived) with every chunk it yields noted as progress."""
         self.progressed(work)
+        if isinstance(answer, WholeAnswer):
+            return answer  # complete already: nothing more to wait for
         return _FollowedAnswer(answer, work, self)
 
     def progressed(self, work: Work) -> None:

@@ -13,6 +13,7 @@ from urllib.parse import urlsplit
 import attrs
 import httpx
 import trio
+from prometheus_client.registry import CollectorRegistry
 
 from ._admission import Admission
 from ._app import UpdateGate, create_app
@@ -27,9 +28,10 @@ from ._lifecycle import Service, Trigger
 from ._load import LoadTracker
 from ._logtail import LogTailer
 from ._machine import Lifecycle, StateChange
+from ._metrics import MetricsRoute, RequestMetrics, WorkerCollector, registry_for
 from ._model import ModelServer
 from ._pipeline import Pipeline
-from ._pubkey import configured_key, fetch_public_key, pubkey_urls, watch_key_rotation
+from ._pubkey import configured_key, keep_key, pubkey_urls
 from ._records import RecordSender, RequestLog
 from ._report import Report, ReportFormat
 from ._reporter import Reporter
@@ -39,7 +41,7 @@ from ._session_routes import InternalApp
 from ._sessions import Sessions
 from ._stages import Limits
 from ._upstream import UpstreamPool
-from ._watch import LifecycleWatch, run_in_states
+from ._watch import Finals, LifecycleWatch, run_in_states
 from ._watchdog import Pace, Stall, Watchdog, probe
 
 log = logging.getLogger("pyworker")
@@ -58,35 +60,12 @@ class WorkerInfo:
     """The public URL (what the router signs)."""
     internal_url: str
     """The internal plain-HTTP listener (``POST /session/end`` only)."""
+    metrics_url: str
+    """Where ``GET /metrics`` is served: the public listener, or ``--metrics-port``'s."""
 
 
 _NOT_FOR_RECORDS = frozenset({"https://cloud.vast.ai/api/v0"})
 """Report addresses that take no finished-request records (vast-2026.md §9)."""
-
-
-@attrs.define(eq=False)
-class _Finals:
-    """The services that make a last delivery when the worker stops; the worker waits for
-    them before cancelling the rest."""
-
-    _pending: int = 0
-    _done: trio.Event = attrs.Factory(trio.Event)
-
-    def track(self, run: Callable[[], Awaitable[None]]) -> Callable[[], Awaitable[None]]:
-        self._pending += 1
-
-        async def tracked() -> None:
-            try:
-                await run()
-            finally:
-                self._pending -= 1
-                if not self._pending:
-                    self._done.set()
-
-        return tracked
-
-    async def wait(self) -> None:
-        await self._done.wait()
 
 
 def _host_port(url: str) -> tuple[str, int]:
@@ -120,6 +99,8 @@ class Worker:
     last_benchmark: BenchmarkResult | None = attrs.field(default=None, init=False)
     watchdog: Watchdog = attrs.field(init=False)
     """Follows every request sent to the model server, for stalls."""
+    metrics: RequestMetrics = attrs.field(factory=RequestMetrics, init=False)
+    """What ``/metrics`` shows of the requests."""
 
     def __attrs_post_init__(self) -> None:
         # These exist before serve() so tests and embedders can inspect them; their clocks
@@ -206,9 +187,27 @@ class Worker:
                 http=http,
                 max_sessions=config.max_sessions,
             )
-            finals = _Finals()
-            for service, run in self._services(model, http, sessions, finals).items():
+            finals = Finals()
+            reports = Autoscaler(addresses=config.report_addrs, path="/worker_status/", http=http)
+            for service, run in self._services(model, http, sessions, reports, finals).items():
                 await services.start(run_in_states, self.watch, service, run)
+            registry = registry_for(
+                WorkerCollector(
+                    metrics=self.metrics,
+                    lifecycle=self.lifecycle,
+                    tracker=self.tracker,
+                    reports=lambda: reports.attempts,
+                )
+            )
+            app = create_app(
+                backend=self.backend,
+                lifecycle=self.lifecycle,
+                tracker=self.tracker,
+                upstream=upstream,
+                update=UpdateGate(mtoken=config.mtoken, flag_file=Path(config.update_flag_file)),
+                sessions=sessions,
+                health_timeout=config.health_timeout,
+            )
 
             pipeline = Pipeline(
                 backend=self.backend,
@@ -218,55 +217,17 @@ class Worker:
                 sessions=sessions,
                 model=model,
                 watchdog=self.watchdog,
-                fallback=create_app(
-                    backend=self.backend,
-                    lifecycle=self.lifecycle,
-                    tracker=self.tracker,
-                    upstream=upstream,
-                    update=UpdateGate(
-                        mtoken=config.mtoken, flag_file=Path(config.update_flag_file)
-                    ),
-                    sessions=sessions,
-                    health_timeout=config.health_timeout,
-                ),
+                # /metrics on the public port, unless it has one of its own.
+                fallback=app if config.metrics_port is not None else MetricsRoute(registry, app),
                 limits=Limits(
                     max_body_bytes=config.max_body_bytes, body_timeout=config.body_timeout
                 ),
+                metrics=self.metrics,
             )
             server_stop = trio.Event()
             async with trio.open_nursery() as server:
-                cap = ConnectionCap(limit=config.max_connections or connection_cap())
-                bound = await server.start(
-                    partial(
-                        serve_http,
-                        cast(Any, pipeline),
-                        hypercorn_config(
-                            config.host,
-                            config.port,
-                            keep_alive_timeout=config.keep_alive_timeout,
-                            certfile=config.ssl_certfile if config.use_ssl else None,
-                            keyfile=config.ssl_keyfile,
-                        ),
-                        cap=cap,
-                        shutdown_trigger=server_stop.wait,
-                    )
-                )
-                internal = await server.start(
-                    partial(
-                        serve_http,
-                        cast(Any, InternalApp(pipeline)),
-                        hypercorn_config(
-                            config.host,
-                            config.internal_port,
-                            keep_alive_timeout=config.keep_alive_timeout,
-                        ),
-                        cap=None,
-                        shutdown_trigger=server_stop.wait,
-                    )
-                )
-                task_status.started(
-                    WorkerInfo(bound_urls=tuple(bound), url=config.url, internal_url=internal[0])
-                )
+                info = await self._listen(server, pipeline, registry, server_stop)
+                task_status.started(info)
                 await shutdown.wait()
                 await self._drain(admission, sessions)
                 server_stop.set()
@@ -276,12 +237,57 @@ class Worker:
             await finals.wait()
             services.cancel_scope.cancel()
 
+    async def _listen(
+        self,
+        nursery: trio.Nursery,
+        pipeline: Pipeline,
+        registry: CollectorRegistry,
+        stop: trio.Event,
+    ) -> WorkerInfo:
+        """Start the listeners in ``nursery``: public, internal, and metrics (if on a port of
+        its own); they drain and stop when ``stop`` is set."""
+        config = self.config
+
+        async def listen(app: object, port: int, *, public: bool = False) -> list[str]:
+            tls = public and config.use_ssl
+            bound: list[str] = await nursery.start(
+                partial(
+                    serve_http,
+                    cast(Any, app),
+                    hypercorn_config(
+                        config.host,
+                        port,
+                        keep_alive_timeout=config.keep_alive_timeout,
+                        certfile=config.ssl_certfile if tls else None,
+                        keyfile=config.ssl_keyfile,
+                    ),
+                    cap=ConnectionCap(limit=config.max_connections or connection_cap())
+                    if public
+                    else None,
+                    shutdown_trigger=stop.wait,
+                )
+            )
+            return bound
+
+        bound = await listen(pipeline, config.port, public=True)
+        internal = await listen(InternalApp(pipeline), config.internal_port)
+        metrics = bound
+        if config.metrics_port is not None:
+            metrics = await listen(MetricsRoute(registry), config.metrics_port)
+        return WorkerInfo(
+            bound_urls=tuple(bound),
+            url=config.url,
+            internal_url=internal[0],
+            metrics_url=metrics[0] + "/metrics",
+        )
+
     def _services(
         self,
         model: ModelServer,
         http: httpx.AsyncClient,
         sessions: Sessions,
-        finals: _Finals,
+        reports: Autoscaler,
+        finals: Finals,
     ) -> dict[Service, Callable[[], Awaitable[object]]]:
         """One run of each service of the lifecycle table (see :class:`Service`)."""
         config = self.config
@@ -299,7 +305,7 @@ class Worker:
             )
         )
         reporter = Reporter(
-            autoscaler=Autoscaler(addresses=config.report_addrs, path="/worker_status/", http=http),
+            autoscaler=reports,
             fmt=ReportFormat(config.report_format),
             container_id=config.container_id,
             url=config.url,
@@ -348,6 +354,7 @@ class Worker:
             Service.REPORTS: finals.track(reporter.run),
             Service.RECORDS: finals.track(sender.run),
             Service.SESSIONS: sessions.run,
+            Service.LAG_PROBE: self.metrics.probe_lag,
         }
 
     async def _drain(self, admission: Admission, sessions: Sessions) -> None:
@@ -412,18 +419,14 @@ class Worker:
 
     # -- the router's key --------------------------------------------------------------------
     async def _fetch_key(self, http: httpx.AsyncClient) -> None:
-        authenticator, config = self.authenticator, self.config
-        if authenticator.unsecured:
-            return
+        config = self.config
         urls = [config.pubkey_url] if config.pubkey_url else pubkey_urls(config.report_addrs)
-        if not urls:
-            if not authenticator.has_key:
-                log.error("no source for the router's public key: signed requests will get 503")
-            return
-        if not authenticator.has_key:
-            authenticator.set_public_key(await fetch_public_key(urls, http=http))
-            self.lifecycle.fire(Trigger.KEY_LOADED, now=trio.current_time())
-        await watch_key_rotation(authenticator, urls=urls, http=http)
+        await keep_key(
+            self.authenticator,
+            urls=urls,
+            http=http,
+            on_loaded=lambda: self.lifecycle.fire(Trigger.KEY_LOADED, now=trio.current_time()),
+        )
 
     # -- benchmark ---------------------------------------------------------------------------
     async def _benchmark(self, model: ModelServer) -> None:
