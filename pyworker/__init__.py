@@ -25,16 +25,16 @@ from ._backend import LogRule as LogRule
 from ._backend import Observer as Observer
 from ._backend import Reply as Reply
 from ._backend import RunContext as RunContext
-from ._backend import UnknownBackendError as UnknownBackendError
-from ._backend import available_backends as available_backends
 from ._backend import json_body as json_body
-from ._backend import load_backend as load_backend
 from ._config import ConfigError as ConfigError
 from ._config import WorkerConfig as WorkerConfig
 from ._observe import UsageObserver as UsageObserver
 from ._payload import Fields as Fields
 from ._payload import PayloadError as PayloadError
 from ._payload import json_type_name as json_type_name
+from ._registry import UnknownBackendError as UnknownBackendError
+from ._registry import available_backends as available_backends
+from ._registry import load_backend as load_backend
 from ._tokens import estimate_tokens as estimate_tokens
 from ._version import __version__ as __version__
 

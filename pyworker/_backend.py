@@ -9,12 +9,10 @@ benchmark request looks like, and how to start a local demo model server.
 from __future__ import annotations
 
 import enum
-import importlib
 import json
-import pkgutil
 import random
 import re
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 import attrs
@@ -285,54 +283,3 @@ class Backend:
 
 # CSI sequences (colours, cursor moves): ESC [ parameters final-byte.
 _ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
-
-
-_NAME = re.compile(r"^[a-z_][a-z0-9_]*$")
-
-
-class UnknownBackendError(LookupError):
-    """No backend of that name exists."""
-
-
-def available_backends() -> list[str]:
-    """The names of the backend packages in ``backends/`` (private ones start with ``_``)."""
-    import backends
-
-    return sorted(
-        info.name
-        for info in pkgutil.iter_modules(backends.__path__)
-        if info.ispkg and _NAME.match(info.name) and not info.name.startswith("_")
-    )
-
-
-def load_backend(name: str, env: Mapping[str, str] | None = None) -> Backend:
-    """Import ``backends.<name>`` and return its backend.
-
-    A backend package defines either ``BACKEND``, a :class:`Backend`, or, when it has settings,
-    ``make_backend(env)``, which builds one from the environment's variables (the worker reads
-    the environment in one place and passes it here).
-
-    Args:
-        name: the package's name.
-        env: the environment for ``make_backend`` (default: none set, so every default).
-
-    Raises:
-        UnknownBackendError: no such backend package, or it defines neither.
-        ValueError: ``make_backend`` refused a setting (the message names it).
-    """
-    if not _NAME.match(name):
-        raise UnknownBackendError(f"not a backend name: {name!r}")
-    try:
-        module = importlib.import_module(f"backends.{name}")
-    except ModuleNotFoundError as exc:
-        if exc.name in {f"backends.{name}", "backends"}:
-            known = ", ".join(available_backends()) or "none"
-            raise UnknownBackendError(f"unknown backend {name!r} (known: {known})") from None
-        raise
-    make = getattr(module, "make_backend", None)
-    backend = (
-        make({} if env is None else env) if callable(make) else getattr(module, "BACKEND", None)
-    )
-    if not isinstance(backend, Backend):
-        raise UnknownBackendError(f"backends.{name} defines no BACKEND nor make_backend(env)")
-    return backend

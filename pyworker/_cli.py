@@ -7,7 +7,6 @@ import gc
 import logging
 import os
 import signal
-import sys
 from collections.abc import Mapping, Sequence
 from functools import partial
 from typing import NoReturn
@@ -15,10 +14,19 @@ from typing import NoReturn
 import attrs
 import trio
 
-from ._backend import Backend, UnknownBackendError, available_backends, load_backend
-from ._config import ENV_OPTIONS, ConfigError, WorkerConfig, default_state_dir, load_config
+from ._backend import Backend
+from ._config import (
+    ENV_OPTIONS,
+    ConfigError,
+    WorkerConfig,
+    default_state_dir,
+    demo_reason,
+    load_config,
+)
+from ._logs import setup_logging
 from ._machine import StateChange
 from ._process import free_port, port_available
+from ._registry import UnknownBackendError, available_backends, load_backend
 from ._server import raise_open_files_limit
 
 log = logging.getLogger("pyworker")
@@ -245,6 +253,18 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         choices=["DEBUG", "INFO", "WARNING", "ERROR"],
         help="[PYWORKER_LOG_LEVEL]",
     )
+    add(
+        "--log-format",
+        default=env.get("PYWORKER_LOG_FORMAT", "text"),
+        choices=["text", "json"],
+        help="text lines, or one JSON object per line for log shippers [PYWORKER_LOG_FORMAT]",
+    )
+    add(
+        "--access-log",
+        action="store_true",
+        help="one line per proxied request: route, status, workload, duration (never the "
+        "payload); on in the demo",
+    )
     add("--list-backends", action="store_true", help="list the backends and exit")
     for action in parser._actions:
         if action.dest in ENV_OPTIONS and action.help:
@@ -265,29 +285,21 @@ def _tune_gc() -> None:
     gc.set_threshold(20_000, 10, 10)
 
 
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level,
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-        datefmt="%H:%M:%S",
-        stream=sys.stderr,
-    )
-    # hypercorn and httpx are chatty at INFO about things we report ourselves, and transitions
-    # logs every state change, which our own line says better.
-    for name in (
-        "httpx",
-        "httpcore",
-        "hypercorn.error",
-        "quart.app",
-        "quart.serving",
-        "transitions",
-    ):
-        logging.getLogger(name).setLevel(logging.WARNING)
-
-
 def _print_change(change: StateChange) -> None:
     suffix = f": {change.reason}" if change.reason else ""
-    log.info("state %s -> %s (%s)%s", change.source, change.dest, change.trigger, suffix)
+    log.info(
+        "state %s -> %s (%s)%s",
+        change.source,
+        change.dest,
+        change.trigger,
+        suffix,
+        extra={
+            "source": change.source.value,
+            "dest": change.dest.value,
+            "trigger": change.trigger.value,
+            "reason": change.reason,
+        },
+    )
 
 
 async def _watch_signals(shutdown: trio.Event, hard_stop: trio.CancelScope, grace: float) -> None:
@@ -374,10 +386,10 @@ def main(argv: Sequence[str] | None = None) -> None:
             )
     except (ConfigError, UnknownBackendError, ValueError) as exc:
         parser.exit(2, f"pyworker: error: {exc}\n")
-    _setup_logging(args.log_level)
+    setup_logging(args.log_level, fmt=args.log_format, access=args.access_log or demo)
+    if demo:
+        log.info("%s", demo_reason(args, env))
     raise_open_files_limit()
-    if config.unsecured:
-        log.warning("UNSECURED: signatures are NOT checked; never expose this worker")
     _tune_gc()
     try:
         trio.run(_main, config, backend, demo, env)

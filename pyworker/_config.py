@@ -258,6 +258,7 @@ ENV_OPTIONS: dict[str, tuple[str, Callable[[str], object]]] = {
     "max_connections": ("PYWORKER_MAX_CONNECTIONS", int),
     "keep_alive_timeout": ("PYWORKER_KEEP_ALIVE_TIMEOUT", float),
     "metrics_port": ("PYWORKER_METRICS_PORT", int),
+    "access_log": ("PYWORKER_ACCESS_LOG", _flag),
 }
 
 
@@ -273,6 +274,29 @@ def apply_env_options(args: argparse.Namespace, env: Mapping[str, str]) -> None:
                 setattr(args, dest, parse(env[variable]))
             except ValueError as exc:
                 raise ConfigError(f"{variable}: {exc}") from None
+
+
+_INSTANCE_HINTS = ("WORKER_PORT", "PUBLIC_IPADDR", "CONTAINER_ID", "USE_SSL", "MASTER_TOKEN")
+"""Variables a Vast instance sets: with one of them but no MODEL_LOG, the template is likely
+incomplete, and the demo is probably not what was meant."""
+
+
+def demo_reason(args: argparse.Namespace, env: Mapping[str, str]) -> str:
+    """Why the local demo runs instead of a worker for a real model server, in one line."""
+    if args.demo:
+        return "running the local demo (--demo)"
+    line = (
+        "no MODEL_LOG or REPORT_ADDR (nor --model-log, --report-addr): running the local demo, "
+        "with its own model server and a stand-in autoscaler"
+    )
+    present = [name for name in _INSTANCE_HINTS if env.get(name)]
+    if present:
+        line += (
+            f". {', '.join(present)} {'is' if len(present) == 1 else 'are'} set, as on a Vast "
+            "instance: set MODEL_LOG (the model server's log) and REPORT_ADDR to serve the "
+            "real model server"
+        )
+    return line
 
 
 def load_config(args: argparse.Namespace, env: Mapping[str, str]) -> tuple[WorkerConfig, bool]:

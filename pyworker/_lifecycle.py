@@ -117,6 +117,8 @@ class StateInfo:
     """The services that run while the worker is in this state."""
     cause: str = ""
     """What usually brings a worker here, for the troubleshooting guide."""
+    remedy: str = ""
+    """What an operator can do about it, for the troubleshooting guide."""
 
 
 @attrs.frozen(kw_only=True)
@@ -146,6 +148,10 @@ STATES: tuple[StateInfo, ...] = (
         on_enter=(Effect.FORGET_LOAD, Effect.START_LOAD_CLOCK),
         services=_LIVE_SERVICES | {Service.LOAD_TIMEOUT},
         cause="start-up, or a new model server process (its log was replaced or truncated)",
+        remedy="wait: downloads and weight loading take minutes. If it lasts, check that "
+        "MODEL_LOG is the file the model server writes (the worker warns every 30 s while it "
+        "is missing) and that the backend's ready line appears in it; --load-timeout ends a "
+        "load that never finishes",
     ),
     StateInfo(
         state=State.BENCHMARKING,
@@ -155,6 +161,8 @@ STATES: tuple[StateInfo, ...] = (
         on_enter=(Effect.FORGET_LOAD,),
         services=_LIVE_SERVICES | {Service.BENCHMARK},
         cause="the model server logged its ready line",
+        remedy="wait (seconds to a minute; a cached result is instant). Benchmark requests "
+        "that fail (see the worker's log) end in errored",
     ),
     StateInfo(
         state=State.AWAITING_KEY,
@@ -165,6 +173,8 @@ STATES: tuple[StateInfo, ...] = (
         services=_LIVE_SERVICES,
         cause="the autoscaler's /pubkey/ is unreachable or answers no valid key (see the "
         "worker's log for each attempt)",
+        remedy="check REPORT_ADDR (the key comes from its /pubkey/) and the instance's "
+        "network; or give the key with --pubkey-file",
     ),
     StateInfo(
         state=State.READY,
@@ -176,6 +186,8 @@ STATES: tuple[StateInfo, ...] = (
         reports=ReportPolicy(on_load_change=True),
         services=_LIVE_SERVICES | {Service.HEALTH_CHECKS, Service.WATCHDOG, Service.SESSIONS},
         cause="the benchmark finished and the router's key is known",
+        remedy="nothing. Many 429s mean the queue is full (--max-queue-time): the "
+        "autoscaler should add instances",
     ),
     StateInfo(
         state=State.STALLED,
@@ -190,6 +202,9 @@ STATES: tuple[StateInfo, ...] = (
         cause="a wedged engine (a hung GPU kernel, a deadlocked scheduler): no byte from the "
         "model server within max(--stall-timeout, k x the predicted time of the oldest "
         "request); error_msg gives the figures",
+        remedy="look at the model server's own log and GPU (nvidia-smi) for a hung kernel; "
+        "restart the model server if it does not recover by itself (the worker probes every "
+        "5 s). A model whose answers are slow but steady needs a larger --stall-timeout",
     ),
     StateInfo(
         state=State.ERRORED,
@@ -201,6 +216,9 @@ STATES: tuple[StateInfo, ...] = (
         services=_LIVE_SERVICES,
         cause="error_msg says which: an error line of the model server, a failed benchmark, "
         "failed health checks, or a load that never logged its ready line",
+        remedy="read the model server's log around the line error_msg names (the worker's log "
+        "has the full line); fix the cause (model id, GPU memory, port) and restart the model "
+        "server: a new log or ready line starts a new load",
     ),
     StateInfo(
         state=State.DRAINING,
@@ -212,6 +230,7 @@ STATES: tuple[StateInfo, ...] = (
         reports=ReportPolicy(on_in_flight_drop=True),
         services=_ALWAYS | {Service.SESSIONS},
         cause="SIGTERM (the instance is stopping) or Ctrl-C",
+        remedy="nothing: it stops by itself once requests finish (at most --drain-timeout)",
     ),
     StateInfo(
         state=State.STOPPED,
@@ -221,6 +240,7 @@ STATES: tuple[StateInfo, ...] = (
         reports=ReportPolicy(max_silence=None, final=True),
         services=_ALWAYS,
         cause="the drain ended",
+        remedy="nothing: the process exits",
     ),
 )
 

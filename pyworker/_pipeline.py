@@ -39,6 +39,7 @@ from ._admission import Admission, Overloaded
 from ._auth import Authenticator, AuthError, Signed
 from ._backend import Backend, Endpoint, Job
 from ._load import CANCELLED, Outcome
+from ._logs import ACCESS
 from ._machine import Lifecycle
 from ._metrics import CLIENT_LEFT, RequestMetrics
 from ._model import ModelServer, send_job
@@ -104,17 +105,17 @@ class Pipeline:
         arrived = trio.current_time()
         try:
             body = await read_body(scope, receive, self.limits)
-            envelope = parse_envelope(body)
+            envelope = parse_envelope(body, unsigned_ok=self.authenticator.unsecured)
             session = self.find_session(envelope)
             signed = self.verify(envelope, session)
             self.check_state()
             job = parse_payload(endpoint, envelope.payload)
         except Refusal as refusal:
+            self.count(endpoint.route, refusal.status, arrived)
             await send_json(send, refusal.status, refusal.body, refusal.headers)
-            self.metrics.answered(endpoint.route, refusal.status)
             return
         except ClientGone:
-            self.metrics.answered(endpoint.route, CLIENT_LEFT)
+            self.count(endpoint.route, CLIENT_LEFT, arrived)
             return
         # From admission on, the client leaving (or its session ending) cancels the rest at
         # once, the wait for a turn included: a request nobody waits for never reaches the
@@ -133,20 +134,44 @@ class Pipeline:
                     ticket.end(outcome)
             except Overloaded as exc:
                 retry_after = str(exc.retry_after).encode()
+                self.count(endpoint.route, 429, arrived, job.workload)
                 await send_json(send, 429, {"error": str(exc)}, [(b"retry-after", retry_after)])
-                self.metrics.answered(endpoint.route, 429)
                 return
         if client.left:
             log.info("request to %s cancelled before its answer was complete", endpoint.route)
-        self.count(endpoint.route, outcome, arrived, timed.at)
+        status = outcome.status or CLIENT_LEFT
+        self.count(endpoint.route, status, arrived, job.workload, timed=True, first=timed.at)
 
-    def count(self, route: str, outcome: Outcome, arrived: float, first_byte: float | None) -> None:
-        """Stage 10, for ``/metrics``: the status and times of a request that was admitted."""
-        self.metrics.answered(route, outcome.status or CLIENT_LEFT)
+    def count(
+        self,
+        route: str,
+        status: int,
+        arrived: float,
+        workload: float = 0.0,
+        *,
+        timed: bool = False,
+        first: float | None = None,
+    ) -> None:
+        """Stage 10: count the request for ``/metrics`` (its times too when it reached the
+        model server), and write its access log line when asked for."""
+        self.metrics.answered(route, status)
         now = trio.current_time()
-        self.metrics.timed(
-            route, now - arrived, None if first_byte is None else first_byte - arrived
-        )
+        if timed:
+            self.metrics.timed(route, now - arrived, None if first is None else first - arrived)
+        if ACCESS.isEnabledFor(logging.INFO):
+            ACCESS.info(
+                "%s %d workload %g in %.3f s",
+                route,
+                status,
+                workload,
+                now - arrived,
+                extra={
+                    "route": route,
+                    "status": status,
+                    "workload": workload,
+                    "seconds": round(now - arrived, 6),
+                },
+            )
 
     def find_session(self, envelope: Envelope) -> Session | None:
         """Stage 3: the open session the request names, if it names one.

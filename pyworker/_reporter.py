@@ -83,6 +83,7 @@ class Reporter:
     _disk_used: float | None = attrs.field(default=None, init=False)
     _delivery: trio.CancelScope = attrs.field(factory=trio.CancelScope, init=False)
     _disk_read: trio.Event = attrs.field(factory=trio.Event, init=False)
+    _last_logged: tuple[object, ...] = attrs.field(default=(), init=False)
 
     def __attrs_post_init__(self) -> None:
         self._baseline = Baseline(totals=self.tracker.totals(self.tracker.now))
@@ -174,6 +175,36 @@ class Reporter:
                 log.exception("on_report callback failed")
         if await self.autoscaler.post(draft.report.to_json()):
             self._baseline = draft.accepted
+            self._log(draft.report)
+
+    def _log(self, report: Report) -> None:
+        """An accepted report at INFO when its figures changed (heartbeats at DEBUG)."""
+        figures = (
+            report.state,
+            report.error_msg,
+            report.max_perf,
+            report.cur_load,
+            report.new_load,
+            report.cur_perf,
+            report.rej_load,
+            report.num_requests_working,
+        )
+        level = logging.INFO if figures != self._last_logged else logging.DEBUG
+        self._last_logged = figures
+        log.log(
+            level,
+            "report accepted: %s, %d in flight, cur_load %g, new_load %g, cur_perf %g, "
+            "rej_load %g, max_perf %g%s",
+            report.state,
+            report.num_requests_working,
+            report.cur_load,
+            report.new_load,
+            report.cur_perf,
+            report.rej_load,
+            report.max_perf,
+            f", error: {report.error_msg}" if report.error_msg else "",
+            extra={"report": report.to_json() | {"mtoken": "<redacted>"}},
+        )
 
     async def _sample_disk(self, path: str) -> None:
         # A loop of its own, at most one thread at a time: statvfs on a hung network

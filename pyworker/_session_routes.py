@@ -73,7 +73,7 @@ async def create(pipeline: Pipeline, scope: Scope, receive: Receive, send: Send)
     """``POST /session/create``: 201 ``{"session_id", "expiration"}``."""
     try:
         body = await read_body(scope, receive, pipeline.limits)
-        envelope = parse_envelope(body)
+        envelope = parse_envelope(body, unsigned_ok=pipeline.authenticator.unsecured)
         signed = pipeline.verify(envelope)
         pipeline.check_state()
         params = parse_session_params(envelope)

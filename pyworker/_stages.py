@@ -90,9 +90,15 @@ async def read_body(scope: Scope, receive: Receive, limits: Limits) -> bytes:
     return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
-def parse_envelope(body: bytes) -> Envelope:
+UNSIGNED = AuthData(signature="", cost=None, endpoint=None, reqnum=0, url="")
+"""The ``auth_data`` of a request sent without one to an unsecured worker."""
+
+
+def parse_envelope(body: bytes, *, unsigned_ok: bool = False) -> Envelope:
     """Stage 2: ``{"auth_data": {...}, "session_id": null, "payload": ...}``; other top-level
-    keys are ignored, and ``session_id`` may be absent (older clients).
+    keys are ignored, and ``session_id`` may be absent (older clients). With ``unsigned_ok``
+    (an unsecured worker, for local testing), ``auth_data`` may be absent too, so that
+    ``curl -d '{"payload": {...}}'`` works.
 
     Raises:
         Refusal: 400 when the body is not JSON; 422 when it is not an object, or naming every
@@ -107,7 +113,10 @@ def parse_envelope(body: bytes) -> Envelope:
     errors: dict[str, Any] = {}
     auth: AuthData | None = None
     if "auth_data" not in envelope:
-        errors["auth_data"] = "missing parameter"
+        if unsigned_ok:
+            auth = UNSIGNED
+        else:
+            errors["auth_data"] = "missing parameter"
     else:
         try:
             auth = AuthData.parse(envelope["auth_data"])
@@ -122,7 +131,7 @@ def parse_envelope(body: bytes) -> Envelope:
         raise Refusal(422, errors)
     return Envelope(
         auth=auth,
-        raw_auth=envelope["auth_data"],
+        raw_auth=envelope.get("auth_data", {}),
         payload=envelope["payload"],
         session_id=session_id,
     )

@@ -215,6 +215,44 @@ def _sessions(info: StateInfo) -> str:
     )
 
 
+def _symptoms(info: StateInfo) -> str:
+    """How a state shows, in every place an operator looks."""
+    state = info.state.value
+    into = sorted({row.trigger.value for row in TRANSITIONS if row.dest is info.state})
+    shows = [
+        f'reports and `/status`: `"state": "{state}"`',
+        f'`/metrics`: `pyworker_state{{state="{state}"}} 1`',
+    ]
+    if into:
+        shows.append(f"log: `state … -> {state} ({' | '.join(into)})`")
+    if info.admits_requests:
+        shows.append("clients: answers (or 429 when the queue is full)")
+    elif Effect.SET_ERROR in info.on_enter or Effect.NOTE_STALL in info.on_enter:
+        shows.append(f"clients: 503 `{info.refusal}: …`; `error_msg` set")
+    else:
+        shows.append(f"clients: 503 `{info.refusal}`")
+    return "; ".join(shows)
+
+
+def _troubleshooting() -> list[str]:
+    """The troubleshooting table: symptom, state, likely cause, what to do."""
+    out = [
+        "",
+        "## Troubleshooting",
+        "",
+        "Find the symptom; the state it means, the likely cause and what to do follow.",
+        "",
+        "| symptom | state | likely cause | what to do |",
+        "|---|---|---|---|",
+    ]
+    out += [
+        f"| {_cell(_symptoms(info))} | `{info.state.value}` | {_cell(info.cause)} "
+        f"| {_cell(info.remedy)} |"
+        for info in STATES
+    ]
+    return out
+
+
 def _row_extras(row: Transition) -> str:
     extras = []
     if row.guard is not None:
@@ -300,6 +338,7 @@ def readme_text() -> str:
             f"- **Entered on:** {'; '.join(entered) or 'never: no transition leads here'}.",
             f"- **Left on:** {'; '.join(left) if left else 'nothing: this state is final'}.",
         ]
+    out += _troubleshooting()
     out += [
         "",
         "## Transitions",

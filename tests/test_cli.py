@@ -436,3 +436,24 @@ def test_every_option_reads_its_environment_variable_when_not_given() -> None:
     help_text = build_parser({}).format_help()
     for variable, _ in ENV_OPTIONS.values():
         assert f"[{variable}]" in help_text.replace("\n", " ").replace("  ", " ")
+
+
+def test_the_fallback_to_the_demo_says_why() -> None:
+    from pyworker._cli import build_parser
+    from pyworker._config import demo_reason, load_config
+
+    def reason(env: dict[str, str], *argv: str) -> tuple[bool, str]:
+        args = build_parser(env).parse_args(["--backend", "hello_world", *argv])
+        _, demo = load_config(args, env)
+        return demo, demo_reason(args, env)
+
+    demo, why = reason({})
+    assert demo
+    assert why.startswith("no MODEL_LOG or REPORT_ADDR")
+    assert "Vast instance" not in why
+    # A Vast instance whose template forgot MODEL_LOG: the line says what to set.
+    demo, why = reason({"WORKER_PORT": "3000", "CONTAINER_ID": "9"})
+    assert demo
+    assert "WORKER_PORT, CONTAINER_ID are set" in why
+    assert "set MODEL_LOG" in why
+    assert reason({}, "--demo")[1] == "running the local demo (--demo)"

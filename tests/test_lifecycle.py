@@ -200,6 +200,8 @@ def test_states_and_initial() -> None:
         assert bool(info.refusal) != info.admits_requests
         assert info.meaning
         assert info.reports
+        assert info.cause
+        assert info.remedy  # the troubleshooting guide has a row for every state
 
 
 def test_table_has_no_duplicate_rows() -> None:

@@ -187,8 +187,12 @@ async def test_unsecured_worker_skips_signatures(nursery: trio.Nursery, tmp_path
             response = await stack.http.post(url, json=body)
             assert response.status_code == 503
             assert response.json()["state"] == "loading"
+        # No auth_data at all is fine too (curl -d '{"payload": ...}'); a payload is not.
         response = await stack.http.post(url, json={"payload": PAYLOAD})
+        assert response.status_code == 503
+        response = await stack.http.post(url, json={"auth_data": body["auth_data"]})
         assert response.status_code == 422
+        assert response.json() == {"payload": "missing parameter"}
 
 
 async def test_slow_body_is_408(nursery: trio.Nursery, tmp_path: Path) -> None:

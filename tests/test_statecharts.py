@@ -107,6 +107,13 @@ def test_readme_describes_every_state_and_transition() -> None:
             assert "admitted" in text.split(f"### `{info.state.value}`")[1].split("###")[0]
         else:
             assert f"503, reason `{info.refusal}" in text
+    # The troubleshooting table: one row per state, with its symptoms, cause and remedy.
+    table = text.split("## Troubleshooting")[1].split("## Transitions")[0]
+    for info in STATES:
+        rows = [line for line in table.splitlines() if f"| `{info.state.value}` |" in line]
+        assert len(rows) == 1
+        assert f'pyworker_state{{state="{info.state.value}"}} 1' in rows[0]
+        assert info.remedy in rows[0]
     for row in TRANSITIONS:
         assert f"| `{row.trigger.value}` |" in text
         assert row.why in text
