@@ -14,6 +14,7 @@ import logging
 import os
 import random
 import tempfile
+import time
 from pathlib import Path
 
 import attrs
@@ -54,7 +55,8 @@ class BenchmarkCache:
 
     directory: Path
 
-    def _path(self, key: str) -> Path:
+    def path(self, key: str) -> Path:
+        """The file that holds the result for ``key``."""
         return self.directory / f"benchmark-{key}.json"
 
     async def load(self, key: str) -> BenchmarkResult | None:
@@ -63,7 +65,7 @@ class BenchmarkCache:
 
     def _load_sync(self, key: str) -> BenchmarkResult | None:
         try:
-            data = json.loads(self._path(key).read_text())
+            data = json.loads(self.path(key).read_text())
             if not isinstance(data, dict):
                 raise TypeError(f"a JSON object was expected, not {type(data).__name__}")
             result = BenchmarkResult(**data)
@@ -73,7 +75,7 @@ class BenchmarkCache:
             # Treated as absent, never fatal: a damaged file must not crash-loop the worker.
             log.warning(
                 "ignoring unreadable benchmark cache %s (benchmarking again): %s",
-                self._path(key),
+                self.path(key),
                 exc,
             )
             return None
@@ -91,7 +93,7 @@ class BenchmarkCache:
                 json.dump(attrs.asdict(result), f)
                 f.flush()
                 os.fsync(f.fileno())
-            os.replace(tmp, self._path(result.key))
+            os.replace(tmp, self.path(result.key))
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
@@ -124,7 +126,14 @@ async def measured_capacity(
     if not force:
         cached = await cache.load(key)
         if cached is not None:
-            log.info("benchmark: using the cached capacity %.1f/s (key %s)", cached.max_perf, key)
+            measured = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(cached.measured_at))
+            log.info(
+                "benchmark: using the capacity %.1f/s measured %s, cached in %s "
+                "(--force-benchmark measures again)",
+                cached.max_perf,
+                measured,
+                cache.path(key),
+            )
             return cached
     result = await run_benchmark(backend, settings, model=model, key=key)
     log.info(

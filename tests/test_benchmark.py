@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -258,17 +259,23 @@ async def _completed_when_ready(
     return completed, max_perf
 
 
-async def test_benchmark_is_cached_across_workers(nursery: trio.Nursery, tmp_path: Path) -> None:
+async def test_benchmark_is_cached_across_workers(
+    nursery: trio.Nursery, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     state = tmp_path / "state"
     with trio.fail_after(GUARD):
         completed, measured = await _completed_when_ready(nursery, tmp_path / "first", state)
         assert completed == 3  # a warm-up and two runs
         [cached] = state.glob("benchmark-*.json")
 
-        # Same backend and settings: ready without a single benchmark request.
+        # Same backend and settings: ready without a single benchmark request, saying where
+        # the figure came from.
+        caplog.set_level(logging.INFO, logger="pyworker.benchmark")
         completed, max_perf = await _completed_when_ready(nursery, tmp_path / "second", state)
         assert completed == 0
         assert max_perf == measured
+        assert f"cached in {cached}" in caplog.text
+        assert "--force-benchmark" in caplog.text
 
         # force_benchmark measures again (and refreshes the cache).
         completed, _ = await _completed_when_ready(
