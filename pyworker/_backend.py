@@ -123,6 +123,11 @@ class Job:
         body: the exact bytes to send upstream (usually JSON).
         upstream_path: the model server's path to send it to.
         detail: backend data for a custom ``run`` (e.g. the parsed workflow).
+        observe: makes the :class:`Observer` of this request's answer, in place of the
+            endpoint's ``observe``: for what only the payload tells, such as the estimated
+            prompt to add to the generated tokens a stream reports, or a request whose
+            answer never reports its whole cost (an observer that reports nothing leaves the
+            estimate standing).
     """
 
     workload: float = attrs.field(
@@ -131,20 +136,41 @@ class Job:
     body: bytes
     upstream_path: str
     detail: Any = None
+    observe: Callable[[], Observer] | None = None
+
+
+def _actual_workload(reply: Reply, attribute: attrs.Attribute[float | None], value: object) -> None:
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"actual must be a number or None, not {value!r}")
+    if not 0.0 <= value <= MAX_WORKLOAD:
+        raise ValueError(f"actual must be within [0, {MAX_WORKLOAD:g}], not {value!r}")
 
 
 @attrs.frozen(kw_only=True)
 class Reply:
-    """A complete answer made by a backend's custom ``run`` (not relayed byte for byte)."""
+    """A complete answer made by a backend's custom ``run`` (not relayed byte for byte).
+
+    Attributes:
+        status: the HTTP status (400 and above: a failure, which counts as no work done).
+        body: the whole body.
+        content_type: its ``Content-Type``.
+        actual: the workload the model server actually did for the request, in the same units
+            as :attr:`Job.workload`, when the ``run`` could tell (ComfyUI's sampler steps, as
+            its progress events count them); None leaves the estimate standing. The worker
+            counts it as the work done, and the benchmark measures capacity with it.
+    """
 
     status: int
     body: bytes
     content_type: str = "application/json"
+    actual: float | None = attrs.field(default=None, validator=_actual_workload)
 
     @classmethod
-    def json(cls, obj: object, status: int = 200) -> Reply:
-        """A JSON reply."""
-        return cls(status=status, body=json.dumps(obj).encode())
+    def json(cls, obj: object, status: int = 200, *, actual: float | None = None) -> Reply:
+        """A JSON reply (``actual``: see the class)."""
+        return cls(status=status, body=json.dumps(obj).encode(), actual=actual)
 
 
 @attrs.frozen(kw_only=True)
@@ -163,8 +189,15 @@ def json_body(obj: object) -> bytes:
 class Observer(Protocol):
     """Watches one relayed answer for the actual workload the model server reports.
 
-    An endpoint's ``observe`` makes a fresh one per request, so it may keep state across chunks
-    (a ``usage`` object split between two reads is still seen).
+    An endpoint's ``observe`` (or a job's own) makes a fresh one per request, so it may keep
+    state across chunks (a ``usage`` object split between two reads is still seen). Only
+    successful answers (status below 400) are observed: a refused request did no work.
+
+    An observer may also define ``head(headers)``, for model servers that report counts in
+    their response headers (TGI's ``x-prompt-tokens`` and ``x-generated-tokens``): it is
+    called once, before the first chunk, with the answer's headers as ``(name, value)`` byte
+    pairs, names lower-cased. The same observers read the benchmark's answers, so capacity is
+    measured in actual workload too.
     """
 
     def feed(self, chunk: bytes) -> None:
@@ -187,7 +220,8 @@ class Endpoint:
         run: a custom procedure for model servers that are not a single request/response
             (ComfyUI); ``None`` relays the upstream response as it arrives, streams included.
         observe: makes an :class:`Observer` for each relayed request, to learn the actual
-            usage (tokens) the model server reports.
+            usage (tokens) the model server reports (a job's own ``observe`` takes its place).
+            A custom ``run`` reports it in :attr:`Reply.actual` instead.
     """
 
     route: str

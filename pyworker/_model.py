@@ -4,7 +4,9 @@
 model servers that need several calls per request, otherwise one POST over the pooled
 connections. It never raises for the model server's failures: an unreachable, silent or broken
 model server, or a ``run`` that fails, comes back as a 502/504 :class:`Answer`, so every caller
-handles one kind of value.
+handles one kind of value. :func:`observe` and :func:`actual_workload` say, for both alike, what
+the answer reports it cost: the proxy counts that as the work done, the benchmark measures
+capacity with it.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from typing import Protocol
 import attrs
 import httpx
 
-from ._backend import Endpoint, Job, RunContext
+from ._backend import Endpoint, Job, Observer, RunContext
 from ._typing import Headers
 from ._upstream import UpstreamError, UpstreamPool, UpstreamTimeout
 
@@ -43,6 +45,12 @@ class Answer(Protocol):
     def error(self) -> str:
         """Why the worker made this answer itself ("" when the model server answered)."""
 
+    @property
+    def actual(self) -> float | None:
+        """The actual workload the answer carries itself (a backend's ``run`` may say, in
+        :attr:`~pyworker.Reply.actual`); None for the model server's own answers, which an
+        :class:`~pyworker.Observer` reads instead."""
+
     async def receive(self) -> bytes:
         """The next chunk of the body as it arrives; ``b""`` at the end.
 
@@ -64,12 +72,14 @@ class WholeAnswer:
 
     Attributes:
         error: why the worker made this answer itself ("" for a backend's reply).
+        actual: the reply's actual workload, when its ``run`` could tell.
     """
 
     status: int
     headers: Headers
     body: bytes
     error: str = ""
+    actual: float | None = None
     _sent: bool = False
 
     @classmethod
@@ -134,7 +144,10 @@ async def send_job(endpoint: Endpoint, job: Job, model: ModelServer) -> Answer:
             return WholeAnswer.failure(502, f"model server: {exc}")
         content_type = reply.content_type.encode()
         return WholeAnswer(
-            status=reply.status, headers=[(b"content-type", content_type)], body=reply.body
+            status=reply.status,
+            headers=[(b"content-type", content_type)],
+            body=reply.body,
+            actual=reply.actual,
         )
     try:
         return await model.upstream.request(b"POST", job.upstream_path.encode(), job.body)
@@ -142,3 +155,30 @@ async def send_job(endpoint: Endpoint, job: Job, model: ModelServer) -> Answer:
         return WholeAnswer.failure(504, str(exc))
     except UpstreamError as exc:
         return WholeAnswer.failure(502, str(exc))
+
+
+def observe(endpoint: Endpoint, job: Job, answer: Answer) -> Observer | None:
+    """A fresh observer of ``answer``'s actual workload, already shown its headers.
+
+    The job's own ``observe`` comes first, then the endpoint's. None when there is nothing to
+    observe: neither has one, or the answer failed (a request the model server refused or
+    could not serve did no work, whatever its body says).
+    """
+    make = job.observe or endpoint.observe
+    if make is None or answer.status >= 400:
+        return None
+    observer = make()
+    # Optional (see Observer): servers that count in their headers, as TGI does.
+    head = getattr(observer, "head", None)
+    if head is not None:
+        head(answer.headers)
+    return observer
+
+
+def actual_workload(answer: Answer, observer: Observer | None) -> float | None:
+    """The actual workload of a complete ``answer``: its own (a ``run``'s reply says), else
+    what ``observer`` saw; None when neither knows (the estimate stands)."""
+    actual = answer.actual
+    if actual is not None:
+        return actual
+    return None if observer is None else observer.actual

@@ -42,7 +42,7 @@ from ._load import CANCELLED, Outcome
 from ._logs import ACCESS
 from ._machine import Lifecycle
 from ._metrics import CLIENT_LEFT, RequestMetrics
-from ._model import ModelServer, send_job
+from ._model import ModelServer, observe, send_job
 from ._relay import ClientWatch, relay, send_json, watch_client
 from ._session_routes import SESSION_ROUTES
 from ._sessions import Session, Sessions
@@ -245,7 +245,7 @@ class Pipeline:
         with self.watchdog.track(job.workload) as work, work.scope:
             answer = self.watchdog.answer(work, await send_job(endpoint, job, self.model))
             try:
-                observer = endpoint.observe() if endpoint.observe is not None else None
+                observer = observe(endpoint, job, answer)
                 status = answer.status
                 work.relaying = True
                 return await relay(answer, send, observer=observer, before_last=client.stop)

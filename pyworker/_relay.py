@@ -13,7 +13,7 @@ import trio
 
 from ._backend import Observer
 from ._load import Outcome
-from ._model import Answer, WholeAnswer
+from ._model import Answer, WholeAnswer, actual_workload
 from ._sessions import Session
 from ._typing import Headers, Receive, Send
 from ._upstream import UpstreamError
@@ -113,14 +113,17 @@ async def relay(
     Args:
         answer: the model server's answer (closed by the caller).
         send: the ASGI send of the client's request.
-        observer: fed every chunk of a successful answer, to learn its actual workload.
+        observer: fed every chunk of a successful answer, to learn its actual workload
+            (see :func:`~pyworker._model.observe`).
         before_last: called just before the final body message goes out. The server may
             deliver the client's disconnect from inside that very send (the response is then
             complete), so this is where to stop treating a disconnect as the client leaving.
 
     Returns:
-        Completed or failed by the answer's status (and the worker's own error), or failed
-        when the model server broke off mid-answer: the headers are gone by then, so the final
+        Completed or failed by the answer's status (and the worker's own error), a completed
+        one with its actual workload where the answer says it (see
+        :func:`~pyworker._model.actual_workload`); or failed when the model server broke off
+        mid-answer: the headers are gone by then, so the final
         body message is withheld and the server closes the connection, and the client sees a
         broken response rather than a silently truncated success.
     """
@@ -158,7 +161,7 @@ async def _last(
     await send({"type": "http.response.body", "body": chunk, "more_body": False})
     if answer.error:
         return Outcome.failed(answer.status, answer.error)
-    return Outcome.answered(answer.status, None if observer is None else observer.actual)
+    return Outcome.answered(answer.status, actual_workload(answer, observer))
 
 
 async def send_json(

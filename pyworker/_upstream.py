@@ -140,6 +140,12 @@ class UpstreamResponse:
         """Always "": this answer is the model server's own."""
         return ""
 
+    @property
+    def actual(self) -> float | None:
+        """Always None: what the model server reports is in the body (or its headers), for
+        an observer to read."""
+        return None
+
     async def aclose(self) -> None:
         """Release the connection: back to the pool if complete, else closed."""
         conn, self._conn = self._conn, None

@@ -279,6 +279,10 @@ class _FollowedAnswer:
     def error(self) -> str:
         return self._answer.error
 
+    @property
+    def actual(self) -> float | None:
+        return self._answer.actual
+
     async def receive(self) -> bytes:
         work = self._work
         work.waiting_since = trio.current_time()

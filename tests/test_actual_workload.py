@@ -1,0 +1,210 @@
+"""What a request really cost, next to its estimate: the mechanism every backend shares.
+
+An answer says what it cost through an :class:`~pyworker.Observer` (the endpoint's, or the
+job's own in its place), which reads the body and, optionally, the headers; or, for a backend's
+own ``run``, in :attr:`~pyworker.Reply.actual`. A refused answer (status 400 and above) is never
+work done. The backends' own observers are tested with their fakes (``test_backend_*.py``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import attrs
+import pytest
+import trio
+from harness import eventually, ready_stack
+
+from backends._fakekit import HTTPServer, Request, Response
+from pyworker import Endpoint, Job, Reply, RunContext, UsageObserver, estimate_tokens, load_backend
+from pyworker._load import Outcome, OutcomeKind
+from pyworker._model import ModelServer, observe, send_job
+from pyworker._relay import relay
+from pyworker._typing import Message
+from pyworker._upstream import UpstreamPool
+
+GUARD = 30  # seconds: the absolute bound on each test
+USAGE = {"usage": {"prompt_tokens": 5, "completion_tokens": 2}}
+
+
+class HeaderCounts:
+    """An observer of counts in the headers (as TGI's ``/generate`` reports them)."""
+
+    def __init__(self) -> None:
+        self.actual: float | None = None
+        self.chunks = 0
+
+    def head(self, headers: list[tuple[bytes, bytes]]) -> None:
+        counts = dict(headers)
+        if b"x-work" in counts:
+            self.actual = float(counts[b"x-work"])
+
+    def feed(self, chunk: bytes) -> None:
+        self.chunks += 1
+
+
+def _usage() -> UsageObserver:
+    return UsageObserver(b'"usage"', ("prompt_tokens", "completion_tokens"))
+
+
+def _endpoint(**changes: Any) -> Endpoint:
+    job = Job(workload=100, body=b"{}", upstream_path="/generate")
+    return Endpoint(route="/generate", parse=lambda payload: job, **changes)
+
+
+async def _exchange(
+    nursery: trio.Nursery, endpoint: Endpoint, job: Job, response: Response
+) -> Outcome:
+    """Send ``job`` to a model server that answers ``response``, and relay the answer, as the
+    pipeline's stages 8 and 9 do."""
+
+    async def handle(request: Request) -> Response:
+        return response
+
+    port: int = await nursery.start(HTTPServer(handle).serve)
+    sent: list[Message] = []
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    async with UpstreamPool(host="127.0.0.1", port=port) as pool:
+        model = ModelServer(url=f"http://127.0.0.1:{port}", upstream=pool, http=None)
+        answer = await send_job(endpoint, job, model)
+        try:
+            return await relay(answer, send, observer=observe(endpoint, job, answer))
+        finally:
+            await answer.aclose()
+
+
+async def test_the_endpoints_observer_reads_body_and_headers(nursery: trio.Nursery) -> None:
+    endpoint = _endpoint(observe=_usage)
+    job = endpoint.parse({})
+    with trio.fail_after(GUARD):
+        outcome = await _exchange(nursery, endpoint, job, Response.json(USAGE))
+        assert outcome == Outcome.answered(200, 7.0)
+        # Counts in the headers: an observer with a head() is shown them before any chunk.
+        counted = _endpoint(observe=HeaderCounts)
+        answer = Response.json({"ok": True}, status=201)
+        answer = attrs.evolve(answer, headers=((b"x-work", b"12"),))
+        assert await _exchange(nursery, counted, job, answer) == Outcome.answered(201, 12.0)
+        # Nothing reported: the estimate stands.
+        silent = await _exchange(nursery, endpoint, job, Response.json({"ok": True}))
+        assert silent == Outcome.answered(200, None)
+
+
+async def test_a_jobs_own_observer_takes_the_endpoints_place(nursery: trio.Nursery) -> None:
+    endpoint = _endpoint(observe=_usage)
+    headers = ((b"x-work", b"40"),)
+    job = attrs.evolve(endpoint.parse({}), observe=HeaderCounts)
+    with trio.fail_after(GUARD):
+        answer = attrs.evolve(Response.json(USAGE), headers=headers)
+        assert await _exchange(nursery, endpoint, job, answer) == Outcome.answered(200, 40.0)
+        # A job whose answer cannot tell its whole cost: an observer that reports nothing
+        # leaves the estimate standing, whatever the endpoint's would have read.
+        blind = attrs.evolve(job, observe=lambda: HeaderCounts())
+        outcome = await _exchange(nursery, endpoint, blind, Response.json(USAGE))
+        assert outcome == Outcome.answered(200, None)
+
+
+async def test_a_refused_answer_is_never_work_done(nursery: trio.Nursery) -> None:
+    made: list[HeaderCounts] = []
+
+    def make() -> HeaderCounts:
+        made.append(HeaderCounts())
+        return made[-1]
+
+    endpoint = _endpoint(observe=make)
+    job = endpoint.parse({})
+    refused = attrs.evolve(Response.json(USAGE, status=422), headers=((b"x-work", b"9"),))
+    with trio.fail_after(GUARD):
+        outcome = await _exchange(nursery, endpoint, job, refused)
+    assert outcome.kind is OutcomeKind.FAILED
+    assert outcome.actual is None
+    assert made == []  # not even observed
+
+
+def test_reply_actual_is_a_workload_or_none() -> None:
+    assert Reply.json({"ok": True}).actual is None
+    assert Reply.json({"ok": True}, actual=3).actual == 3
+    assert Reply(status=200, body=b"", actual=0.0).actual == 0.0
+    with pytest.raises(TypeError, match="actual must be a number"):
+        Reply(status=200, body=b"", actual=True)
+    with pytest.raises(TypeError, match="actual must be a number"):
+        Reply(status=200, body=b"", actual="5")  # type: ignore[arg-type]
+    for bad in (-1.0, math.nan, math.inf, 1e13):
+        with pytest.raises(ValueError, match="actual must be within"):
+            Reply(status=200, body=b"", actual=bad)
+
+
+async def test_a_runs_reply_carries_its_actual_workload(nursery: trio.Nursery) -> None:
+    async def run(job: Job, context: RunContext) -> Reply:
+        return Reply.json({"images": []}, actual=17.5)
+
+    async def failing(job: Job, context: RunContext) -> Reply:
+        return Reply.json({"error": "no"}, status=500, actual=17.5)
+
+    endpoint = _endpoint(run=run)
+    job = endpoint.parse({})
+    with trio.fail_after(GUARD):
+        outcome = await _exchange(nursery, endpoint, job, Response())
+        assert outcome == Outcome.answered(200, 17.5)
+        outcome = await _exchange(nursery, _endpoint(run=failing), job, Response())
+        assert outcome.kind is OutcomeKind.FAILED
+        assert outcome.actual is None
+
+
+# -- end to end: the worker counts the actual workload as the work done -----------------------
+async def _proxied_run(job: Job, context: RunContext, *, actual: float, status: int) -> Reply:
+    """A ``run`` that asks the demo server and answers with ``actual`` as the work done."""
+    response = await context.http.post(context.model_server_url + "/generate", content=job.body)
+    return Reply.json(response.json(), status=status, actual=actual)
+
+
+def _run_backend(*, actual: float, status: int = 200) -> Any:
+    backend = load_backend("hello_world")
+    run = partial(_proxied_run, actual=actual, status=status)
+    endpoints = tuple(
+        attrs.evolve(e, run=run) if e.route == "/generate" else e for e in backend.endpoints
+    )
+    return attrs.evolve(backend, endpoints=endpoints)
+
+
+async def _completed(stack: Any) -> float:
+    """The work done the worker has counted, once nothing is in flight."""
+    tracker = stack.worker.tracker
+    with trio.fail_after(5):
+        await eventually(lambda: not tracker.in_flight, what="nothing in flight")
+    completed: float = tracker.totals(trio.current_time()).completed
+    return completed
+
+
+async def test_the_worker_counts_a_runs_actual_workload(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    with trio.fail_after(GUARD):
+        stack = await ready_stack(nursery, tmp_path, backend=_run_backend(actual=33.0))
+        body = {"prompt": "hello there", "max_response_tokens": 8}
+        response = await stack.post("/generate", body)
+        assert response.status_code == 200, response.text
+        assert response.json()["generated_tokens"] == 8
+        assert await _completed(stack) == 33.0
+        # The other route relays as it comes: the demo server's counts are its actual work.
+        streamed = await stack.post("/generate_stream", body)
+        assert streamed.status_code == 200
+        assert await _completed(stack) == 33.0 + estimate_tokens("hello there") + 8
+
+
+async def test_a_failed_runs_actual_workload_is_not_counted(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    backend = _run_backend(actual=33.0, status=503)
+    with trio.fail_after(GUARD):
+        stack = await ready_stack(nursery, tmp_path, backend=backend)
+        response = await stack.post("/generate", {"prompt": "hi", "max_response_tokens": 4})
+        assert response.status_code == 503
+        assert json.loads(response.content)["generated_tokens"] == 4
+        assert await _completed(stack) == 0.0
