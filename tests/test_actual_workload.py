@@ -208,3 +208,23 @@ async def test_a_failed_runs_actual_workload_is_not_counted(
         assert response.status_code == 503
         assert json.loads(response.content)["generated_tokens"] == 4
         assert await _completed(stack) == 0.0
+
+
+async def test_hello_world_counts_what_the_demo_model_generated(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    """The demo model stops after 3 tokens of the 40 asked: its JSON answer's counts and its
+    stream's final ``done`` event say so, and that is the work done."""
+    with trio.fail_after(GUARD):
+        stack = await ready_stack(nursery, tmp_path, "--eos-after", "3")
+        prompt = "Tell me a story about a brave little toaster."
+        body = {"prompt": prompt, "max_response_tokens": 40}
+        estimate = load_backend("hello_world").endpoint("/generate").parse(body).workload
+        actual = estimate_tokens(prompt) + 3
+        assert actual < estimate
+        answer = await stack.post("/generate", body)
+        assert answer.json()["generated_tokens"] == 3
+        assert await _completed(stack) == actual
+        streamed = await stack.post("/generate_stream", body)
+        assert streamed.content.endswith(b'"generated_tokens": 3}\n\n')
+        assert await _completed(stack) == 2 * actual

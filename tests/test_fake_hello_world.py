@@ -79,6 +79,26 @@ async def test_generate_stream_sends_one_event_per_token(
     assert "".join(str(token) for token in tokens) == plain["response"]
 
 
+async def test_eos_after_ends_answers_early_and_says_so(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    """``--eos-after``: a model that stops before ``max_response_tokens``; its counts say
+    what it did generate (and it is paid for in the capacity model as generated)."""
+    fake = await _start(nursery, tmp_path, "--token-rate", "1000", "--eos-after", "3")
+    async with httpx.AsyncClient(base_url=fake.url) as client:
+        answer = (await client.post("/generate", json=_body("hi there", 12))).json()
+        assert answer["generated_tokens"] == 3
+        assert len(answer["response"].split(" ")) == 4
+        async with client.stream("POST", "/generate_stream", json=_body("hi there", 12)) as r:
+            events = await _events(r)
+        short = (await client.post("/generate", json=_body("hi there", 2))).json()
+        stats = await get_stats(client)
+    assert len(events) == 4
+    assert events[-1] == {"done": True, "prompt_tokens": 2, "generated_tokens": 3}
+    assert short["generated_tokens"] == 2  # fewer asked than the end of sequence: as asked
+    assert stats["tokens_generated"] == 3 + 3 + 2
+
+
 async def test_tokens_are_streamed_as_they_are_generated(
     nursery: trio.Nursery, tmp_path: Path
 ) -> None:

@@ -3,6 +3,10 @@
 The demo model server (:mod:`backends.hello_world.server`) serves ``POST /generate`` (JSON),
 ``POST /generate_stream`` (server-sent events, one token per event) and ``GET /healthcheck``.
 Both generation routes take ``{"prompt": str, "max_response_tokens": int | null}``.
+
+Both answers end with the server's own counts, ``"prompt_tokens"`` and ``"generated_tokens"``
+(the JSON answer's fields; the stream's final ``done`` event): their sum is the request's actual
+workload, which replaces the estimate when the model stops before ``max_response_tokens``.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from pyworker import (
     Job,
     LogAction,
     LogRule,
+    UsageObserver,
     estimate_tokens,
     json_body,
 )
@@ -93,6 +98,15 @@ def _generate_stream(payload: object) -> Job:
     return Job(workload=job.workload, body=job.body, upstream_path="/generate_stream")
 
 
+def observe_counts() -> UsageObserver:
+    """A fresh observer of one answer's counts: ``prompt_tokens + generated_tokens``.
+
+    Generated text is JSON-escaped (a token's ``"`` arrives as ``\\"``), so only the server's
+    own fields match, in the JSON answer and in the stream's final event alike.
+    """
+    return UsageObserver(b'"prompt_tokens"', ("prompt_tokens", "generated_tokens"))
+
+
 def benchmark_payload(rng: random.Random) -> dict[str, object]:
     """A typical request: a 100-word prompt and a 64-token answer."""
     return {"prompt": " ".join(rng.choices(_WORDS, k=100)), "max_response_tokens": 64}
@@ -160,9 +174,17 @@ BACKEND = Backend(
     name="hello_world",
     model_server_url="http://127.0.0.1:5001",
     endpoints=(
-        Endpoint(route="/generate", parse=_generate, benchmark_payload=benchmark_payload),
         Endpoint(
-            route="/generate_stream", parse=_generate_stream, benchmark_payload=benchmark_payload
+            route="/generate",
+            parse=_generate,
+            benchmark_payload=benchmark_payload,
+            observe=observe_counts,
+        ),
+        Endpoint(
+            route="/generate_stream",
+            parse=_generate_stream,
+            benchmark_payload=benchmark_payload,
+            observe=observe_counts,
         ),
     ),
     benchmark_route="/generate",

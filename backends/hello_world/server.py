@@ -4,8 +4,9 @@
 knobs). Routes:
 
 * ``POST /generate`` with ``{"prompt": str, "max_response_tokens": int | null}`` answers
-  ``{"response": text, "prompt_tokens": p, "generated_tokens": n}`` after generating exactly
-  ``n = max_response_tokens`` (default 256) tokens;
+  ``{"response": text, "prompt_tokens": p, "generated_tokens": n}`` after generating
+  ``n = max_response_tokens`` (default 256) tokens, or fewer with ``--eos-after`` (the model
+  "stops early", as an LLM does at its end-of-sequence token);
 * ``POST /generate_stream`` takes the same body and sends one server-sent event per token,
   ``data: {"token": " word"}``, then ``data: {"done": true, "prompt_tokens": p,
   "generated_tokens": n}``;
@@ -20,8 +21,9 @@ With ``--log-requests`` it logs each generation request as servers with a reques
 ``2026-11-25T16:00:00.123Z INFO request received: prompt: '…', max_response_tokens: 32``.
 
 A request costs ``estimate_tokens(prompt) + n`` units of the capacity model, the same
-workload the hello_world backend computes: the prompt's units are served first (prefill),
-then one unit per generated token, so streams emit tokens as they are generated.
+workload the hello_world backend computes (``n`` the tokens it does generate): the prompt's
+units are served first (prefill), then one unit per generated token, so streams emit tokens as
+they are generated.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ from backends._fakekit import (
     Response,
     Stats,
     StreamResponse,
+    at_least_one,
     knob_parser,
     run_fake,
     word_table,
@@ -99,12 +102,15 @@ class HelloWorldServer:
         knobs: rates, limits and failure injection.
         log: where cancellations, injected failures and crashes are logged.
         log_requests: log each generation request, its prompt quoted.
+        eos_after: every answer ends after this many tokens at most (None: it generates all
+            it was asked for).
         stats: the counters served by ``GET /stats``.
     """
 
     knobs: Knobs
     log: LogWriter
     log_requests: bool = False
+    eos_after: int | None = None
     stats: Stats = attrs.field(init=False, factory=Stats)
     sessions_closed: list[object] = attrs.field(init=False, factory=list)
     _capacity: CapacityModel = attrs.field(init=False)
@@ -183,6 +189,8 @@ class HelloWorldServer:
             self.log.warning("injected failure (--error-rate)")
             return Response.json({"error": "injected failure"}, status=500)
         offset = zlib.crc32(prompt.encode("utf-8", "surrogatepass")) % TABLE_SIZE
+        if self.eos_after is not None:
+            wanted = min(wanted, self.eos_after)  # the model stops early
         return prompt, wanted, offset
 
     async def _generate(self, request: Request) -> Response:
@@ -268,11 +276,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         action="store_true",
         help="log each generation request, its prompt quoted (as vLLM's request logger does)",
     )
+    parser.add_argument(
+        "--eos-after",
+        type=at_least_one,
+        metavar="N",
+        help="end every answer after N tokens at most, as a model that reaches its "
+        "end-of-sequence token early (default: all the tokens asked for)",
+    )
     namespace = parser.parse_args(argv)
     knobs = Knobs.from_namespace(namespace)
     return run_fake(
         lambda log: (
-            HelloWorldServer(knobs=knobs, log=log, log_requests=namespace.log_requests).handle
+            HelloWorldServer(
+                knobs=knobs,
+                log=log,
+                log_requests=namespace.log_requests,
+                eos_after=namespace.eos_after,
+            ).handle
         ),
         knobs,
     )
