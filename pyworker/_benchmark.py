@@ -15,6 +15,11 @@ when the model server takes parallel requests. Two methods:
   exact for serial models, but it reads low when the model's parallelism does not divide
   ``runs`` (the last round runs part-empty) or when ``concurrency`` cannot saturate the model.
 
+Either way a request's workload is the one its answer reports (the endpoint's observer, or a
+``run``'s :attr:`~pyworker.Reply.actual`), the estimate only where the answer says nothing: a
+model that stops early (an end-of-sequence token before ``max_new_tokens``) did less work than
+estimated, and counting the estimate would inflate its capacity by as much.
+
 The result is cached (:mod:`pyworker._benchcache`), so a restarted worker does not measure
 again.
 """
@@ -33,13 +38,14 @@ import attrs
 import trio
 
 from ._backend import Backend, Endpoint, Job
-from ._model import ModelServer, send_job
+from ._model import ModelServer, actual_workload, observe, send_job
 from ._upstream import UpstreamError
 
 log = logging.getLogger("pyworker.benchmark")
 
-METHOD_VERSION = 3
-"""Bumped when the measuring method changes, so old cached figures are not trusted."""
+METHOD_VERSION = 4
+"""Bumped when the measuring method changes, so old cached figures are not trusted (4: the
+actual workload answers report, not the estimate)."""
 SEED = 20240501
 # The adaptive method raises concurrency up to this many times the backend's (at most
 # _MAX_CONCURRENCY), while requests keep at least _MIN_EFFICIENCY of their single-request speed.
@@ -126,16 +132,30 @@ class BenchmarkResult:
     all alike; also in a cache written before it was measured)."""
 
 
-async def _one(endpoint: Endpoint, job: Job, model: ModelServer) -> None:
+async def _one(endpoint: Endpoint, job: Job, model: ModelServer) -> float:
+    """Send ``job`` and read its whole answer; returns the workload it did.
+
+    That is what the answer reports (as the proxy counts it), else the estimate.
+    """
     answer = await send_job(endpoint, job, model)
     try:
+        observer = observe(endpoint, job, answer)
         # Read to the end: a streamed answer costs its whole generation.
-        await answer.read()
+        body = await answer.read()
     finally:
         await answer.aclose()
     if answer.status >= 400:
         why = answer.error or f"answered HTTP {answer.status}"
         raise BenchmarkError(f"benchmark request failed: {why}")
+    if observer is not None:
+        observer.feed(body)
+    actual = actual_workload(answer, observer)
+    if actual is None:
+        return job.workload
+    if not actual > 0:
+        # Nothing to measure a speed by (a prompt served whole from a cache, say).
+        raise BenchmarkError("benchmark request failed: its answer reports no work done")
+    return actual
 
 
 async def run_benchmark(
@@ -157,26 +177,26 @@ async def run_benchmark(
     failures = 0
     last_error = ""
 
-    async def attempt(job: Job) -> bool:
+    async def attempt(job: Job) -> float | None:
+        """The workload ``job`` did, or None when it failed (and that was tolerated)."""
         nonlocal failures, last_error
         try:
             with trio.fail_after(settings.request_timeout):
-                await _one(endpoint, job, model)
+                return await _one(endpoint, job, model)
         except (BenchmarkError, UpstreamError, trio.TooSlowError) as exc:
             failures += 1
             last_error = str(exc) or type(exc).__name__
             log.warning("benchmark request failed (%d so far): %s", failures, last_error)
             if failures > settings.max_failures:
                 raise BenchmarkError(f"benchmark failed: {last_error}") from None
-            return False
-        return True
+            return None
 
     log.info("benchmark: warm-up request")
     warmup = endpoint.parse(make_payload(rng))
     started = trio.current_time()
-    while not await attempt(warmup):
+    while (done := await attempt(warmup)) is None:
         started = trio.current_time()
-    warmed = _Sample(-1, started, trio.current_time(), warmup.workload)
+    warmed = _Sample(-1, started, trio.current_time(), done)
     try:
         if settings.max_concurrency is None:
             jobs = [endpoint.parse(make_payload(rng)) for _ in range(settings.runs)]
@@ -201,7 +221,9 @@ async def run_benchmark(
 
 
 async def _fixed_count(
-    settings: BenchmarkSettings, jobs: list[Job], attempt: Callable[[Job], Awaitable[bool]]
+    settings: BenchmarkSettings,
+    jobs: list[Job],
+    attempt: Callable[[Job], Awaitable[float | None]],
 ) -> list[_Sample]:
     """Run ``jobs`` at ``settings.concurrency``; one sample per job (its successful try)."""
     queue = list(enumerate(reversed(jobs)))
@@ -211,9 +233,9 @@ async def _fixed_count(
         while queue:
             index, job = queue.pop()
             started = trio.current_time()
-            while not await attempt(job):
+            while (done := await attempt(job)) is None:
                 started = trio.current_time()
-            samples.append(_Sample(index, started, trio.current_time(), job.workload))
+            samples.append(_Sample(index, started, trio.current_time(), done))
 
     log.info("benchmark: %d runs, %d at a time", settings.runs, settings.concurrency)
     async with trio.open_nursery() as nursery:
@@ -238,7 +260,7 @@ def _spread(samples: list[_Sample]) -> float:
 
 @attrs.frozen
 class _Sample:
-    """One completed benchmark request."""
+    """One completed benchmark request, with the workload it did."""
 
     index: int
     started: float
@@ -250,12 +272,12 @@ class _Sample:
 class _ClosedLoop:
     """Runners that each send the next request as soon as their last one is answered."""
 
-    attempt: Callable[[Job], Awaitable[bool]]
+    attempt: Callable[[Job], Awaitable[float | None]]
     next_job: Callable[[], Job]
-    sent: list[tuple[float, float]] = attrs.field(factory=list)
-    """(start time, workload) of every request sent, in order."""
-    finished: dict[int, float] = attrs.field(factory=dict)
-    """Finish time of each completed request, by its index in ``sent``."""
+    sent: list[float] = attrs.field(factory=list)
+    """Start time of every request sent, in order."""
+    finished: dict[int, tuple[float, float]] = attrs.field(factory=dict)
+    """(finish time, workload done) of each completed request, by its index in ``sent``."""
     failed: set[int] = attrs.field(factory=set)
     """Indices of the requests that failed."""
     _progress: trio.Event = attrs.field(factory=trio.Event)
@@ -265,9 +287,10 @@ class _ClosedLoop:
         while True:
             job = self.next_job()
             index = len(self.sent)
-            self.sent.append((trio.current_time(), job.workload))
-            if await self.attempt(job):
-                self.finished[index] = trio.current_time()
+            self.sent.append(trio.current_time())
+            done = await self.attempt(job)
+            if done is not None:
+                self.finished[index] = (trio.current_time(), done)
             else:
                 self.failed.add(index)
             self._progress.set()
@@ -282,8 +305,8 @@ class _ClosedLoop:
     def done(self, first: int = 0, *, since: float = -math.inf) -> list[_Sample]:
         """Completed requests sent from index ``first`` on, and at or after ``since``."""
         samples = []
-        for index, finished in self.finished.items():
-            started, workload = self.sent[index]
+        for index, (finished, workload) in self.finished.items():
+            started = self.sent[index]
             if index >= first and started >= since:
                 samples.append(_Sample(index, started, finished, workload))
         return samples

@@ -110,23 +110,32 @@ class Model:
     requests: int = 0
     slots: trio.Semaphore | None = None
     """Requests served at once (None: any number); the rest wait, as in a batch-limited model."""
+    eos_after: int | None = None
+    """Generate at most this many tokens, and say so as the demo server does (None: all those
+    asked for, and say nothing: the estimate stands)."""
 
     async def handle(self, request: Request) -> Response:
         self.requests += 1
         if self.requests <= self.fail_first:
             return Response.json({"error": "warming up"}, status=503)
         body = json.loads(request.body)
+        tokens = body["max_response_tokens"]
+        if self.eos_after is not None:
+            tokens = min(tokens, self.eos_after)
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
         try:
             if self.slots is None:
-                await trio.sleep(body["max_response_tokens"] / self.rate)
+                await trio.sleep(tokens / self.rate)
             else:
                 async with self.slots:
-                    await trio.sleep(body["max_response_tokens"] / self.rate)
+                    await trio.sleep(tokens / self.rate)
         finally:
             self.in_flight -= 1
-        return Response.json({"ok": True}, status=self.status)
+        if self.eos_after is None:
+            return Response.json({"ok": True}, status=self.status)
+        counts = {"prompt_tokens": 0, "generated_tokens": tokens}
+        return Response.json({"response": "…", **counts}, status=self.status)
 
 
 async def _measure(
@@ -176,6 +185,41 @@ async def test_adaptive_benchmark_finds_a_parallelism_limit_it_does_not_divide(
     # prediction for a request alone), a third of the model's total.
     assert result.request_speed == pytest.approx(per_request / 0.064, rel=0.2)
     assert result.spread >= 1.0
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        BenchmarkSettings(runs=4, concurrency=2),
+        BenchmarkSettings(runs=4, concurrency=1, max_concurrency=4, ramp_seconds=1.0),
+    ],
+    ids=["fixed-count", "adaptive"],
+)
+async def test_a_model_that_stops_early_is_measured_by_the_work_it_did(
+    nursery: trio.Nursery, settings: BenchmarkSettings
+) -> None:
+    """Asked for 64 tokens, the model generates 16 (a quarter of the time) and says so: the
+    capacity is what it did per second, not the estimate's four times (plus the prompt's
+    estimate, which this model does not count) as much."""
+    model = Model(rate=1000.0, eos_after=16)
+    with trio.fail_after(GUARD):
+        result = await _measure(nursery, model, settings)
+    assert result.workload == 16 * result.runs  # the answers' counts, not the estimates
+    # Each request: 16 tokens in 16 ms, at most 1000 tokens/s, whatever it was asked for;
+    # the model serves any number at once, and the benchmark ran at most 2 (fixed count) or
+    # 4 (adaptive) at a time. The estimates (~118 prompt tokens + 64) would read 11 x that.
+    assert result.request_speed <= 1000.0 * 1.2
+    most_at_once = settings.max_concurrency or settings.concurrency
+    assert 0 < result.max_perf <= most_at_once * 1000.0 * 1.2
+
+
+async def test_answers_reporting_no_work_fail_the_benchmark(nursery: trio.Nursery) -> None:
+    """Nothing to measure a speed by: each such answer is a failed benchmark request."""
+    model = Model(eos_after=0)
+    settings = BenchmarkSettings(runs=2, concurrency=1, max_failures=1)
+    with trio.fail_after(GUARD), pytest.raises(BenchmarkError, match="reports no work done"):
+        await _measure(nursery, model, settings)
+    assert model.requests == 2
 
 
 def test_spread_is_the_slowest_time_per_unit_over_the_median() -> None:
@@ -289,6 +333,34 @@ async def test_benchmark_is_cached_across_workers(
         completed, _ = await _completed_when_ready(nursery, tmp_path / "corrupt", state)
         assert completed == 3
         assert json.loads(cached.read_text())["max_perf"] > 0
+
+
+async def test_a_demo_model_that_stops_early_is_benchmarked_at_its_true_capacity(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    """The demo server stops every answer after 8 of the 64 tokens the benchmark asks for, and
+    its answers say so; its capacity model serves 4000 units (prompt and generated tokens) a
+    second. Measured by the estimate (~118 + 64 units a request), the capacity would read
+    about 1.4 times that; measured by the answers' counts, it reads the truth."""
+    with trio.fail_after(GUARD):
+        stack = await start_stack(
+            nursery,
+            tmp_path,
+            HELLO,
+            "--load-delay",
+            "0.05",
+            "--token-rate",
+            "1000",
+            "--capacity",
+            "4000",
+            "--eos-after",
+            "8",
+            wait_ready=True,
+            benchmark_runs=8,
+        )
+        stats = await stack.stats()
+    assert stats["tokens_generated"] == 8 * 9  # the warm-up and eight runs, each stopped early
+    assert stack.worker.lifecycle.max_perf == pytest.approx(4000, rel=0.15)
 
 
 async def test_changed_backend_setting_is_benchmarked_again(
