@@ -36,8 +36,10 @@ class UsageObserver:
 
     def __init__(self, marker: bytes, counts: Sequence[str]) -> None:
         self._marker = marker
+        # A number counts once something follows it: a chunk may end inside it ("1" of 12).
         self._counts = tuple(
-            re.compile(rb'"' + re.escape(name.encode()) + rb'"\s*:\s*(\d+)') for name in counts
+            re.compile(rb'"' + re.escape(name.encode()) + rb'"\s*:\s*(\d+)(?=\D)')
+            for name in counts
         )
         self._carry = b""
         self.actual: float | None = None
@@ -46,17 +48,16 @@ class UsageObserver:
         """Look at the next chunk."""
         data = self._carry + chunk if self._carry else chunk
         start = data.rfind(self._marker)
-        if start < 0:
-            # A marker may be split across this chunk and the next: keep what could start one.
-            self._carry = data[-(len(self._marker) - 1) :] if len(self._marker) > 1 else b""
-            return
-        value = self._sum(data[start:])
-        if value is not None:
+        if start >= 0:
+            value = self._sum(data[start:])
+            if value is None:
+                # Unfinished (or null): keep it, bounded, so the next chunk can complete it.
+                self._carry = data[start : start + _MAX_OPEN_BYTES]
+                return
             self.actual = value
-            self._carry = b""
-        else:
-            # Unfinished (or null): keep it, bounded, so the next chunk can complete it.
-            self._carry = data[start : start + _MAX_OPEN_BYTES]
+        # A (later) marker may be split across this chunk and the next: keep what could
+        # start one.
+        self._carry = data[-(len(self._marker) - 1) :] if len(self._marker) > 1 else b""
 
     def _sum(self, report: bytes) -> float | None:
         total = 0

@@ -127,6 +127,29 @@ async def test_a_refused_answer_is_never_work_done(nursery: trio.Nursery) -> Non
     assert made == []  # not even observed
 
 
+def _seen(*chunks: bytes) -> float | None:
+    observer = _usage()
+    for chunk in chunks:
+        observer.feed(chunk)
+    return observer.actual
+
+
+# Running usage on every event (vLLM's continuous_usage_stats).
+_RUNNING = (
+    b'data: {"usage":{"prompt_tokens":5,"completion_tokens":9}}\n\n'
+    b'data: {"usage":{"prompt_tokens":5,"completion_tokens":12}}\n\n'
+)
+
+
+@pytest.mark.parametrize("cut", range(len(_RUNNING) + 1))
+def test_usage_is_seen_across_any_two_reads_of_a_stream(cut: int) -> None:
+    """The last report counts wherever a read ends: inside a number (``1`` of ``12``), or
+    inside the marker of a report that follows a complete one."""
+    stream = _RUNNING
+    assert _seen(stream[:cut], stream[cut:]) == 17
+    assert _seen(stream[:cut]) in {None, 14.0, 17.0}  # never a number cut short (5 + 1)
+
+
 def test_reply_actual_is_a_workload_or_none() -> None:
     assert Reply.json({"ok": True}).actual is None
     assert Reply.json({"ok": True}, actual=3).actual == 3
