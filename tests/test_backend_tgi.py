@@ -21,7 +21,9 @@ from hypothesis import strategies as st
 
 from backends.tgi import (
     LOG_RULES,
+    GenerateCounts,
     Settings,
+    StreamCounts,
     benchmark_payload,
     make_backend,
     observe_stream,
@@ -359,6 +361,64 @@ def details_seen(*chunks: bytes) -> float | None:
     return observer.actual
 
 
+def _token_event(index: int, text: str = " a") -> bytes:
+    token = {"id": 5, "text": text, "logprob": -0.1, "special": False}
+    event = {"index": index, "token": token, "generated_text": None, "details": None}
+    return b"data:" + json.dumps(event, separators=(",", ":")).encode() + b"\n\n"
+
+
+def test_a_stream_without_details_counts_its_tokens_beside_the_prompts_estimate() -> None:
+    """The job's own observer knows the prompt's estimate (10 here); TGI numbers its token
+    events from 1, and the last one's number is the count of tokens generated."""
+
+    def seen(*chunks: bytes) -> float | None:
+        observer = StreamCounts(10.0)
+        for chunk in chunks:
+            observer.feed(chunk)
+        return observer.actual
+
+    # A token whose text reads like an event is escaped in JSON, and counts for nothing.
+    last = _token_event(3, '{"index":99,').replace(
+        b'"generated_text":null', b'"generated_text":" a a a"'
+    )
+    stream = _token_event(1) + _token_event(2) + last
+    assert seen(stream) == 13
+    assert all(seen(stream[:i], stream[i:]) == 13 for i in range(len(stream) + 1))
+    # Details, when the client asked: TGI's own counts, the prompt's included.
+    detailed = last.replace(b'"details":null', b'"details":{"generated_tokens":3,"input_length":7}')
+    assert seen(_token_event(1), detailed) == 10
+    # A refusal is one error event: nothing generated, no work done. After tokens, an error
+    # leaves the tokens generated until then.
+    error = b'data:{"error":"Model is overloaded","error_type":"overloaded"}\n\n'
+    assert seen(error) == 0
+    assert seen(_token_event(1), error) == 11
+    assert seen(b"") is None  # nothing at all: the estimate stands
+    assert details_seen(stream) is None  # the endpoint's own knows no prompt: details only
+
+
+def test_generate_counts_are_tgis_token_headers() -> None:
+    def seen(headers: list[tuple[bytes, bytes]], sequences: int = 1) -> float | None:
+        observer = GenerateCounts(sequences)
+        observer.head(headers)
+        observer.feed(b'{"generated_text":" a","details":{"generated_tokens":9}}')
+        return observer.actual
+
+    counts = [(b"x-prompt-tokens", b"5"), (b"x-generated-tokens", b"3")]
+    assert seen(counts) == 8
+    assert seen(counts[:1]) is None  # both, or nothing counts
+    assert seen([counts[0], (b"x-generated-tokens", b"-3")]) is None
+    assert seen([counts[0], (b"x-generated-tokens", b"")]) is None
+    # best_of: the headers count the best sequence alone, so the estimate stands.
+    assert seen(counts, sequences=2) is None
+    best_of = {"inputs": PROMPT, "parameters": {"best_of": 2, "do_sample": True}}
+    job = _parse(best_of)
+    assert job.observe is not None
+    observer = job.observe()
+    assert isinstance(observer, GenerateCounts)
+    observer.head(counts)
+    assert observer.actual is None
+
+
 def test_benchmark_payload_and_demo_example_are_valid_tgi_requests() -> None:
     for seed in range(5):
         payload = benchmark_payload(random.Random(seed))
@@ -417,7 +477,9 @@ async def test_json_and_stream_relay_with_errors_and_actual_workload(
     assert answer.status_code == 200, answer.text
     assert answer.json()["details"]["generated_tokens"] == 6
     assert answer.headers["x-generated-tokens"] == "6"  # TGI's headers are relayed
-    assert await _finished_workload(stack) == estimate_tokens(PROMPT) + 6  # the estimate
+    # TGI's headers count the tokens: the actual workload (the estimate too, as it happens:
+    # the fake's tokenizer is the estimate, and the model generated all it was asked for).
+    assert await _finished_workload(stack) == int(answer.headers["x-prompt-tokens"]) + 6
 
     streamed = await stack.post("/generate_stream", body)
     assert streamed.status_code == 200
@@ -459,6 +521,70 @@ async def test_json_and_stream_relay_with_errors_and_actual_workload(
     assert (await stack.post("/generate", {"prompt": "hi"})).json() == {
         "payload": {"inputs": "missing parameter"}
     }
+
+
+async def test_a_model_that_stops_early_is_counted_at_what_tgi_reports(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    """The fake ends every answer with its end-of-sequence token at the third token, asked
+    for 20: each route counts what TGI says it did, never the estimate's 20."""
+    stack = await start_stack(
+        nursery, tmp_path, "tgi", "--load-delay", "0", "--token-rate", "5000", "--eos-after", "3"
+    )
+    await stack.wait_state(State.READY)
+    estimate = estimate_tokens(PROMPT)
+    plain = {"inputs": PROMPT, "parameters": {"max_new_tokens": 20}}
+    detailed = {"inputs": PROMPT, "parameters": {"max_new_tokens": 20, "details": True}}
+    with trio.fail_after(30):
+        # JSON, without details: the headers count.
+        answer = await stack.post("/generate", plain)
+        assert "details" not in answer.json()
+        assert answer.headers["x-generated-tokens"] == "3"
+        prompt_tokens = int(answer.headers["x-prompt-tokens"])
+        assert await _finished_workload(stack) == prompt_tokens + 3
+        # A stream with details: TGI's counts, in its last event.
+        events = _sse((await stack.post("/generate_stream", detailed)).content)
+        assert events[-1]["details"]["generated_tokens"] == 3
+        assert await _finished_workload(stack) == events[-1]["details"]["input_length"] + 3
+        # A stream without: the prompt's estimate and the tokens TGI streamed.
+        events = _sse((await stack.post("/generate_stream", plain)).content)
+        assert [e["index"] for e in events] == [1, 2, 3]
+        assert events[-1]["details"] is None  # nothing was asked of TGI for the client
+        assert await _finished_workload(stack) == estimate + 3
+        # Several sequences: the headers count the best alone, so the estimate stands.
+        best_of = {"inputs": PROMPT, "parameters": {"max_new_tokens": 20, "best_of": 2}}
+        best_of["parameters"]["do_sample"] = True
+        assert (await stack.post("/generate", best_of)).status_code == 200
+        assert await _finished_workload(stack) == (estimate + 20) * 2
+        # TGI's refusal inside a stream (HTTP 200): no work done.
+        refused = {"inputs": PROMPT, "parameters": {"max_new_tokens": 5000}}
+        [event] = _sse((await stack.post("/generate_stream", refused)).content)
+        assert event["error_type"] == "validation"
+        assert await _finished_workload(stack) == 0
+
+
+async def test_the_benchmark_measures_what_a_model_that_stops_early_did(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    """TGI cannot ignore its end-of-sequence token, so its benchmark answers may stop early
+    (here at 16 of the 128 tokens asked): measured by TGI's counts, the capacity reads the
+    fake's truth, 4000 tokens a second, where the estimates would read far more."""
+    stack = await start_stack(
+        nursery,
+        tmp_path,
+        "tgi",
+        "--load-delay",
+        "0",
+        "--token-rate",
+        "1000",
+        "--capacity",
+        "4000",
+        "--eos-after",
+        "16",
+        benchmark_runs=8,
+    )
+    await stack.wait_state(State.READY)
+    assert stack.worker.lifecycle.max_perf == pytest.approx(4000, rel=0.15)
 
 
 async def test_stream_arrives_as_generated_and_a_dropped_client_cancels_it(

@@ -6,9 +6,12 @@ checked field by field against TGI's own rules (a 422 names each bad field, thos
 ``parameters`` nested under it) and forwarded exactly as sent, unknown fields included.
 
 Workload is in tokens: the prompt's estimated tokens plus ``max_new_tokens`` (see
-:class:`~backends.tgi._payload.Settings` for the default when it is absent or null). A stream
-that asked for ``details`` ends with TGI's real counts (``input_length`` + ``generated_tokens``),
-which then replace the estimate as the request's actual workload.
+:class:`~backends.tgi._payload.Settings` for the default when it is absent or null). What TGI
+reports it did replaces the estimate as the request's actual workload (and the benchmark's):
+its ``x-prompt-tokens`` + ``x-generated-tokens`` headers on ``/generate``; on
+``/generate_stream`` the last event's ``details`` (``input_length`` + ``generated_tokens``) when
+the client asked for them, else the prompt's estimate plus the tokens streamed (see
+:mod:`backends.tgi._observe`, also for ``best_of``).
 
 TGI reports errors inside a stream as an event under HTTP 200
 (``data:{"error":…,"error_type":…}``); they are relayed as they are, like every other event.
@@ -42,14 +45,18 @@ from collections.abc import Callable, Mapping, Sequence
 
 from pyworker import Backend, DemoServer, Endpoint, Job, LogAction, LogRule
 
-from ._payload import Settings, observe_stream, parse_generate
+from ._observe import GenerateCounts, StreamCounts, observe_generate, observe_stream
+from ._payload import Settings, parse_generate
 
 __all__ = [
     "LOG_RULES",
+    "GenerateCounts",
     "Settings",
+    "StreamCounts",
     "backend_for",
     "benchmark_payload",
     "make_backend",
+    "observe_generate",
     "observe_stream",
     "parse_generate",
 ]
@@ -222,12 +229,13 @@ def backend_for(
         name="tgi",
         model_server_url=f"http://127.0.0.1:{DEFAULT_PORT}",
         endpoints=(
-            # No observe here: TGI's JSON answer counts generated tokens (with details) but not
-            # the prompt's, and a count of one without the other would be in other units.
+            # Each job brings its own observer (it knows best_of and the prompt's estimate);
+            # these are what the answers alone tell.
             Endpoint(
                 route="/generate",
                 parse=_parser(settings, stream=False),
                 benchmark_payload=benchmark_payload,
+                observe=observe_generate,
             ),
             Endpoint(
                 route="/generate_stream",

@@ -9,11 +9,14 @@ not know pass through untouched: newer TGI versions add parameters.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from functools import partial
 from typing import Any, overload
 
 import attrs
 
-from pyworker import Fields, Job, UsageObserver, estimate_tokens, json_body
+from pyworker import Fields, Job, estimate_tokens, json_body
+
+from ._observe import GenerateCounts, StreamCounts
 
 U32_MAX = 2**32 - 1
 U64_MAX = 2**64 - 1
@@ -41,7 +44,7 @@ class Settings:
             absent field in 2.x, and for null (in recent versions also for absent) "up to the
             rest of the context window", stopping at the end-of-sequence token, which is no
             estimate at all. 100 is a middling guess; ``TGI_DEFAULT_MAX_NEW_TOKENS`` sets
-            another. A stream with ``details`` replaces the guess with TGI's count.
+            another. The answer's counts replace the guess (see :mod:`._observe`).
         max_stop_sequences: ``MAX_STOP_SEQUENCES`` (TGI default 4).
         max_best_of: ``MAX_BEST_OF`` (TGI default 2).
         max_top_n_tokens: ``MAX_TOP_N_TOKENS`` (TGI default 5).
@@ -208,7 +211,9 @@ def parse_generate(payload: object, settings: Settings, *, stream: bool) -> Job:
     The workload is in tokens: the prompt's estimated tokens (at most ``truncate``, which makes
     TGI keep only the last tokens) plus ``max_new_tokens`` (``settings.default_max_new_tokens``
     when absent or null), times ``best_of`` (TGI generates that many sequences and returns the
-    best). The body goes upstream exactly as the client sent it, unknown fields included.
+    best). The job's observer replaces it with what TGI reports it did (see
+    :mod:`backends.tgi._observe`). The body goes upstream exactly as the client sent it,
+    unknown fields included.
 
     Args:
         payload: the envelope's ``payload``.
@@ -237,20 +242,14 @@ def parse_generate(payload: object, settings: Settings, *, stream: bool) -> Job:
     if parameters.truncate is not None:
         prompt_tokens = min(prompt_tokens, parameters.truncate)
     new_tokens = parameters.max_new_tokens or settings.default_max_new_tokens
-    workload = (prompt_tokens + new_tokens) * max(parameters.best_of or 1, 1)
+    sequences = max(parameters.best_of or 1, 1)
+    # What TGI reports it did replaces the estimate (see ._observe): its own counts, or the
+    # prompt's estimate beside the tokens a stream without details shows; none for several
+    # sequences.
+    observe = partial(StreamCounts, prompt_tokens) if stream else partial(GenerateCounts, sequences)
     return Job(
-        workload=workload,
+        workload=(prompt_tokens + new_tokens) * sequences,
         body=json_body(payload),
         upstream_path="/generate_stream" if stream else "/generate",
+        observe=observe,
     )
-
-
-def observe_stream() -> UsageObserver:
-    """A fresh observer of one stream's actual tokens.
-
-    TGI's last stream event carries ``details`` with ``generated_tokens`` and ``input_length``
-    (the prompt's real token count, after truncation) when the request asked for ``details``;
-    their sum replaces the estimate, in the same units. Other events say ``"details":null``,
-    which the marker (an object's opening brace) skips.
-    """
-    return UsageObserver(b'"details":{', ("generated_tokens", "input_length"))
