@@ -26,6 +26,7 @@ from backends.openai import (
     log_rules,
     make_backend,
     observe_usage,
+    observe_usage_or_timings,
     parse_chat,
     parse_completion,
 )
@@ -234,6 +235,39 @@ def test_observe_usage() -> None:
     assert usage_seen(nested) == 7.0
 
 
+def seen_with_timings(*chunks: bytes) -> float | None:
+    """What a fresh observer of one answer from a server that may be llama.cpp makes of it."""
+    observer = observe_usage_or_timings()
+    for chunk in chunks:
+        observer.feed(chunk)
+    return observer.actual
+
+
+# llama.cpp's last stream event without include_usage (a 2025 build: cache_n is there).
+LLAMACPP_LAST = (
+    b'data: {"choices":[{"finish_reason":"stop","index":0,"delta":{}}],"created":1,'
+    b'"id":"chatcmpl-x","model":"m","system_fingerprint":"b6500","object":"chat.completion.'
+    b'chunk","timings":{"cache_n":30,"prompt_n":12,"prompt_ms":5.1,"prompt_per_token_ms":0.4,'
+    b'"prompt_per_second":2352.9,"predicted_n":7,"predicted_ms":70.2,"predicted_per_token_ms":'
+    b'10.0,"predicted_per_second":99.7}}\n\n'
+)
+
+
+def test_llamacpp_timings_count_when_there_is_no_usage() -> None:
+    assert seen_with_timings(LLAMACPP_LAST) == 30 + 12 + 7
+    stream = b'data: {"choices":[{"delta":{"content":" hi"}}]}\n\n' + LLAMACPP_LAST
+    assert all(seen_with_timings(stream[:i], stream[i:]) == 49 for i in range(len(stream) + 1))
+    # Builds before 2025 have no cache_n: the evaluated prompt tokens, then.
+    older = LLAMACPP_LAST.replace(b'"cache_n":30,', b"")
+    assert seen_with_timings(older) == 12 + 7
+    # With usage (a JSON answer, or include_usage): usage counts, as for any server.
+    usage = b'"usage":{"completion_tokens":7,"prompt_tokens":42,"total_tokens":49},'
+    assert seen_with_timings(LLAMACPP_LAST.replace(b'"timings"', usage + b'"timings"')) == 49
+    assert seen_with_timings(b'{"usage":{"prompt_tokens":4,"completion_tokens":3}}') == 7
+    assert seen_with_timings(b'data: {"choices":[],"usage":null}\n\n') is None
+    assert usage_seen(LLAMACPP_LAST) is None  # the usage-only observer of vLLM and SGLang
+
+
 @given(cut=st.integers(min_value=0, max_value=100), second_cut=st.integers(0, 100))
 def test_observe_usage_sees_a_usage_object_split_anywhere(cut: int, second_cut: int) -> None:
     whole = b'{"id":"x","usage":{"prompt_tokens":12,"total_tokens":20,"completion_tokens":8}}'
@@ -343,7 +377,14 @@ def test_server_choices() -> None:
     assert (python.health_path, python.allow_parallel_requests) == ("/v1/models", False)
     assert python.demo is None
     assert make_backend({"MODEL_NAME": "m"}).model_id == "m (auto)"
-    assert auto.endpoint("/v1/chat/completions").observe is observe_usage
+    # Only llama.cpp's streams carry timings: a server that may be llama.cpp is watched for
+    # them too.
+    assert auto.endpoint("/v1/chat/completions").observe is observe_usage_or_timings
+    assert backend_for(Settings(server="llamacpp")).endpoints[0].observe is (
+        observe_usage_or_timings
+    )
+    for server in ("vllm", "sglang", "llama-cpp-python"):
+        assert backend_for(Settings(server=server)).endpoints[1].observe is observe_usage
 
 
 # -- end to end ------------------------------------------------------------------------------
@@ -413,6 +454,46 @@ async def test_relay_and_actual_usage(nursery: trio.Nursery, tmp_path: Path) -> 
     assert usage_event["choices"] == []
     await _idle(stack)
     assert _last_finished(stack) == usage_event["usage"]["total_tokens"]
+
+
+@pytest.mark.parametrize("flavor", ["vllm", "llamacpp"])
+async def test_a_model_that_stops_early_is_counted_at_its_usage(
+    nursery: trio.Nursery, tmp_path: Path, flavor: str
+) -> None:
+    """The model stops at its end-of-sequence token after 3 of the 50 tokens asked: JSON
+    answers and streams with usage count what the server reports; llama.cpp's streams count
+    their timings even without usage; a vLLM stream without usage keeps its estimate."""
+    stack = await start_stack(
+        nursery, tmp_path, "openai", "--flavor", flavor, *FAST, "--eos-after", "3", wait_ready=True
+    )
+    chat = {**CHAT, "max_tokens": 50}
+    estimate = parse_chat(chat).workload
+    with trio.fail_after(30):
+        response = await stack.post("/v1/chat/completions", chat)
+        answer = response.json()
+        assert answer["choices"][0]["finish_reason"] == "stop"
+        actual = answer["usage"]["prompt_tokens"] + 3
+        assert answer["usage"]["completion_tokens"] == 3
+        await _idle(stack)
+        assert _last_finished(stack) == actual
+        assert actual < estimate
+
+        asked = {**chat, "stream": True, "stream_options": {"include_usage": True}}
+        events = await _events(stack, "/v1/chat/completions", asked)
+        assert json.loads(events[-2][1].removeprefix(b"data: "))["usage"]["completion_tokens"] == 3
+        await _idle(stack)
+        assert _last_finished(stack) == actual
+
+        events = await _events(stack, "/v1/chat/completions", {**chat, "stream": True})
+        last = json.loads(events[-2][1].removeprefix(b"data: "))
+        assert "usage" not in last  # nothing asked of the server for the client
+        await _idle(stack)
+        if flavor == "llamacpp":
+            timings = last["timings"]
+            assert timings["cache_n"] + timings["prompt_n"] + timings["predicted_n"] == actual
+            assert _last_finished(stack) == actual
+        else:
+            assert _last_finished(stack) == estimate
 
 
 async def test_stream_is_relayed_as_generated(nursery: trio.Nursery, tmp_path: Path) -> None:

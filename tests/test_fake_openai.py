@@ -345,6 +345,58 @@ async def test_llamacpp_listens_early_and_answers_503_while_loading(
     assert "srv  llama_server: model loaded" in fake.log_text()
 
 
+@pytest.mark.parametrize("flavor", ["vllm", "sglang", "llamacpp"])
+async def test_eos_after_stops_every_choice_early_unless_ignore_eos(
+    nursery: trio.Nursery, tmp_path: Path, flavor: str
+) -> None:
+    """``--eos-after``: the model's end-of-sequence token comes early; ``ignore_eos`` (which
+    these servers honour) generates all that was asked. Usage says what was generated."""
+    _, client = await _start(nursery, tmp_path, flavor, "--eos-after", "2")
+    chat = {**CHAT, "max_tokens": 6, "n": 2}
+    stopped = (await client.post("/v1/chat/completions", json=chat)).json()
+    assert [c["finish_reason"] for c in stopped["choices"]] == ["stop", "stop"]
+    assert stopped["usage"]["completion_tokens"] == 2 * 2
+    forced = (await client.post("/v1/chat/completions", json={**chat, "ignore_eos": True})).json()
+    assert forced["choices"][0]["finish_reason"] == "length"
+    assert forced["usage"]["completion_tokens"] == 2 * 6
+    short = (await client.post("/v1/completions", json={"prompt": "hi", "max_tokens": 1})).json()
+    assert short["choices"][0]["finish_reason"] == "length"  # asked for fewer: as asked
+    body = {"prompt": "hi", "max_tokens": 6, "stream": True}
+    chunks = [
+        json.loads(c)
+        for c in _events((await client.post("/v1/completions", json=body)).content)[:-1]
+    ]
+    assert [c["choices"][0]["finish_reason"] for c in chunks] == [None, None, "stop"]
+    stats = await poll_stats(client, "completed", 4)
+    assert stats["tokens_generated"] == 4 + 12 + 1 + 2
+
+
+async def test_llamacpp_timings_end_its_streams(nursery: trio.Nursery, tmp_path: Path) -> None:
+    """llama.cpp's ``timings`` (with ``cache_n``, as builds since 2025 send) are on the last
+    event: the finish event, or the usage event when the client asked for usage."""
+    _, client = await _start(nursery, tmp_path, "llamacpp")
+    body = {**CHAT, "stream": True}
+    plain = [
+        json.loads(c)
+        for c in _events((await client.post("/v1/chat/completions", json=body)).content)[:-1]
+    ]
+    assert "timings" in plain[-1]
+    assert "usage" not in plain[-1]
+    assert all("timings" not in c for c in plain[:-1])
+    timings = plain[-1]["timings"]
+    assert timings["cache_n"] == 0
+    assert timings["predicted_n"] == 4
+    body["stream_options"] = {"include_usage": True}
+    asked = [
+        json.loads(c)
+        for c in _events((await client.post("/v1/chat/completions", json=body)).content)[:-1]
+    ]
+    assert asked[-1]["choices"] == []
+    assert asked[-1]["usage"]["prompt_tokens"] == timings["cache_n"] + timings["prompt_n"]
+    assert "timings" in asked[-1]
+    assert all("timings" not in c for c in asked[:-1])
+
+
 @pytest.mark.parametrize(
     ("flavor", "knob", "expected"),
     [

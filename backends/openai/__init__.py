@@ -10,9 +10,10 @@ Workload is in tokens: the prompt's estimated tokens plus the tokens the request
 (``max_tokens``, or ``max_completion_tokens`` for chat) for each of its ``n`` choices. When the
 model server reports ``usage`` (always in a JSON answer; in a stream only if the client asked for
 it with ``stream_options.include_usage``), the worker records that actual figure, ``prompt_tokens
-+ completion_tokens``, as the finished request's workload instead. The backend never asks for
-usage on the client's behalf: adding ``include_usage`` would add an event the client did not ask
-for, and stripping it again would mean rewriting the stream.
++ completion_tokens``, as the finished request's workload instead, and so does the benchmark;
+llama.cpp's streams report their ``timings`` even unasked, which count the same tokens. The
+backend never asks for usage on the client's behalf (:mod:`backends.openai._observe` says why):
+a vLLM or SGLang stream without it keeps its estimate.
 
 Environment:
 
@@ -52,20 +53,23 @@ from pyworker import (
     Job,
     LogAction,
     LogRule,
-    UsageObserver,
     estimate_tokens,
     json_body,
     json_type_name,
 )
 
+from ._observe import UsageOrTimings, observe_usage, observe_usage_or_timings
+
 __all__ = [
     "DEFAULT_SETTINGS",
     "SERVERS",
     "Settings",
+    "UsageOrTimings",
     "backend_for",
     "log_rules",
     "make_backend",
     "observe_usage",
+    "observe_usage_or_timings",
     "parse_chat",
     "parse_completion",
 ]
@@ -339,16 +343,6 @@ def parse_chat(payload: object, settings: Settings = DEFAULT_SETTINGS) -> Job:
         body=json_body(payload),
         upstream_path=CHAT_COMPLETIONS,
     )
-
-
-# -- actual usage ----------------------------------------------------------------------------
-def observe_usage() -> UsageObserver:
-    """A fresh observer of one answer's ``usage``: ``prompt_tokens + completion_tokens``.
-
-    With ``continuous_usage_stats`` every event carries the running total; the last one seen
-    counts. ``"usage": null`` (the stream's other events) leaves the estimate standing.
-    """
-    return UsageObserver(b'"usage"', ("prompt_tokens", "completion_tokens"))
 
 
 # -- benchmark -------------------------------------------------------------------------------
@@ -643,6 +637,8 @@ def backend_for(settings: Settings, *, model_id: str = "") -> Backend:
     server = settings.server
     one_at_a_time = server == "llama-cpp-python"
     flavor = _FAKE_FLAVORS.get(server)
+    # Only llama.cpp's streams carry timings; elsewhere a search for them is wasted per chunk.
+    observe = observe_usage_or_timings if server in {"auto", "llamacpp"} else observe_usage
     return Backend(
         name="openai",
         model_server_url=f"http://127.0.0.1:{_DEFAULT_PORTS[server]}",
@@ -651,13 +647,13 @@ def backend_for(settings: Settings, *, model_id: str = "") -> Backend:
                 route=COMPLETIONS,
                 parse=lambda payload: parse_completion(payload, settings),
                 benchmark_payload=completion_benchmark_payload,
-                observe=observe_usage,
+                observe=observe,
             ),
             Endpoint(
                 route=CHAT_COMPLETIONS,
                 parse=lambda payload: parse_chat(payload, settings),
                 benchmark_payload=benchmark_payload,
-                observe=observe_usage,
+                observe=observe,
             ),
         ),
         benchmark_route=CHAT_COMPLETIONS,

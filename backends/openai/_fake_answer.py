@@ -90,6 +90,7 @@ class Answer:
         prompt_ms = elapsed * prompt / max(prompt + predicted, 1)
         predicted_ms = elapsed - prompt_ms
         return {
+            "cache_n": 0,  # prompt tokens found in the cache: the fake keeps none
             "prompt_n": prompt,
             "prompt_ms": round(prompt_ms, 3),
             "prompt_per_token_ms": round(prompt_ms / max(prompt, 1), 3),
@@ -144,7 +145,8 @@ class Answer:
 
     def whole(self, texts: list[str]) -> bytes:
         """The JSON answer with every choice's text."""
-        choices = [self._choice(i, text, "length", chunk=False) for i, text in enumerate(texts)]
+        finish = self.gen.finish
+        choices = [self._choice(i, text, finish, chunk=False) for i, text in enumerate(texts)]
         body = self._envelope(choices, chunk=False)
         body["usage"] = self.usage()
         if self.flavor == "llamacpp":
@@ -179,11 +181,15 @@ class Answer:
         return self.event(body)
 
     def finish_event(self, index: int, produced: int) -> bytes:
-        """Choice ``index``'s last event, with its ``finish_reason``."""
-        body = self._envelope([self._choice(index, "", "length", chunk=True)], chunk=True)
+        """Choice ``index``'s last event, with its ``finish_reason``.
+
+        llama.cpp puts its ``timings`` on the stream's last event: this one, unless a usage
+        event follows (``include_usage``).
+        """
+        body = self._envelope([self._choice(index, "", self.gen.finish, chunk=True)], chunk=True)
         if self.gen.continuous_usage:
             body["usage"] = self.usage(produced)
-        if self.flavor == "llamacpp":
+        if self.flavor == "llamacpp" and not self.gen.include_usage:
             body["timings"] = self.timings()
         return self.event(body)
 
@@ -191,4 +197,6 @@ class Answer:
         """The usage event that ends a stream with ``stream_options.include_usage``."""
         body = self._envelope([], chunk=True)
         body["usage"] = self.usage()
+        if self.flavor == "llamacpp":
+            body["timings"] = self.timings()
         return self.event(body)

@@ -10,7 +10,10 @@ The fake's "tokenizer" is the worker's estimate plus what a real one adds: a BOS
 prompt, and Llama 3 chat-template tokens (5 per message, 4 to prime the answer). So the
 ``usage`` it reports differs from the worker's estimate the way a real server's does. Every
 choice generates exactly ``max_tokens`` tokens; without ``max_tokens`` a completion gets 16
-(vLLM, SGLang) and everything else the rest of the context window (``--max-model-len``).
+(vLLM, SGLang) and everything else the rest of the context window (``--max-model-len``). With
+``--eos-after N`` the model reaches its end-of-sequence token after N tokens and stops there
+(``finish_reason`` ``stop``), unless the request sets ``ignore_eos``, which vLLM, SGLang and
+llama.cpp honour.
 """
 
 from __future__ import annotations
@@ -48,6 +51,8 @@ class Options:
         log_requests: log each request as the flavor's request logger does, the client's
             text quoted (vLLM's ``--enable-log-requests``, SGLang's ``--log-requests``,
             llama.cpp's ``--verbose``).
+        eos_after: every choice stops after this many tokens (its end-of-sequence token),
+            unless the request sets ``ignore_eos``; None: never early.
     """
 
     flavor: str = attrs.field(default="vllm", validator=attrs.validators.in_(FLAVORS))
@@ -58,6 +63,9 @@ class Options:
     warmup: float = attrs.field(default=0.5, validator=attrs.validators.ge(0.0))
     fail_warmup: str | None = None
     log_requests: bool = False
+    eos_after: int | None = attrs.field(
+        default=None, validator=attrs.validators.optional(attrs.validators.ge(1))
+    )
 
 
 class ApiError(Exception):
@@ -85,6 +93,8 @@ class Generation:
         model: the model name to echo.
         prompt_tokens: tokens of each prompt (completions take a batch).
         max_tokens: tokens each choice generates.
+        finish: why each choice ends: ``length`` (at ``max_tokens`` as asked), or ``stop``
+            (at the end-of-sequence token, before it).
         n: choices per prompt.
         stream: answer with server-sent events.
         include_usage: end the stream with a usage event.
@@ -98,6 +108,7 @@ class Generation:
     max_tokens: int
     n: int
     stream: bool
+    finish: str
     include_usage: bool
     continuous_usage: bool
     seed_text: str
@@ -230,6 +241,10 @@ def parse_generation(body: bytes, *, chat: bool, options: Options) -> Generation
             limit = room  # llama.cpp stops at the end of the context instead
         else:
             raise ApiError(400, _context_message(options, longest, limit), "context")
+    finish = "length"
+    eos_after = options.eos_after
+    if eos_after is not None and eos_after < limit and data.get("ignore_eos") is not True:
+        limit, finish = eos_after, "stop"
     return Generation(
         chat=chat,
         model=model or options.model,
@@ -237,6 +252,7 @@ def parse_generation(body: bytes, *, chat: bool, options: Options) -> Generation
         max_tokens=limit,
         n=n,
         stream=stream,
+        finish=finish,
         include_usage=stream and stream_options.get("include_usage") is True,
         continuous_usage=stream and stream_options.get("continuous_usage_stats") is True,
         seed_text=seed_text,

@@ -66,6 +66,13 @@ def parser(flavor: str) -> argparse.ArgumentParser:
     )
     add("--fail-warmup", metavar="REASON", help="sglang: fail the warm-up; exit 1")
     add(
+        "--eos-after",
+        type=at_least_one,
+        metavar="N",
+        help="every choice stops after N tokens (its end-of-sequence token, finish_reason "
+        "'stop') unless the request sets ignore_eos (default: never early)",
+    )
+    add(
         "--log-requests",
         action="store_true",
         help="log each request with the client's text, as vLLM's --enable-log-requests, "
@@ -91,6 +98,7 @@ def parse(argv: Sequence[str] | None = None) -> tuple[Knobs, Options]:
         warmup=namespace.warmup,
         fail_warmup=namespace.fail_warmup,
         log_requests=namespace.log_requests,
+        eos_after=namespace.eos_after,
     )
     return Knobs.from_namespace(namespace), options
 
