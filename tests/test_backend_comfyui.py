@@ -21,10 +21,11 @@ import httpx
 import pytest
 import trio
 from fakes import REPO_ROOT, FakeServer, start_fake
-from harness import Stack, start_stack
+from harness import Stack, eventually, start_stack
 
 from backends.comfyui import (
     DEFAULT_CHECKPOINT,
+    STANDARD_WORKLOAD,
     PromptJob,
     RunSettings,
     image_workload,
@@ -35,6 +36,8 @@ from backends.comfyui import (
     workflow_workload,
 )
 from backends.comfyui._fake_png import PNG_SIGNATURE, png_size
+from backends.comfyui._progress import Progress
+from backends.comfyui._workflow import actual_workload
 from pyworker import Job, LogAction, PayloadError, RunContext, State
 
 BACKEND = make_backend({})
@@ -253,6 +256,68 @@ def test_run_settings_from_env() -> None:
     assert RunSettings.from_env({"COMFY_PROMPT_TIMEOUT": "soon"}).timeout == RunSettings().timeout
 
 
+# -- actual workload: what the websocket saw run -----------------------------------------------
+def _watched(*events: tuple[Any, ...]) -> Progress:
+    """A progress that saw ``(kind, data[, prompt_id])`` events of prompt ``p`` (by default)."""
+    progress = Progress(watching=True)
+    for kind, data, *prompt_id in events:
+        progress.event(kind, {"prompt_id": prompt_id[0] if prompt_id else "p", **data}, "p")
+    return progress
+
+
+def test_actual_workload_counts_the_steps_run() -> None:
+    workflow = text_to_image_workflow(prompt="x", width=512, height=512, steps=20)
+    assert actual_workload(workflow, 20) == workflow_workload(workflow)
+    assert actual_workload(workflow, 0) < actual_workload(workflow, 5) < workflow_workload(workflow)
+    # Steps without a literal size: over a 1024 x 1024 image, as the estimate takes them.
+    linked = {"3": {"class_type": "KSampler", "inputs": {"steps": 28, "latent_image": ["5", 0]}}}
+    assert actual_workload(linked, 28) == pytest.approx(STANDARD_WORKLOAD)
+
+
+def test_progress_counts_each_nodes_steps_and_nothing_cached() -> None:
+    workflow = text_to_image_workflow(prompt="x", width=512, height=512, steps=20)
+    progress = [("progress", {"value": v, "max": 20, "node": "3"}) for v in range(1, 9)]
+    ran = _watched(
+        ("execution_start", {}),
+        ("execution_cached", {"nodes": ["4"]}),
+        ("executing", {"node": "3"}),
+        *progress,
+        ("progress", {"value": 2, "max": 2, "node": "4"}),  # a cached node: never counted
+        ("progress", {"value": 9, "max": 9, "node": "3"}, "other-prompt"),  # not ours
+        ("executing", {"node": "9"}),
+        ("execution_success", {}),
+    )
+    assert ran.complete
+    assert ran.steps == {"3": 8}
+    assert ran.actual(workflow) == actual_workload(workflow, 8)
+    # Builds before 2024 sent progress without a prompt_id; executing null ended a prompt.
+    older = Progress(watching=True)
+    older.event("executing", {"node": "3", "prompt_id": "p"}, "p")
+    older.event("progress", {"value": 3, "max": 3}, "p")
+    assert older.event("executing", {"node": None, "prompt_id": "p"}, "p")
+    assert older.actual(workflow) == actual_workload(workflow, 3)
+    # Everything from the cache: nothing ran.
+    cached = _watched(("execution_cached", {"nodes": ["4", "3", "9"]}), ("execution_success", {}))
+    assert cached.actual(workflow) == 0.0
+
+
+def test_progress_needs_every_event() -> None:
+    workflow = text_to_image_workflow(prompt="x")
+    events = (("executing", {"node": "3"}), ("execution_success", {}))
+    unwatched = Progress()  # the websocket opened after the submission, or never
+    for kind, data in events:
+        unwatched.event(kind, {"prompt_id": "p", **data}, "p")
+    assert unwatched.actual(workflow) is None
+    lost = _watched(*events)
+    lost.lost = True
+    assert lost.actual(workflow) is None
+    unfinished = _watched(("executing", {"node": "3"}))
+    assert unfinished.actual(workflow) is None
+    failed = _watched(("executing", {"node": "3"}))
+    assert failed.event("execution_error", {"prompt_id": "p"}, "p")  # the end, but no success
+    assert failed.actual(workflow) is None
+
+
 # -- run, against the fake directly ---------------------------------------------------------
 @asynccontextmanager
 async def _context(fake: FakeServer | str) -> AsyncIterator[RunContext]:
@@ -310,6 +375,31 @@ async def test_run_limits_polls_and_timeouts(nursery: trio.Nursery, tmp_path: Pa
         assert trio.current_time() - started < 3
         stats = await _until_stats(context.http, fake.url, "interrupted", 1)
         assert stats["running"] is None
+
+
+async def test_run_reports_the_steps_comfyui_ran(nursery: trio.Nursery, tmp_path: Path) -> None:
+    """The same prompt twice: the second comes whole from ComfyUI's cache and ran nothing; a
+    changed save prefix runs the save alone (the formula's fixed part, no steps). Without the
+    websocket, the estimate stands."""
+    fake = await _start(nursery, tmp_path)
+    payload = {"prompt": "fox", "width": 64, "height": 48, "steps": 5, "seed": 7}
+    job = _job(payload)
+    async with _context(fake) as context:
+        first = await run_prompt(job, context)
+        assert first.status == 200, first.body
+        assert first.actual == job.workload  # every step asked for ran
+        again = await run_prompt(job, context)
+        assert again.status == 200
+        assert again.actual == 0.0
+        workflow = text_to_image_workflow(prompt="fox", width=64, height=48, steps=5, seed=7)
+        workflow["9"]["inputs"]["filename_prefix"] = "other"
+        saved = await run_prompt(_job({"workflow": workflow}), context)
+        assert saved.actual == actual_workload(workflow, 0)
+        polling = await run_prompt(job, context, RunSettings(use_websocket=False))
+        assert polling.status == 200
+        assert polling.actual is None
+        stats = await _fake_stats(context.http, fake.url)
+    assert stats["steps"] == 5  # the sampler ran once
 
 
 async def test_run_unreachable(tmp_path: Path) -> None:
@@ -421,6 +511,40 @@ async def test_serial_execution_and_workload(nursery: trio.Nursery, tmp_path: Pa
     # The worker never handed ComfyUI a second prompt while one was queued or running.
     assert stats["max_queue_remaining"] == 1
     assert stats["completed"] == 3 + 3
+
+
+async def test_the_worker_counts_the_steps_comfyui_ran(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    """A prompt sent twice: the worker counts its workload once, the second having come
+    from ComfyUI's cache; a worker that polls only counts the estimate both times."""
+    payload = {"prompt": "fox", "width": 64, "height": 48, "steps": 5, "seed": 11}
+    estimate = _job(payload).workload
+
+    async def completed(stack: Stack, count: int) -> float:
+        for _ in range(count):
+            assert (await stack.post("/generate", payload)).status_code == 200
+        tracker = stack.worker.tracker
+        with trio.fail_after(5):
+            await eventually(lambda: not tracker.in_flight, what="nothing in flight")
+        done: float = tracker.totals(trio.current_time()).completed
+        return done
+
+    for name in ("ws", "polling"):
+        await trio.Path(tmp_path / name).mkdir()
+    stack = await _stack(nursery, tmp_path / "ws")
+    assert await completed(stack, 2) == estimate
+    polling = make_backend({"COMFY_USE_WEBSOCKET": "false"})
+    stack = await start_stack(
+        nursery,
+        tmp_path / "polling",
+        "comfyui",
+        *FAST,
+        wait_ready=True,
+        backend=polling,
+        **STACK_CONFIG,
+    )
+    assert await completed(stack, 2) == 2 * estimate
 
 
 async def test_client_gone_while_running_interrupts_it(

@@ -15,10 +15,12 @@ and answers ``{"prompt_id", "images": [{"filename", "subfolder", "type", "conten
 (see :mod:`._run` for the errors, the timeout and what happens when the client leaves early).
 
 Workload: pixels and sampler steps, normalised so that a 1024 x 1024, 28-step image weighs 200
-units (:func:`image_workload`). ComfyUI runs one prompt at a time, so the worker sends it one
-request at a time. Its readiness is the ``To see the GUI go to:`` log line; its health route is
-``GET /system_stats`` (ComfyUI has no ``/health``). The demo model server is the fake in
-:mod:`backends.comfyui.fake`.
+units (:func:`image_workload`). Once the prompt has run, the same formula over the steps ComfyUI
+reported running on its websocket (none for nodes it took from its cache) is the request's
+actual workload, and the benchmark's (:mod:`._progress`); without the websocket the estimate
+stands. ComfyUI runs one prompt at a time, so the worker sends it one request at a time. Its
+readiness is the ``To see the GUI go to:`` log line; its health route is ``GET /system_stats``
+(ComfyUI has no ``/health``). The demo model server is the fake in :mod:`backends.comfyui.fake`.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from ._workflow import (
     DEFAULT_CHECKPOINT,
     STANDARD_WORKLOAD,
     PromptJob,
+    actual_workload,
     benchmark_payload,
     checkpoint,
     image_workload,
@@ -48,6 +51,7 @@ __all__ = [
     "STANDARD_WORKLOAD",
     "PromptJob",
     "RunSettings",
+    "actual_workload",
     "backend_for",
     "benchmark_payload",
     "image_workload",

@@ -11,7 +11,10 @@ ComfyUI is not request/response: ``POST /prompt`` only queues a graph. This modu
 4. fetches every output image with ``GET /view`` and answers
    ``{"prompt_id", "images": [{"filename", "subfolder", "type", "content_type", "data"}],
    "timings": {"queued_s", "run_s", "total_s"}}`` (``data`` is base64; ``seed`` is added for
-   the default workflow), refusing to return more than a bounded total of image bytes.
+   the default workflow), refusing to return more than a bounded total of image bytes;
+5. counts, from the websocket's events, the sampler steps ComfyUI ran (none for nodes it took
+   from its cache) and says in :attr:`~pyworker.Reply.actual` what the prompt cost by them
+   (:mod:`._progress`); without the websocket's every event, the estimate stands.
 
 A client that disconnects (or the timeout) leaves a prompt ComfyUI would otherwise run to the
 end, since closing an HTTP connection to ComfyUI cancels nothing. So every exit that did not see
@@ -42,6 +45,7 @@ import trio
 
 from pyworker import Job, Reply, RunContext
 
+from ._progress import Progress
 from ._workflow import PromptJob
 from ._ws import WebSocketError, connect_websocket
 
@@ -59,6 +63,11 @@ _WS_RETRY_AFTER = 60.0
 """After the websocket failed to open, poll only for this long before trying it again."""
 _ws_unavailable_until: dict[str, float] = {}
 _DETAIL_CHARS = 2000
+_WS_SETTLE = 0.5
+"""Seconds to wait, once the history says the prompt ended, for the websocket to say so too
+(its last events may still be on their way); past that, the estimate stands."""
+_MAX_ACTUAL = 1e12
+"""The largest workload a reply may carry (pyworker's bound on any workload)."""
 _TERMINAL_EVENTS = frozenset({"execution_success", "execution_error", "execution_interrupted"})
 
 
@@ -168,6 +177,10 @@ class _Prompt:
     """Nothing to withdraw: the prompt finished, or was never queued."""
     _hint: trio.Event = attrs.field(factory=trio.Event)
     """Set when the websocket says the prompt ended (a poll then confirms)."""
+    progress: Progress = attrs.field(factory=Progress)
+    """What the websocket saw the prompt run."""
+    _ws_done: trio.Event = attrs.field(factory=trio.Event)
+    """Set once the websocket saw the prompt end, or can no longer see anything."""
 
     @property
     def base(self) -> str:
@@ -238,7 +251,19 @@ class _Prompt:
         if node_errors:
             # Outputs ComfyUI dropped while running the valid rest of the graph.
             answer["node_errors"] = node_errors
-        return Reply.json(answer)
+        return Reply.json(answer, actual=await self._actual())
+
+    async def _actual(self) -> float | None:
+        """What the prompt ran (see :mod:`._progress`), or None: the estimate stands."""
+        if self.progress.watching:
+            # The history can be read a moment before the websocket's last events are.
+            with trio.move_on_after(_WS_SETTLE):
+                await self._ws_done.wait()
+        actual = self.progress.actual(self.prompt.workflow)
+        if actual is not None and not 0.0 <= actual <= _MAX_ACTUAL:
+            log.warning("prompt %s: ignoring an absurd step count", self.prompt_id)
+            return None
+        return actual
 
     def _accepted(self, response: httpx.Response) -> dict[str, Any]:
         """The answer to ``POST /prompt``, or a :class:`_Failure`."""
@@ -405,6 +430,7 @@ class _Prompt:
         started = False
         try:
             async with connect_websocket(url, connect_timeout=_WS_CONNECT_TIMEOUT) as websocket:
+                self.progress.watching = True  # before the prompt is submitted
                 task_status.started()
                 started = True
                 while True:
@@ -412,27 +438,28 @@ class _Prompt:
                     # Binary messages are previews: of no use here (and bounded by the cap).
                     if isinstance(message, str) and self._ends_prompt(message):
                         self._hint.set()
+                        if self.progress.ended:
+                            self._ws_done.set()
         except (OSError, WebSocketError) as exc:
             # Including a message over the size cap: the websocket is gone, polling goes on.
             log.debug("ComfyUI websocket: %s; following the prompt by polling", exc)
+            if not self.progress.ended:
+                self.progress.lost = True  # some events may be missing: not counted
+            self._ws_done.set()
         if not started:
             # It could not open (or not in time): do not pay for that on every request.
             _ws_unavailable_until[self.base] = time.monotonic() + _WS_RETRY_AFTER
             task_status.started()
 
     def _ends_prompt(self, message: str) -> bool:
+        """Count the event (see :class:`~._progress.Progress`); whether it ends the prompt."""
         try:
             event = json.loads(message)
         except ValueError:
             return False
         if not isinstance(event, dict) or not isinstance(event.get("data"), dict):
             return False
-        kind, data = event.get("type"), event["data"]
-        if data.get("prompt_id") != self.prompt_id:
-            return False
-        if kind == "executing":
-            return data.get("node") is None
-        return kind in _TERMINAL_EVENTS
+        return self.progress.event(event.get("type"), event["data"], self.prompt_id)
 
     # -- withdrawal -------------------------------------------------------------------------
     async def _withdraw(self) -> None:

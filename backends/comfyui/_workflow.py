@@ -96,20 +96,8 @@ def _int_input(inputs: Mapping[str, Any], name: str) -> int | None:
     return value
 
 
-def workflow_workload(workflow: Mapping[str, Any]) -> float:
-    """Estimate a custom workflow's workload from its image size and sampler steps.
-
-    * pixels: the largest ``width x height x batch_size`` of its ``Empty*`` nodes
-      (``EmptyLatentImage``, ``EmptySD3LatentImage``, ``EmptyImage``, ...) with literal sizes;
-    * steps: the sum of the literal ``steps`` inputs of all its nodes (``KSampler``,
-      ``KSamplerAdvanced``, ``BasicScheduler``, ...): each sampler pass costs its steps over
-      roughly that image (hires-fix style graphs run two).
-
-    When neither is known the workflow counts as one standard image
-    (:data:`STANDARD_WORKLOAD`); a size without steps costs the size's fixed part only
-    (a model-free graph such as ``EmptyImage → SaveImage``); steps without a size are taken
-    over a 1024 x 1024 image.
-    """
+def _pixels_and_steps(workflow: Mapping[str, Any]) -> tuple[int | None, int | None]:
+    """The largest literal image size and the sum of the literal steps (see below)."""
     pixels: int | None = None
     steps: int | None = None
     for node in workflow.values():
@@ -127,6 +115,24 @@ def workflow_workload(workflow: Mapping[str, Any]) -> float:
             if width is not None and height is not None and width > 0 and height > 0:
                 batch = _int_input(inputs, "batch_size") or 1
                 pixels = max(pixels or 0, width * height * max(batch, 1))
+    return pixels, steps
+
+
+def workflow_workload(workflow: Mapping[str, Any]) -> float:
+    """Estimate a custom workflow's workload from its image size and sampler steps.
+
+    * pixels: the largest ``width x height x batch_size`` of its ``Empty*`` nodes
+      (``EmptyLatentImage``, ``EmptySD3LatentImage``, ``EmptyImage``, ...) with literal sizes;
+    * steps: the sum of the literal ``steps`` inputs of all its nodes (``KSampler``,
+      ``KSamplerAdvanced``, ``BasicScheduler``, ...): each sampler pass costs its steps over
+      roughly that image (hires-fix style graphs run two).
+
+    When neither is known the workflow counts as one standard image
+    (:data:`STANDARD_WORKLOAD`); a size without steps costs the size's fixed part only
+    (a model-free graph such as ``EmptyImage → SaveImage``); steps without a size are taken
+    over a 1024 x 1024 image.
+    """
+    pixels, steps = _pixels_and_steps(workflow)
     if pixels is None and steps is None:
         return STANDARD_WORKLOAD
     return (
@@ -134,6 +140,19 @@ def workflow_workload(workflow: Mapping[str, Any]) -> float:
         * _raw_cost(pixels if pixels is not None else 1024 * 1024, steps or 0)
         / _STANDARD_RAW
     )
+
+
+def actual_workload(workflow: Mapping[str, Any], steps_run: int) -> float:
+    """The workload of ``workflow`` once its samplers have run ``steps_run`` steps in all.
+
+    The same formula as the estimate's (:func:`workflow_workload`), over the same pixels
+    (a 1024 x 1024 image when the workflow's size is not literal), with the steps ComfyUI
+    reported running in place of the steps asked for: fewer when it took a sampler's output
+    from its cache, or a node ran a part of them (a ``denoise`` below 1).
+    """
+    pixels, _ = _pixels_and_steps(workflow)
+    size = pixels if pixels is not None else 1024 * 1024
+    return STANDARD_WORKLOAD * _raw_cost(size, steps_run) / _STANDARD_RAW
 
 
 # -- the default workflow -------------------------------------------------------------------
