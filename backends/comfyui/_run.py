@@ -45,6 +45,7 @@ import trio
 
 from pyworker import Job, Reply, RunContext
 
+from . import _answers
 from ._progress import Progress
 from ._workflow import PromptJob
 from ._ws import WebSocketError, connect_websocket
@@ -62,13 +63,11 @@ _WS_CONNECT_TIMEOUT = 1.0
 _WS_RETRY_AFTER = 60.0
 """After the websocket failed to open, poll only for this long before trying it again."""
 _ws_unavailable_until: dict[str, float] = {}
-_DETAIL_CHARS = 2000
 _WS_SETTLE = 0.5
 """Seconds to wait, once the history says the prompt ended, for the websocket to say so too
 (its last events may still be on their way); past that, the estimate stands."""
 _MAX_ACTUAL = 1e12
 """The largest workload a reply may carry (pyworker's bound on any workload)."""
-_TERMINAL_EVENTS = frozenset({"execution_success", "execution_error", "execution_interrupted"})
 
 
 @attrs.frozen(kw_only=True)
@@ -148,10 +147,6 @@ async def run_prompt(job: Job, context: RunContext, settings: RunSettings = RunS
 
 def _url(base: str, path: str) -> str:
     return base.rstrip("/") + path
-
-
-def _snippet(response: httpx.Response) -> str:
-    return response.text[:_DETAIL_CHARS]
 
 
 def _ws_url(base: str, client_id: str) -> str | None:
@@ -236,14 +231,14 @@ class _Prompt:
         self.settled = True
         status = entry.get("status")
         status = status if isinstance(status, dict) else {}
-        messages = _messages(status)
+        messages = _answers.messages(status)
         if status.get("status_str") == "error":
             return self._execution_failure(messages)
         images = await self._fetch_images(entry.get("outputs"))
         answer: dict[str, Any] = {
             "prompt_id": self.prompt_id,
             "images": images,
-            "timings": _timings(messages, submitted_at, trio.current_time() - started),
+            "timings": _answers.timings(messages, submitted_at, trio.current_time() - started),
         }
         if self.prompt.seed is not None:
             answer["seed"] = self.prompt.seed
@@ -273,13 +268,13 @@ class _Prompt:
             data = None
         if response.status_code == 400:
             self.submitted = False  # rejected by validation: nothing was queued
-            raise _Failure(422, _rejection(data, response))
+            raise _Failure(422, _answers.rejection(data, response))
         if response.status_code != 200 or not isinstance(data, dict):
             raise _Failure(
                 502,
                 {
                     "error": f"ComfyUI answered POST /prompt with HTTP {response.status_code}",
-                    "detail": _snippet(response),
+                    "detail": _answers.snippet(response),
                 },
             )
         self.acknowledged = True
@@ -351,7 +346,7 @@ class _Prompt:
 
     # -- images ---------------------------------------------------------------------------
     async def _fetch_images(self, outputs: object) -> list[dict[str, Any]]:
-        found = _output_images(outputs)
+        found = _answers.output_images(outputs)
         images: list[dict[str, Any]] = []
         budget = self.settings.max_output_bytes
         for image in found:
@@ -529,77 +524,3 @@ class _Prompt:
             ):
                 return where
         return None
-
-
-# -- reading ComfyUI's answers --------------------------------------------------------------
-def _rejection(data: object, response: httpx.Response) -> dict[str, Any]:
-    """The 422 body for a workflow ComfyUI's validation refused."""
-    if not isinstance(data, dict):
-        return {"error": "ComfyUI rejected the workflow", "detail": _snippet(response)}
-    error = data.get("error")
-    body: dict[str, Any] = {}
-    if isinstance(error, dict):
-        message = str(error.get("message") or "invalid workflow")
-        body["type"] = error.get("type")
-        if error.get("details"):
-            body["details"] = error["details"]
-    else:
-        # Builds before ~2024 sent a plain string.
-        message = str(error or "invalid workflow")
-    body["error"] = f"ComfyUI rejected the workflow: {message}"
-    node_errors = data.get("node_errors")
-    body["node_errors"] = node_errors if isinstance(node_errors, dict) else {}
-    return body
-
-
-def _messages(status: Mapping[str, Any]) -> list[tuple[str, dict[str, Any]]]:
-    messages = status.get("messages")
-    if not isinstance(messages, list):
-        return []
-    return [
-        (m[0], m[1])
-        for m in messages
-        if isinstance(m, list) and len(m) == 2 and isinstance(m[0], str) and isinstance(m[1], dict)
-    ]
-
-
-def _timestamp(messages: list[tuple[str, dict[str, Any]]], events: set[str]) -> float | None:
-    for event, data in messages:
-        stamp = data.get("timestamp")
-        if event in events and isinstance(stamp, int | float) and not isinstance(stamp, bool):
-            return stamp / 1000.0
-    return None
-
-
-def _timings(
-    messages: list[tuple[str, dict[str, Any]]], submitted_at: float, total: float
-) -> dict[str, float | None]:
-    """Queue wait and run time from ComfyUI's own timestamps (same host, same clock)."""
-    start = _timestamp(messages, {"execution_start"})
-    end = _timestamp(messages, set(_TERMINAL_EVENTS))
-    return {
-        "queued_s": None if start is None else round(max(start - submitted_at, 0.0), 3),
-        "run_s": None if start is None or end is None else round(max(end - start, 0.0), 3),
-        "total_s": round(total, 3),
-    }
-
-
-def _output_images(outputs: object) -> list[dict[str, str]]:
-    """The ``{"filename", "subfolder", "type"}`` of every image in a history entry's outputs."""
-    images: list[dict[str, str]] = []
-    if not isinstance(outputs, dict):
-        return images
-    for node_output in outputs.values():
-        items = node_output.get("images") if isinstance(node_output, dict) else None
-        if not isinstance(items, list):
-            continue
-        for item in items:
-            if isinstance(item, dict) and isinstance(item.get("filename"), str):
-                images.append(
-                    {
-                        "filename": item["filename"],
-                        "subfolder": str(item.get("subfolder") or ""),
-                        "type": str(item.get("type") or "output"),
-                    }
-                )
-    return images
