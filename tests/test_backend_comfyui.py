@@ -517,34 +517,16 @@ async def test_the_worker_counts_the_steps_comfyui_ran(
     nursery: trio.Nursery, tmp_path: Path
 ) -> None:
     """A prompt sent twice: the worker counts its workload once, the second having come
-    from ComfyUI's cache; a worker that polls only counts the estimate both times."""
+    whole from ComfyUI's cache (without the websocket, it would count the estimate twice:
+    see test_run_reports_the_steps_comfyui_ran)."""
     payload = {"prompt": "fox", "width": 64, "height": 48, "steps": 5, "seed": 11}
-    estimate = _job(payload).workload
-
-    async def completed(stack: Stack, count: int) -> float:
-        for _ in range(count):
-            assert (await stack.post("/generate", payload)).status_code == 200
-        tracker = stack.worker.tracker
-        with trio.fail_after(5):
-            await eventually(lambda: not tracker.in_flight, what="nothing in flight")
-        done: float = tracker.totals(trio.current_time()).completed
-        return done
-
-    for name in ("ws", "polling"):
-        await trio.Path(tmp_path / name).mkdir()
-    stack = await _stack(nursery, tmp_path / "ws")
-    assert await completed(stack, 2) == estimate
-    polling = make_backend({"COMFY_USE_WEBSOCKET": "false"})
-    stack = await start_stack(
-        nursery,
-        tmp_path / "polling",
-        "comfyui",
-        *FAST,
-        wait_ready=True,
-        backend=polling,
-        **STACK_CONFIG,
-    )
-    assert await completed(stack, 2) == 2 * estimate
+    stack = await _stack(nursery, tmp_path)
+    for _ in range(2):
+        assert (await stack.post("/generate", payload)).status_code == 200
+    tracker = stack.worker.tracker
+    with trio.fail_after(5):
+        await eventually(lambda: not tracker.in_flight, what="nothing in flight")
+    assert tracker.totals(trio.current_time()).completed == _job(payload).workload
 
 
 async def test_client_gone_while_running_interrupts_it(
