@@ -123,9 +123,9 @@ async def relay(
         Completed or failed by the answer's status (and the worker's own error), a completed
         one with its actual workload where the answer says it (see
         :func:`~pyworker._model.actual_workload`); or failed when the model server broke off
-        mid-answer: the headers are gone by then, so the final
-        body message is withheld and the server closes the connection, and the client sees a
-        broken response rather than a silently truncated success.
+        mid-answer: the headers are gone by then, so the final body message is withheld and
+        the server closes the connection, and the client sees a broken response rather than a
+        silently truncated success.
     """
     status = answer.status
     headers = _relayed_headers(answer.headers)
