@@ -372,7 +372,20 @@ async def _adaptive(
             # what they show (the model may have even more room).
             await loop.wait(_at_least(partial(loop.done, first), settings.runs))
             result = loop.done(first), level
-            log.info("benchmark: not saturated at %d at a time (the most tried)", level)
+            why = (
+                f"the most tried (8 x the backend's benchmark_concurrency "
+                f"{settings.concurrency}, at most {_MAX_CONCURRENCY})"
+                if level >= top
+                else f"the ramp's {settings.ramp_seconds:g} s ran out"
+            )
+            log.warning(
+                "benchmark: requests still ran at full speed with %d at a time, %s: the "
+                "capacity measured is a lower bound (the model can serve more at once), so the "
+                "autoscaler will send it less than it could take. To measure higher, raise "
+                "the backend's benchmark_concurrency",
+                level,
+                why,
+            )
             break
         nursery.cancel_scope.cancel()  # abandon the requests still running
     return result

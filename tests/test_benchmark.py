@@ -439,3 +439,16 @@ async def test_adaptive_benchmark_measures_after_the_start_up_wave(
     assert result.runs >= settings.runs
     # The estimator's accuracy, not a speed: the band is for scheduling noise on a busy host.
     assert result.max_perf == pytest.approx(truth, rel=0.2)
+
+
+async def test_a_model_never_saturated_is_a_lower_bound_and_says_so(
+    nursery: trio.Nursery, caplog: pytest.LogCaptureFixture
+) -> None:
+    model = Model(rate=1000.0)  # any number of requests at once, each at full speed
+    settings = BenchmarkSettings(runs=4, concurrency=1, max_concurrency=4, ramp_seconds=5.0)
+    with trio.fail_after(GUARD):
+        result = await _measure(nursery, model, settings)
+    assert result.max_perf > 0
+    assert "with 4 at a time, the most tried" in caplog.text
+    assert "lower bound" in caplog.text
+    assert "benchmark_concurrency" in caplog.text
