@@ -654,6 +654,8 @@ def tally(
 
 
 _FAILED = frozenset({soakload.BROKEN, soakload.TIMEOUT, soakload.CONNECT})
+_BY_STATUS = frozenset({soakload.RETRYABLE, soakload.STATUS})
+"""Outcomes shown by their status (the others by name: broken, timeout, corrupt, ...)."""
 
 
 def first_sign_in_answers(
@@ -692,6 +694,21 @@ def states_seen(statuses: Sequence[tuple[float, str, str]], start: float, end: f
         elif at <= end and (not seen or seen[-1] != state):
             seen.append(state)
     return " → ".join(seen) or "-"
+
+
+def answers_in_window(records: Sequence[dict[str, Any]], start: float, end: float) -> str:
+    """What the requests whose life overlapped ``[start, end]`` got, and the slowest of them."""
+    overlapping = [r for r in records if r["s"] <= end and r["e"] >= start]
+    if not overlapping:
+        return "-"
+    counts: Counter[str] = Counter(
+        "right" if r["o"] == OK else str(r["st"]) if r["o"] in _BY_STATUS else r["o"]
+        for r in overlapping
+    )
+    parts = [f"right {counts.pop('right')}"] if "right" in counts else []
+    parts += [f"{what} x{n}" for what, n in sorted(counts.items())]
+    slowest = max(r["e"] - r["s"] for r in overlapping)
+    return ", ".join(parts) + f"; slowest {slowest:.1f} s"
 
 
 def _after(value: float | None, origin: float) -> str:
@@ -734,6 +751,7 @@ def _fault_rows(soak: Soak, records: Sequence[dict[str, Any]], end: float) -> li
                 detected,
                 first or "-",
                 states_seen(soak.statuses, fault.injected, until),
+                answers_in_window(records, fault.injected, until),
                 recovered,
                 _after(fault.recovered, fault.lifted or fault.injected)
                 if fault.recovered is not None
@@ -930,6 +948,7 @@ def analyse(
             "detected after",
             "first signs",
             "/status during the window",
+            "answers overlapping the window",
             "ready and serving after",
             "after lifting",
         ),

@@ -20,7 +20,13 @@ if _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
 
 from bench import soakload  # noqa: E402
-from bench.soak import first_sign_in_answers, first_sign_in_status, states_seen, tally  # noqa: E402
+from bench.soak import (  # noqa: E402
+    answers_in_window,
+    first_sign_in_answers,
+    first_sign_in_status,
+    states_seen,
+    tally,
+)
 from bench.soakload import Connection, EventCheck, Expected  # noqa: E402
 
 SEED = 7
@@ -129,3 +135,5 @@ def test_signs_of_a_fault() -> None:
         _record("json", 10.0, 10.8, soakload.STATUS, 502),
     ]
     assert first_sign_in_answers(records, 10.0, 20.0) == (10.8, "json: 502")
+    records.append(_record("stream", 9.0, 24.0, soakload.OK))  # stalled, then answered
+    assert answers_in_window(records, 10.0, 20.0) == "right 1, 502 x1, broken x1; slowest 15.0 s"
