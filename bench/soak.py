@@ -38,6 +38,7 @@ or missing answer, a timeout) is **lost**. A 200 (or the 422 due) with wrong con
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -76,7 +77,7 @@ from bench.stack import (
     start_load,
     start_worker,
 )
-from bench.stats import fmt
+from bench.stats import fmt, ratio
 from pyworker.devtools import RouterSigner
 
 SEED = 7
@@ -105,6 +106,8 @@ SAMPLE_INTERVAL = 0.5
 PROBE_INTERVAL = 0.1
 CANARY_TIMEOUT = 3.0
 SETTLE = 2.0
+IDLE_PROBE = 5.0
+"""Seconds of /ping on the idle worker before the load: the loop-lag baseline."""
 """After a new model log appears, how long the worker may take to show it in ``/status``."""
 FLAT = 1.25
 _LOG_SIGNS = (
@@ -532,7 +535,7 @@ class Soak:
             nursery.start_soon(self.sample_resources)
             nursery.start_soon(self.follow_worker_log)
             await _sleep_until(self.t0 + s.warmup)
-            self.start = sample(self.worker.pid)
+            self.start = self._sample()
             for at, inject in plan:
                 late = time.monotonic() - (self.t0 + at)
                 await _sleep_until(self.t0 + at)
@@ -540,17 +543,25 @@ class Soak:
                 if late > 0:
                     self.faults[-1].late = late
             await _sleep_until(self.t0 + s.duration)
-            self.end = sample(self.worker.pid)
+            self.end = self._sample()
             elapsed = time.monotonic() - self.t0
-            self.worker_cpu = (cpu_seconds(self.worker.pid) - cpu_start) / elapsed
+            with contextlib.suppress(OSError):
+                self.worker_cpu = (cpu_seconds(self.worker.pid) - cpu_start) / elapsed
             self.machine_busy = (machine_busy_seconds() - busy_start) / elapsed
             # The load stops now; its last requests finish (bounded by the client timeout).
             with trio.move_on_after(s.timeout + 5.0):
                 while await trio.to_thread.run_sync(self._in_flight) != 0:  # noqa: ASYNC110
                     await trio.sleep(0.2)
             await trio.sleep(2.0)
-            self.after = sample(self.worker.pid)
+            self.after = self._sample()
             nursery.cancel_scope.cancel()
+
+    def _sample(self) -> Sample | None:
+        """The worker's resources now; None if it has exited (the soak goes on regardless)."""
+        try:
+            return sample(self.worker.pid)
+        except OSError:
+            return None
 
     async def _stop_on_signal(self, scope: trio.CancelScope) -> None:
         # Ctrl-C or SIGTERM: stop everything cleanly here (a stopped model resumed on the way
@@ -816,9 +827,9 @@ def _resource_rows(soak: Soak) -> list[tuple[str, ...]]:
     ):
         start, end, after = (None if m is None else get(m) * scale for m in marks)
         peak = max((get(s) * scale for s in window), default=None)
-        ratio = "-" if not start or end is None else f"{end / start:.2f}x"
+        growth = "-" if not start or end is None else f"{end / start:.2f}x"
         cell = fmt if scale != 1.0 else lambda v: "-" if v is None else f"{v:,.0f}"
-        rows.append((name, cell(start), cell(peak), cell(end), ratio, cell(after)))
+        rows.append((name, cell(start), cell(peak), cell(end), growth, cell(after)))
     return rows
 
 
@@ -844,10 +855,9 @@ def analyse(
     windows = [(f.injected, f.window_end(end)) for f in soak.faults if f.model]
     outages = [(f.injected, f.lifted or end) for f in soak.faults if not f.model]
     result = tally(records, windows, lambda t: soak.state_at(t) == "ready", outages)
-    assert soak.start is not None
-    assert soak.end is not None
-    rss_ratio = soak.end.rss_kib / soak.start.rss_kib
-    fd_ratio = soak.end.fds / soak.start.fds
+    start, stop = soak.start, soak.end
+    rss = [None if m is None else m.rss_kib / 1024 for m in (start, stop)]
+    fds = [None if m is None else m.fds for m in (start, stop)]
     lag99 = probe["probe_ms"].get("p99")
     after_in_flight = soak._in_flight()
     rows = [
@@ -873,21 +883,21 @@ def analyse(
         ),
         Row(
             metric="worker RSS, end vs start",
-            value=soak.end.rss_kib / 1024,
+            value=rss[1],
             unit="MiB",
-            baseline=soak.start.rss_kib / 1024,
+            baseline=rss[0],
             baseline_label="start",
             target=f"<= {FLAT:g}x",
-            met=check(rss_ratio, at_most=FLAT),
+            met=check(ratio(rss[1], rss[0]), at_most=FLAT),
         ),
         Row(
             metric="worker open descriptors, end vs start",
-            value=soak.end.fds,
+            value=fds[1],
             unit="fds",
-            baseline=soak.start.fds,
+            baseline=fds[0],
             baseline_label="start",
             target=f"<= {FLAT:g}x",
-            met=check(fd_ratio, at_most=FLAT),
+            met=check(ratio(fds[1], fds[0]), at_most=FLAT),
         ),
         Row(
             metric="/ping latency p99 over the soak (loop-lag proxy)",
@@ -976,7 +986,8 @@ def analyse(
         f"{result.during_outage} requests overlapped it, {result.lost_during_outage} lost. "
         "Corrupted: a 200 (or 422) with wrong content, at any time; broken answers whose "
         "received part was wrong count as corrupted too.",
-        f"Requests sent while /status did not say ready outside every fault window: "
+        _worker_exit(soak)
+        + f"Requests sent while /status did not say ready outside every fault window: "
         f"{result.not_ready_outside_faults}. Canary requests: {soak.canaries}. Model server "
         f"started {soak.model_starts} times. Load: {load_summary}.",
         f"/ping every {PROBE_INTERVAL * 1e3:g} ms: {probe['probe_ms'].get('count', 0)} probes, "
@@ -1004,6 +1015,11 @@ def analyse(
     )
 
 
+def _worker_exit(soak: Soak) -> str:
+    code = soak.worker.proc.popen.poll()
+    return "" if code is None else f"THE WORKER EXITED (status {code}) during the soak. "
+
+
 def _fake_stats(port: int) -> dict[str, Any] | None:
     try:
         code, body = http_get(port, "/stats", timeout=2.0)
@@ -1029,7 +1045,7 @@ def run(procs: Procs, quick: bool, schedule: Schedule | None = None) -> Section:
         "probe_path": "/ping",
         "probe_interval": PROBE_INTERVAL,
     }
-    idle = run_load(procs, "probe-idle", {**probe_base, "duration": 3.0})
+    idle = run_load(procs, "probe-idle", {**probe_base, "duration": IDLE_PROBE})
     procs.background.clear()  # the idle probe's figure says nothing of the soak
     bad_signer = RouterSigner.generate()
     soak.t0 = time.monotonic() + 2.0  # time for the load process to start
