@@ -223,12 +223,24 @@ class Connection:
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
             raise Closed(f"send failed: {exc}") from None
 
+    @property
+    def idle(self) -> bool:
+        """Whether the last answer was read to its end (so the next request may follow)."""
+        return self._done and not self._buffer
+
     async def head(self) -> tuple[int, dict[bytes, bytes]]:
-        """The status and headers of the next answer; its body is read with :meth:`chunk`."""
+        """The status and headers of the next answer; its body is read with :meth:`chunk`.
+
+        Raises:
+            Closed: the connection ended first.
+            ValueError: the head is malformed.
+        """
         while (end := self._buffer.find(b"\r\n\r\n")) < 0:
             await self._more()
         lines = bytes(self._buffer[:end]).split(b"\r\n")
         del self._buffer[: end + 4]
+        if not lines[0].startswith(b"HTTP/1.1 "):
+            raise ValueError(f"not an HTTP/1.1 status line: {lines[0][:60]!r}")
         status = int(lines[0].split()[1])
         headers = {}
         for line in lines[1:]:
@@ -351,11 +363,14 @@ class Load:
                     status, headers = await conn.head()
                     outcome, detail = await plan.judge(conn, status)
                     closing = b"close" in headers.get(b"connection", b"").lower()
-                    keep = plan.keep_alive and not closing and outcome != BROKEN
+                    # Reused only once its answer was read to the end: a check may stop early.
+                    keep = plan.keep_alive and not closing and outcome != BROKEN and conn.idle
             except Closed as exc:
                 outcome, detail = BROKEN, str(exc)
                 if reused and status == 0:
                     detail += " (on a reused keep-alive connection, before any answer)"
+            except ValueError as exc:  # a malformed head or chunk: the client cannot read it
+                outcome, detail = BROKEN, f"malformed answer: {exc}"
         if conn is not None and not keep:
             with trio.move_on_after(1):
                 await conn.aclose(reset=plan.reset)

@@ -70,6 +70,12 @@ async def test_expected_answers_are_the_fakes(nursery: trio.Nursery, tmp_path: P
             while (data := await conn.chunk()) is not None:
                 check.feed(data)
             assert check.complete_and_right() == ""
+            assert conn.idle
+        # A check that stops reading early leaves the connection unfit for another request.
+        await conn.send(_request("/generate_stream", {"prompt": "x", "max_response_tokens": 50}))
+        await conn.head()
+        await conn.chunk()
+        assert not conn.idle
         await conn.aclose()
 
 
