@@ -108,6 +108,10 @@ CANARY_TIMEOUT = 3.0
 SETTLE = 2.0
 IDLE_PROBE = 5.0
 """Seconds of /ping on the idle worker before the load: the loop-lag baseline."""
+WARMUP = 5.0
+"""Seconds of load before the "start" figures: short, so that sockets left in CLOSE-WAIT
+(kept up to the 75 s keep-alive timeout) have not piled up yet."""
+"""Seconds of /ping on the idle worker before the load: the loop-lag baseline."""
 """After a new model log appears, how long the worker may take to show it in ``/status``."""
 FLAT = 1.25
 _LOG_SIGNS = (
@@ -150,7 +154,7 @@ class Schedule:
         hang_for = max(15.0, 0.075 * d)
         return cls(
             duration=d,
-            warmup=d / 15,
+            warmup=WARMUP,
             kill_at=0.125 * d,
             restart_after=max(3.0, d / 60),
             hang_at=0.333 * d,
@@ -246,7 +250,10 @@ class Soak:
     samples: list[Sample] = attrs.Factory(list)
     log_lines: list[tuple[float, str]] = attrs.Factory(list)
     faults: list[Fault] = attrs.Factory(list)
+    idle: Sample | None = None
+    """Before the load."""
     start: Sample | None = None
+    half: Sample | None = None
     end: Sample | None = None
     after: Sample | None = None
     canaries: int = 0
@@ -536,6 +543,7 @@ class Soak:
             nursery.start_soon(self.follow_worker_log)
             await _sleep_until(self.t0 + s.warmup)
             self.start = self._sample()
+            nursery.start_soon(self._sample_half_way)
             for at, inject in plan:
                 late = time.monotonic() - (self.t0 + at)
                 await _sleep_until(self.t0 + at)
@@ -555,6 +563,10 @@ class Soak:
             await trio.sleep(2.0)
             self.after = self._sample()
             nursery.cancel_scope.cancel()
+
+    async def _sample_half_way(self) -> None:
+        await _sleep_until(self.t0 + self.schedule.duration / 2)
+        self.half = self._sample()
 
     def _sample(self) -> Sample | None:
         """The worker's resources now; None if it has exited (the soak goes on regardless)."""
@@ -818,18 +830,29 @@ def _outcome_row(kind: str, counts: Counter[str]) -> tuple[str, ...]:
 
 def _resource_rows(soak: Soak) -> list[tuple[str, ...]]:
     rows = []
-    marks = [soak.start, soak.end, soak.after]
+    marks = [soak.idle, soak.start, soak.half, soak.end, soak.after]
     window = [s for s in soak.samples if soak.start is not None and s.at >= soak.start.at]
     for name, get, scale in (
         ("RSS (MiB)", lambda s: s.rss_kib, 1 / 1024),
         ("open descriptors", lambda s: s.fds, 1.0),
         ("sockets in CLOSE-WAIT", lambda s: s.close_wait, 1.0),
     ):
-        start, end, after = (None if m is None else get(m) * scale for m in marks)
+        idle, start, half, end, after = (None if m is None else get(m) * scale for m in marks)
         peak = max((get(s) * scale for s in window), default=None)
         growth = "-" if not start or end is None else f"{end / start:.2f}x"
         cell = fmt if scale != 1.0 else lambda v: "-" if v is None else f"{v:,.0f}"
-        rows.append((name, cell(start), cell(peak), cell(end), growth, cell(after)))
+        rows.append(
+            (
+                name,
+                cell(idle),
+                cell(start),
+                cell(half),
+                cell(peak),
+                cell(end),
+                growth,
+                cell(after),
+            )
+        )
     return rows
 
 
@@ -965,8 +988,18 @@ def analyse(
         rows=tuple(_fault_rows(soak, records, end)),
     )
     resource_table = Table(
-        caption="Worker process (/proc): start (after the warm-up), peak, end (as the load stops)",
-        header=("resource", "start", "peak", "end", "end/start", "2 s after the load"),
+        caption="Worker process (/proc): idle (before the load), start (after a "
+        f"{s.warmup:g} s warm-up), half-way, peak, end (as the load stops)",
+        header=(
+            "resource",
+            "idle",
+            "start",
+            "half-way",
+            "peak",
+            "end",
+            "end/start",
+            "2 s after the load",
+        ),
         rows=tuple(_resource_rows(soak)),
     )
     clients = ", ".join(f"{n} {k}" for k, n in CLIENTS.items())
@@ -977,8 +1010,11 @@ def analyse(
         f"{ABORT_TOKENS[1]} for aborted streams, left after up to a quarter of them, half with "
         f"a reset); client timeout {s.timeout:g} s. hello_world fake: {' '.join(FAKE_ARGS)}; "
         "the worker with its defaults (--health-interval 10, --read-timeout 600) plus "
-        "--report-addr to the stand-in autoscaler; start sampled after a "
-        f"{s.warmup:g} s warm-up.",
+        "--report-addr to the stand-in autoscaler.",
+        f"Clients opened {_new_connections(records) / s.duration:.1f} connections per second "
+        "(one per request for conn-per-request and abort, whose sockets the client closes); "
+        "the worker's descriptor limit is "
+        f"{_fd_limit(soak.worker.pid)} (1024 is a common default).",
         "Lost: a request sent while /status said ready, whose life overlaps no model fault's "
         "window (injection until /status ready and a canary answered exactly right), that did "
         "not get its expected answer (a 200 exactly right, the 422 naming the bad field, the "
@@ -1015,6 +1051,24 @@ def analyse(
     )
 
 
+def _new_connections(records: Sequence[dict[str, Any]]) -> int:
+    """Connections the clients opened and closed themselves (one per request)."""
+    return sum(1 for r in records if r["k"] in ("conn-per-request", "abort"))
+
+
+def _fd_limit(pid: int) -> str:
+    """The soft and hard limits on open files of ``pid`` (from /proc/PID/limits)."""
+    try:
+        with open(f"/proc/{pid}/limits") as f:
+            for line in f:
+                if line.startswith("Max open files"):
+                    soft, hard = line.split()[3:5]
+                    return f"{soft} (hard {hard})"
+    except OSError:
+        pass
+    return "unknown"
+
+
 def _worker_exit(soak: Soak) -> str:
     code = soak.worker.proc.popen.poll()
     return "" if code is None else f"THE WORKER EXITED (status {code}) during the soak. "
@@ -1047,6 +1101,7 @@ def run(procs: Procs, quick: bool, schedule: Schedule | None = None) -> Section:
     }
     idle = run_load(procs, "probe-idle", {**probe_base, "duration": IDLE_PROBE})
     procs.background.clear()  # the idle probe's figure says nothing of the soak
+    soak.idle = soak._sample()
     bad_signer = RouterSigner.generate()
     soak.t0 = time.monotonic() + 2.0  # time for the load process to start
     records_path = procs.directory / "soak-records.jsonl"
