@@ -151,15 +151,17 @@ class Schedule:
     def for_run(cls, quick: bool) -> Schedule:
         """2 minutes (``--quick``) or 10, the faults at the same fractions of the run."""
         d = 120.0 if quick else 600.0
-        hang_for = max(15.0, 0.075 * d)
+        # Longer than the worker's default stall limit (--stall-timeout 30): a shorter hang
+        # cannot be told from a slow answer, so it would test nothing.
+        hang_for = max(40.0, 0.075 * d)
         return cls(
             duration=d,
             warmup=WARMUP,
-            kill_at=0.125 * d,
+            kill_at=0.085 * d,
             restart_after=max(3.0, d / 60),
-            hang_at=0.333 * d,
+            hang_at=0.2 * d,
             hang_for=hang_for,
-            scaler_at=0.54 * d,
+            scaler_at=0.55 * d,
             scaler_down=max(12.0, d / 20),
             log_at=0.73 * d,
             recover_within=max(12.0, 0.075 * d),
