@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import attrs
+from cryptography.hazmat.primitives import serialization
 
 from bench.procs import DRIVER_CPU, WORKER_CPU, Proc, Procs, free_port, http_get, wait_for
 from pyworker.devtools import RouterSigner
@@ -194,13 +195,26 @@ def finish_load(
 
 
 def start_autoscaler(procs: Procs, name: str, port: int) -> Server:
-    """Start the stand-in autoscaler (``python -m pyworker.autoscaler``) on ``port``.
+    """Start the stand-in autoscaler on ``port``, with the run's router key (``bench.standin``).
 
     It serves the load reports (``/worker_status/``) and finished-request records
-    (``/delete_requests/``) a worker started with ``--report-addr`` sends; the bench workers
-    read the router's key from a file, so serving never depends on it.
+    (``/delete_requests/``) a worker started with ``--report-addr`` sends, and ``/pubkey/``.
+    The bench workers read the router's key from a file, so serving does not wait for it; but
+    a worker fetches the key again from ``/pubkey/`` after failed signatures (a rotated key),
+    so it serves the key requests are signed with, the same after a restart.
     """
-    proc = procs.python(name, "-m", "pyworker.autoscaler", "--port", str(port), cpu=DRIVER_CPU)
+    key = procs.directory / "router.key"
+    if not key.exists():
+        key.touch(mode=0o600)
+        key.write_bytes(
+            signer().private_key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+        )
+    argv = ["-m", "bench.standin", "--port", str(port), "--key", str(key)]
+    proc = procs.python(name, *argv, cpu=DRIVER_CPU)
 
     def listening() -> bool:
         proc.check_alive()
