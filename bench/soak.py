@@ -706,8 +706,12 @@ def first_sign_in_status(
     """The first ``/status`` change in ``[start, end]`` away from a healthy ``ready``."""
     for at, state, error in statuses:
         if start <= at <= end and (state != "ready" or error):
-            return at, state + (f" ({error[:60]})" if error else "")
+            return at, state + (f" ({_short(error, 60)})" if error else "")
     return None
+
+
+def _short(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
 
 
 def states_seen(statuses: Sequence[tuple[float, str, str]], start: float, end: float) -> str:
@@ -1040,7 +1044,7 @@ def analyse(
             shown = "; ".join(_record_text(r, soak.t0) for r in items[:5])
             notes.append(f"{label} ({len(items)}), first ones: {shown}.")
     timeline = ", ".join(
-        f"{at - soak.t0:.1f} s {state}" + (f" ({error[:50]})" if error else "")
+        f"{at - soak.t0:.1f} s {state}" + (f" ({_short(error, 90)})" if error else "")
         for at, state, error in soak.statuses
     )
     notes.append(f"/status states as they changed: {timeline}.")
