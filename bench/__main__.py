@@ -3,6 +3,9 @@
 Options: ``--quick`` (shorter windows), ``--only NAME`` (repeatable), ``--write`` (put the
 results into ``bench/RESULTS.md``), ``--profile`` (py-spy profiles of the worker under the
 scenario 1 and 2 loads instead of the scenarios), ``--keep`` (keep the run directory).
+
+The fault soak (``--only soak``, 10 minutes; 2 with ``--quick``) runs only when named; its
+results go to their own block of ``bench/RESULTS.md``.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import FrameType
 
-from bench import capacity, latency, overload, profile, streams
+from bench import capacity, latency, overload, profile, soak, streams
 from bench.procs import Procs, pinning_note
 from bench.report import Section, render_all, write_results
 
@@ -29,7 +32,10 @@ SCENARIOS: dict[str, Callable[[Procs, bool], Section]] = {
     "slow-streams": streams.run_slow_streams,
     "capacity": capacity.run,
     "overload": overload.run,
+    "soak": soak.run,
 }
+OPT_IN = frozenset({"soak"})
+"""Scenarios run only when named with ``--only`` (the soak takes 10 minutes)."""
 RESULTS = Path(__file__).with_name("RESULTS.md")
 OUT = Path(__file__).with_name("out")
 
@@ -40,8 +46,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--only",
         action="append",
-        choices=[*SCENARIOS, "1", "2", "3", "4", "5"],
-        help="run only this scenario (name or number; repeatable)",
+        choices=[*SCENARIOS, "1", "2", "3", "4", "5", "6"],
+        help="run only this scenario (name or number; repeatable); the soak (6) runs only "
+        "when named",
     )
     parser.add_argument("--write", action="store_true", help=f"write the results into {RESULTS}")
     parser.add_argument(
@@ -54,7 +61,7 @@ def _parser() -> argparse.ArgumentParser:
 def _selected(only: Sequence[str] | None) -> list[str]:
     names = list(SCENARIOS)
     if not only:
-        return names
+        return [n for n in names if n not in OPT_IN]
     picked = {names[int(o) - 1] if o.isdigit() else o for o in only}
     return [n for n in names if n in picked]
 
@@ -100,11 +107,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"Machine: {os.cpu_count()} cores, {platform.python_implementation()} "
         f"{platform.python_version()}; {pinning_note()}; loopback only.",
     ]
-    text = render_all(sections, preamble)
-    print(text)
-    if args.write:
-        write_results(RESULTS, text)
-        print(f"written to {RESULTS}", file=sys.stderr)
+    # The soak has its own block in RESULTS.md: running it alone keeps the others' results.
+    blocks = {
+        "results": [s for s in sections if s.key not in OPT_IN],
+        "soak": [s for s in sections if s.key in OPT_IN],
+    }
+    for block, chosen in blocks.items():
+        if not chosen:
+            continue
+        text = render_all(chosen, preamble)
+        print(text)
+        if args.write:
+            write_results(RESULTS, text, block)
+            print(f"{block} written to {RESULTS}", file=sys.stderr)
     return 0
 
 

@@ -11,9 +11,12 @@ import attrs
 
 from bench.stats import fmt, ratio, table
 
-_BEGIN = "<!-- bench:results:begin -->"
-_END = "<!-- bench:results:end -->"
 _MET = {True: "yes", False: "NO", None: ""}
+
+
+def _value(value: float | None) -> str:
+    """A row's figure: a count (an int) as one ("0 requests", not "0.00 requests")."""
+    return f"{value:,}" if isinstance(value, int) else fmt(value)
 
 
 @attrs.frozen(kw_only=True)
@@ -51,13 +54,33 @@ def check(
 
 
 @attrs.frozen(kw_only=True)
+class Table:
+    """A table of a scenario's own shape, shown after its rows (e.g. the soak's outcomes).
+
+    Attributes:
+        caption: one line above it.
+        header: the column names.
+        rows: the cells, as text.
+    """
+
+    caption: str
+    header: tuple[str, ...]
+    rows: tuple[tuple[str, ...], ...]
+
+    def render(self) -> str:
+        """The caption in bold, then the table."""
+        return f"**{self.caption}**\n\n" + table(self.header, self.rows)
+
+
+@attrs.frozen(kw_only=True)
 class Section:
-    """A scenario's rows and notes (how it was measured, what else was seen)."""
+    """A scenario's rows, its own tables and notes (how it was measured, what else was seen)."""
 
     key: str
     title: str
     rows: tuple[Row, ...]
     notes: tuple[str, ...] = ()
+    tables: tuple[Table, ...] = ()
 
     def with_note(self, note: str) -> Section:
         """The same section with one more note."""
@@ -70,14 +93,14 @@ class Section:
         for row in self.rows:
             base = ""
             if row.baseline is not None:
-                base = f"{fmt(row.baseline)} ({row.baseline_label})"
+                base = f"{_value(row.baseline)} ({row.baseline_label})"
             share = ratio(row.value, row.baseline)
             shown = "" if share is None else f"{share:.3f}x" if share < 10 else f"{share:.1f}x"
             met = _MET[row.met]
             cells.append(
                 [
                     row.metric,
-                    fmt(row.value),
+                    _value(row.value),
                     base,
                     shown,
                     row.unit,
@@ -86,6 +109,8 @@ class Section:
                 ]
             )
         parts = [f"### {self.title}", "", table(header, cells)]
+        for extra in self.tables:
+            parts += ["", extra.render()]
         if self.notes:
             parts += ["", *(f"- {note}" for note in self.notes)]
         return "\n".join(parts)
@@ -94,7 +119,7 @@ class Section:
 def targets(sections: Sequence[Section]) -> str:
     """One table of every figure that has a target, and whether it was met."""
     rows = [
-        [s.title.split(".", 1)[0], r.metric, f"{fmt(r.value)} {r.unit}", r.target, _MET[r.met]]
+        [s.title.split(".", 1)[0], r.metric, f"{_value(r.value)} {r.unit}", r.target, _MET[r.met]]
         for s in sections
         for r in s.rows
         if r.target
@@ -112,11 +137,19 @@ def render_all(sections: Sequence[Section], preamble: Sequence[str]) -> str:
     return "\n\n".join(parts) + "\n"
 
 
-def write_results(path: Path, text: str) -> None:
-    """Replace the generated block of ``path`` (between the markers) with ``text``."""
-    block = f"{_BEGIN}\n{text}{_END}"
-    old = path.read_text() if path.exists() else f"{_BEGIN}\n{_END}\n"
-    if _BEGIN not in old:
-        old += f"\n{_BEGIN}\n{_END}\n"
-    pattern = re.compile(re.escape(_BEGIN) + ".*?" + re.escape(_END), re.DOTALL)
+def write_results(path: Path, text: str, block_name: str = "results") -> None:
+    """Replace a generated block of ``path`` (between its markers) with ``text``.
+
+    Args:
+        path: the results file.
+        text: the new block's text.
+        block_name: which block: ``results`` (the scenarios run by default), ``soak`` (the
+            fault soak, run apart); a block missing from the file is appended.
+    """
+    begin, end = f"<!-- bench:{block_name}:begin -->", f"<!-- bench:{block_name}:end -->"
+    block = f"{begin}\n{text}{end}"
+    old = path.read_text() if path.exists() else f"{begin}\n{end}\n"
+    if begin not in old:
+        old += f"\n{begin}\n{end}\n"
+    pattern = re.compile(re.escape(begin) + ".*?" + re.escape(end), re.DOTALL)
     path.write_text(pattern.sub(lambda _: block, old, count=1))

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import attrs
+from cryptography.hazmat.primitives import serialization
 
 from bench.procs import DRIVER_CPU, WORKER_CPU, Proc, Procs, free_port, http_get, wait_for
 from pyworker.devtools import RouterSigner
@@ -57,12 +58,18 @@ def _port_from_file(proc: Proc, path: Path) -> int:
     return port
 
 
-def start_fake(procs: Procs, name: str, module: str, *args: str) -> Server:
-    """Start a kit-based fake (``bench.upstream`` or ``backends.hello_world.server``)."""
+def start_fake(procs: Procs, name: str, module: str, *args: str, port: int = 0) -> Server:
+    """Start a kit-based fake (``bench.upstream`` or ``backends.hello_world.server``).
+
+    Its log is ``NAME.model.log`` (appended to: a fake started again under the same name
+    writes the same file, unless it was moved away). ``port`` 0 picks a free port; another
+    value restarts a fake where it listened before.
+    """
     log_path = procs.directory / f"{name}.model.log"
     port_file = procs.directory / f"{name}.port"
     port_file.unlink(missing_ok=True)
-    argv = ["-m", module, "--port", "0", "--port-file", str(port_file), "--log", str(log_path)]
+    argv = ["-m", module, "--port", str(port), "--port-file", str(port_file)]
+    argv += ["--log", str(log_path)]
     proc = procs.python(name, *argv, *args, cpu=DRIVER_CPU)
     return Server(proc=proc, port=_port_from_file(proc, port_file), log_path=log_path)
 
@@ -147,7 +154,26 @@ def signed_body(url: str, payload: dict[str, Any]) -> dict[str, str]:
 
 def run_load(procs: Procs, name: str, spec: dict[str, Any]) -> dict[str, Any]:
     """Run the load generator on the drivers' core until it finishes; returns its results."""
-    proc = procs.python(name, "-m", "bench.loadgen", json.dumps(spec), cpu=DRIVER_CPU)
+    return finish_load(procs, start_load(procs, name, spec), spec)
+
+
+def start_load(procs: Procs, name: str, spec: dict[str, Any]) -> Proc:
+    """Start the load generator on the drivers' core (see :func:`finish_load`)."""
+    return procs.python(name, "-m", "bench.loadgen", json.dumps(spec), cpu=DRIVER_CPU)
+
+
+def finish_load(
+    procs: Procs, proc: Proc, spec: dict[str, Any], *, count_background: bool = True
+) -> dict[str, Any]:
+    """Wait (bounded) for a load generator started by :func:`start_load`; returns its results.
+
+    Args:
+        procs: owns the process.
+        proc: the load generator.
+        spec: its spec (for the time it may take).
+        count_background: add the cores other processes used to ``procs.background`` (only
+            meaningful when ``spec["pids"]`` names every process the scenario runs).
+    """
     limit = (
         spec.get("warmup", 0.0) + spec["duration"] + spec.get("drain", 0.0) + spec.get("ramp", 0)
     )
@@ -160,8 +186,42 @@ def run_load(procs: Procs, name: str, spec: dict[str, Any]) -> dict[str, Any]:
         result: dict[str, Any] = json.loads(lines[-1])
     except (IndexError, ValueError):
         print(proc.log_tail(), file=sys.stderr)
-        raise RuntimeError(f"load generator {name} gave no results") from None
-    cpu = result["cpu_s"]
-    ours = sum(v for k, v in cpu.items() if k != "machine")
-    procs.background.append(max(0.0, cpu["machine"] - ours) / result["window_s"])
+        raise RuntimeError(f"load generator {proc.name} gave no results") from None
+    if count_background:
+        cpu = result["cpu_s"]
+        ours = sum(v for k, v in cpu.items() if k != "machine")
+        procs.background.append(max(0.0, cpu["machine"] - ours) / result["window_s"])
     return result
+
+
+def start_autoscaler(procs: Procs, name: str, port: int) -> Server:
+    """Start the stand-in autoscaler on ``port``, with the run's router key (``bench.standin``).
+
+    It serves the load reports (``/worker_status/``) and finished-request records
+    (``/delete_requests/``) a worker started with ``--report-addr`` sends, and ``/pubkey/``.
+    The bench workers read the router's key from a file, so serving does not wait for it; but
+    a worker fetches the key again from ``/pubkey/`` after failed signatures (a rotated key),
+    so it serves the key requests are signed with, the same after a restart.
+    """
+    key = procs.directory / "router.key"
+    if not key.exists():
+        key.touch(mode=0o600)
+        key.write_bytes(
+            signer().private_key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+        )
+    argv = ["-m", "bench.standin", "--port", str(port), "--key", str(key)]
+    proc = procs.python(name, *argv, cpu=DRIVER_CPU)
+
+    def listening() -> bool:
+        proc.check_alive()
+        try:
+            return "listening on" in proc.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return False
+
+    wait_for(listening, f"{name} to listen", _START_TIMEOUT)
+    return Server(proc=proc, port=port, log_path=proc.log_path)
