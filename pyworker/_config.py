@@ -104,6 +104,9 @@ class WorkerConfig:
     health_failures: int = 3
     load_timeout: float = attrs.field(default=7200.0, validator=_positive)
     """Seconds a load may take (from start, or a new log) before the worker gives up on it."""
+    probe_interval: float = attrs.field(default=10.0, validator=_positive)
+    """Seconds before the first probe request of a model server that is loading or errored
+    (then doubling, up to 5 min)."""
     stall_timeout: float = attrs.field(default=30.0, validator=attrs.validators.ge(0))
     """The least silence from the model server, with requests waiting on it, that is a stall
     (longer when their predicted service time says so; 0: no watchdog)."""

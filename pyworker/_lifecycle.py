@@ -73,6 +73,10 @@ class Service(enum.Enum):
     HEALTH_CHECKS = "polls the model server's health route"
     WATCHDOG = "watches the requests sent to the model server for progress (see --stall-timeout)"
     STALL_PROBE = "sends the benchmark request until the model server answers one again"
+    LOAD_PROBE = (
+        "sends the benchmark request now and then (10 s, doubling to 5 min): an answer means "
+        "the model is loaded, whatever its log says"
+    )
     KEY_FETCH = "fetches the router's public key until it has one"
     REPORTS = "sends load reports to the autoscaler"
     RECORDS = "sends finished-request records to the autoscaler's /delete_requests/"
@@ -146,7 +150,7 @@ STATES: tuple[StateInfo, ...] = (
         admits_requests=False,
         refusal="model is loading",
         on_enter=(Effect.FORGET_LOAD, Effect.START_LOAD_CLOCK),
-        services=_LIVE_SERVICES | {Service.LOAD_TIMEOUT},
+        services=_LIVE_SERVICES | {Service.LOAD_TIMEOUT, Service.LOAD_PROBE},
         cause="start-up, or a new model server process (its log was replaced or truncated)",
         remedy="wait: downloads and weight loading take minutes. If it lasts, check that "
         "MODEL_LOG is the file the model server writes (the worker warns every 30 s while it "
@@ -208,12 +212,13 @@ STATES: tuple[StateInfo, ...] = (
     ),
     StateInfo(
         state=State.ERRORED,
-        meaning="The model server failed (error line in its log, failed benchmark, failed "
-        "health checks). A restart of the model server moves the worker on.",
+        meaning="The model server failed (an error line in its log or a failing request, "
+        "confirmed by a health check; a failed benchmark; failed health checks). A restart of "
+        "the model server moves the worker on, and so does a probe request it answers.",
         admits_requests=False,
         refusal="model server is in error",
         on_enter=(Effect.SET_ERROR,),
-        services=_LIVE_SERVICES,
+        services=_LIVE_SERVICES | {Service.LOAD_PROBE},
         cause="error_msg says which: an error line of the model server, a failed benchmark, "
         "failed health checks, or a load that never logged its ready line",
         remedy="read the model server's log around the line error_msg names (the worker's log "
@@ -260,14 +265,14 @@ TRANSITIONS: tuple[Transition, ...] = (
         trigger=Trigger.MODEL_LOADED,
         sources=(State.LOADING,),
         dest=State.BENCHMARKING,
-        why="the model server logged its ready line",
+        why="the model server logged its ready line (or answered a probe request)",
     ),
     Transition(
         trigger=Trigger.MODEL_LOADED,
         sources=(State.AWAITING_KEY, State.READY, State.STALLED, State.ERRORED),
         dest=State.BENCHMARKING,
-        why="a ready line again: the model server restarted without a new log, so this load "
-        "is timed from its ready line",
+        why="a ready line again (or, errored, an answered probe): the model server restarted "
+        "without a new log, or recovered, so this load is timed from then",
         effects=(Effect.START_LOAD_CLOCK,),
     ),
     Transition(

@@ -30,6 +30,7 @@ is closed, which is how model servers learn to stop generating.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from functools import partial
 
 import attrs
@@ -70,6 +71,8 @@ class Pipeline:
         fallback: the ASGI app for every other route and for lifespan.
         limits: body size and time bounds.
         metrics: what ``/metrics`` shows of the requests.
+        on_model_failure: told why, when the model server could not be reached or broke off
+            (the worker's own 502): it may have died.
     """
 
     backend: Backend
@@ -82,6 +85,7 @@ class Pipeline:
     fallback: ASGIApp
     limits: Limits = attrs.Factory(Limits)
     metrics: RequestMetrics = attrs.Factory(RequestMetrics)
+    on_model_failure: Callable[[str], object] = lambda why: None
     _routes: dict[str, Endpoint] = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
@@ -245,6 +249,8 @@ class Pipeline:
         with self.watchdog.track(job.workload) as work, work.scope:
             answer = self.watchdog.answer(work, await send_job(endpoint, job, self.model))
             try:
+                if answer.error and answer.status == 502:
+                    self.on_model_failure(answer.error)
                 observer = observe(endpoint, job, answer)
                 status = answer.status
                 work.relaying = True

@@ -27,26 +27,23 @@ when the worker next waits on the model server for it.
 
 On a stall, the worker moves to ``stalled`` (the lifecycle table), and every request sent to the
 model server is ended at once: a 504 when its answer had not started, otherwise a cut stream;
-either way its upstream connection is closed. In ``stalled``, :func:`probe` sends the
-benchmark request until one is answered.
+either way its upstream connection is closed. In ``stalled``, the ``stall_probe`` service
+(:func:`pyworker._probe.probe`) sends the benchmark request until one is answered.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import random
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import attrs
 import trio
 
-from ._backend import Endpoint
 from ._benchmark import BenchmarkResult
-from ._model import Answer, ModelServer, WholeAnswer, send_job
+from ._model import Answer, WholeAnswer
 from ._typing import Headers
-from ._upstream import UpstreamError
 
 log = logging.getLogger("pyworker.watchdog")
 
@@ -168,6 +165,11 @@ class Watchdog:
     _next_id: int = attrs.field(default=0, init=False)
     last_progress: float = attrs.field(default=-math.inf, init=False)
     """When anything last arrived from the model server on any request."""
+
+    def limit_alone(self, workload: float) -> float:
+        """The stall limit of a request of ``workload`` sent alone (a probe's time)."""
+        pace = self.pace()
+        return pace.limit(self.stall_timeout or 30.0, pace.predict(workload))
 
     @property
     def in_flight(self) -> int:
@@ -298,47 +300,3 @@ class _FollowedAnswer:
 
     async def aclose(self) -> None:
         await self._answer.aclose()
-
-
-async def probe(
-    endpoint: Endpoint,
-    model: ModelServer,
-    watchdog: Watchdog,
-    *,
-    on_answered: Callable[[], None],
-    interval: float = 5.0,
-) -> None:
-    """Send ``endpoint``'s benchmark request until the model server answers one in full
-    (within the stall limit of a request sent alone, with a status below 400); then call
-    ``on_answered``.
-
-    Run it as the ``stall_probe`` service: one run per stay in ``stalled``.
-    """
-    make_payload = endpoint.benchmark_payload
-    assert make_payload is not None
-    rng = random.Random(0)
-    attempt = 0
-    while True:
-        attempt += 1
-        job = endpoint.parse(make_payload(rng))
-        pace = watchdog.pace()
-        seconds = pace.limit(watchdog.stall_timeout or 30.0, pace.predict(job.workload))
-        why = ""
-        with trio.move_on_after(seconds) as waited:
-            try:
-                answer = await send_job(endpoint, job, model)
-                try:
-                    await answer.read()
-                finally:
-                    await answer.aclose()
-                if answer.status < 400:
-                    log.info("model server answered the probe request: it works again")
-                    on_answered()
-                    return
-                why = answer.error or f"HTTP {answer.status}"
-            except UpstreamError as exc:
-                why = str(exc)
-        if waited.cancelled_caught:
-            why = f"no answer within {_seconds(seconds)}"
-        log.warning("model server still stalled (probe %d: %s)", attempt, why)
-        await trio.sleep(interval)

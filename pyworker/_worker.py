@@ -19,18 +19,19 @@ from ._admission import Admission
 from ._app import UpdateGate, create_app
 from ._auth import Authenticator
 from ._autoscaler import Autoscaler
-from ._backend import Backend, LogAction
+from ._backend import Backend
 from ._benchcache import measured_capacity
 from ._benchmark import BenchmarkError, BenchmarkResult
 from ._config import WorkerConfig
 from ._health import HealthChecker
-from ._lifecycle import Service, Trigger
+from ._lifecycle import Service, State, Trigger
 from ._load import LoadTracker
-from ._logtail import LogTailer
 from ._machine import Lifecycle, StateChange
 from ._metrics import MetricsRoute, RequestMetrics, WorkerCollector, registry_for
 from ._model import ModelServer
+from ._modellog import ModelLog
 from ._pipeline import Pipeline
+from ._probe import LOAD_PROBE_TIMEOUT, STALL_PROBE_PAUSE, Backoff, probe
 from ._pubkey import configured_key, keep_key, pubkey_urls
 from ._records import RecordSender, RequestLog
 from ._report import Report, ReportFormat
@@ -42,12 +43,9 @@ from ._sessions import Sessions
 from ._stages import Limits
 from ._upstream import UpstreamPool
 from ._watch import Finals, LifecycleWatch, run_in_states
-from ._watchdog import Pace, Stall, Watchdog, probe
+from ._watchdog import Pace, Stall, Watchdog
 
 log = logging.getLogger("pyworker")
-
-_MAX_LOG_LINE = 2000
-"""The most of one model log line the worker's own log repeats."""
 
 
 @attrs.frozen(kw_only=True)
@@ -101,6 +99,8 @@ class Worker:
     """Follows every request sent to the model server, for stalls."""
     metrics: RequestMetrics = attrs.field(factory=RequestMetrics, init=False)
     """What ``/metrics`` shows of the requests."""
+    _health: HealthChecker | None = attrs.field(default=None, init=False)
+    _load_backoff: Backoff = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
         # These exist before serve() so tests and embedders can inspect them; their clocks
@@ -121,6 +121,8 @@ class Worker:
             pace=lambda: Pace.of(self.last_benchmark),
             total_timeout=config.total_timeout,
         )
+        self._load_backoff = Backoff(initial=config.probe_interval, maximum=300.0)
+        self.lifecycle.subscribe(self._on_change)
         if self.on_change is not None:
             self.lifecycle.subscribe(self.on_change)
 
@@ -223,6 +225,7 @@ class Worker:
                     max_body_bytes=config.max_body_bytes, body_timeout=config.body_timeout
                 ),
                 metrics=self.metrics,
+                on_model_failure=self._on_model_failure,
             )
             server_stop = trio.Event()
             async with trio.open_nursery() as server:
@@ -291,8 +294,7 @@ class Worker:
     ) -> dict[Service, Callable[[], Awaitable[object]]]:
         """One run of each service of the lifecycle table (see :class:`Service`)."""
         config = self.config
-        tailer = LogTailer(path=config.model_log) if config.model_log is not None else None
-        health = (
+        self._health = health = (
             None
             if self.backend.health_path is None
             else HealthChecker(
@@ -333,22 +335,40 @@ class Worker:
         async def idle() -> None:
             pass
 
+        probe_endpoint = self.backend.endpoint(self.backend.benchmark_route)
+        model_log = ModelLog(
+            backend=self.backend,
+            lifecycle=self.lifecycle,
+            path=config.model_log,
+            load_timeout=config.load_timeout,
+            health=health,
+        )
+
         return {
-            Service.LOAD_TIMEOUT: self._load_timeout,
-            Service.LOG_TAIL: (
-                idle
-                if tailer is None
-                else partial(tailer.run, partial(self._on_log_line, health), self._on_new_log)
-            ),
+            Service.LOAD_TIMEOUT: model_log.time_load,
+            Service.LOG_TAIL: model_log.tail,
             Service.BENCHMARK: partial(self._benchmark, model),
             Service.HEALTH_CHECKS: idle if health is None else health.run,
             Service.WATCHDOG: partial(self.watchdog.run, self._on_stall),
             Service.STALL_PROBE: partial(
                 probe,
-                self.backend.endpoint(self.backend.benchmark_route),
+                probe_endpoint,
                 model,
-                self.watchdog,
+                within=lambda job: self.watchdog.limit_alone(job.workload),
+                pause=lambda: STALL_PROBE_PAUSE,
                 on_answered=self._on_progress,
+                waiting_for="works again",
+            ),
+            Service.LOAD_PROBE: partial(
+                probe,
+                probe_endpoint,
+                model,
+                within=lambda job: LOAD_PROBE_TIMEOUT,
+                pause=self._load_backoff.next,
+                on_answered=self._on_loaded_without_a_line,
+                waiting_for="is loaded",
+                first_at_once=False,
+                level=logging.DEBUG,
             ),
             Service.KEY_FETCH: partial(self._fetch_key, http),
             Service.REPORTS: finals.track(reporter.run),
@@ -381,41 +401,22 @@ class Worker:
     def _on_stall(self, stall: Stall) -> None:
         self.lifecycle.fire(Trigger.STALLED, now=trio.current_time(), reason=stall.reason)
 
+    def _on_change(self, change: StateChange) -> None:
+        if change.dest is State.READY:
+            self._load_backoff.reset()  # the next load is probed from the shortest pause
+
     def _on_progress(self) -> None:
         self.lifecycle.fire(Trigger.PROGRESSED, now=trio.current_time())
 
-    # -- model log ---------------------------------------------------------------------------
-    def _on_log_line(self, health: HealthChecker | None, line: str) -> None:
-        rule = self.backend.classify(line)
-        if rule is None:
-            return
-        now = trio.current_time()
-        text = line.strip()[:_MAX_LOG_LINE]
-        if rule.action is LogAction.MODEL_LOADED:
-            self.lifecycle.fire(Trigger.MODEL_LOADED, now=now)
-        elif rule.action is LogAction.MODEL_ERROR:
-            # The line may quote a client's words, so it goes to the worker's own log only;
-            # error_msg (in /status, 503 bodies and reports) names the rule's words instead.
-            log.error("model server logged an error: %s", text)
-            reason = f"model server logged an error ({rule.substring or 'see the worker log'})"
-            # While ready, a health check confirms it first (see HealthChecker.suspect).
-            if health is None or not health.suspect(reason):
-                self.lifecycle.fire(Trigger.MODEL_FAILED, now=now, reason=reason)
-        else:
-            log.info("model server: %s", text)
+    def _on_loaded_without_a_line(self) -> None:
+        reason = "the model server answered a probe request"
+        self.lifecycle.fire(Trigger.MODEL_LOADED, now=trio.current_time(), reason=reason)
 
-    def _on_new_log(self) -> None:
-        log.info("model log was replaced or truncated: the model server restarted")
-        self.lifecycle.fire(Trigger.MODEL_RESTARTED, now=trio.current_time())
-
-    async def _load_timeout(self) -> None:
-        await trio.sleep(self.config.load_timeout)
-        self.lifecycle.fire(
-            Trigger.LOAD_TIMED_OUT,
-            now=trio.current_time(),
-            reason=f"the model server did not log its ready line within "
-            f"{self.config.load_timeout:g} s (is MODEL_LOG right?)",
-        )
+    def _on_model_failure(self, why: str) -> None:
+        # A request the model server failed (unreachable, broken): while ready, a health check
+        # confirms it at once rather than after three periodic ones (see HealthChecker.suspect).
+        if self._health is not None:
+            self._health.suspect(f"model server failing requests: {why}")
 
     # -- the router's key --------------------------------------------------------------------
     async def _fetch_key(self, http: httpx.AsyncClient) -> None:
