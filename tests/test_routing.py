@@ -4,7 +4,6 @@ says "wait", re-routes on retryable answers and unreachable workers, each counte
 
 from __future__ import annotations
 
-import logging
 import ssl
 from collections.abc import AsyncIterator
 from functools import partial
@@ -16,10 +15,7 @@ import httpx
 import pytest
 import trio
 from fakes import free_port
-from harness import Stack, ready_stack
-from hypercorn.config import Config
-from hypercorn.trio import serve
-from quart import Response
+from harness import Stack, ready_stack, refusing_worker, serve_app
 from quart_trio import QuartTrio
 
 from pyworker.devtools import (
@@ -90,30 +86,6 @@ async def standin(signer: RouterSigner) -> AsyncIterator[tuple[StandIn, str]]:
         shutdown.set()
 
 
-async def _serve(nursery: trio.Nursery, app: QuartTrio, **tls: str) -> str:
-    config = Config()
-    config.bind = ["127.0.0.1:0"]
-    config.accesslog = None
-    config.errorlog = logging.getLogger("tests.routing")
-    config.graceful_timeout = 0.1
-    for name, value in tls.items():
-        setattr(config, name, value)
-    binds: list[str] = await nursery.start(partial(serve, app, config))
-    return binds[0]
-
-
-async def _refusing_worker(nursery: trio.Nursery, status: int) -> str:
-    """A worker that answers every request with ``status``."""
-    app = QuartTrio("refusing-worker")
-
-    @app.post("/generate")
-    @app.post("/generate_stream")
-    async def generate() -> Response:
-        return Response('{"error": "busy"}', status=status, content_type="application/json")
-
-    return await _serve(nursery, app)
-
-
 async def test_the_console_gives_the_groups_key(
     standin: tuple[StandIn, str], http: httpx.AsyncClient
 ) -> None:
@@ -141,7 +113,7 @@ async def test_the_tls_context_trusts_workers_certified_by_vasts_root(
     async def ping() -> str:
         return "pong"
 
-    worker = await _serve(nursery, app, certfile=str(certfile), keyfile=str(keyfile))
+    worker = await serve_app(nursery, app, certfile=str(certfile), keyfile=str(keyfile))
     assert worker.startswith("https://")
     context = await vast_tls_context(http, url)
     async with httpx.AsyncClient(verify=context, trust_env=False) as tls_http:
@@ -225,7 +197,7 @@ async def test_reroutes_from_unreachable_and_refusing_workers_with_the_same_inde
     stack: Stack, http: httpx.AsyncClient, nursery: trio.Nursery
 ) -> None:
     dead = f"http://127.0.0.1:{free_port()}"
-    busy = await _refusing_worker(nursery, 429)
+    busy = await refusing_worker(nursery, 429)
     stack.standin.worker_urls = [dead, busy, stack.info.url]
     stack.standin.route_policy = in_order
     seen = Seen()
@@ -245,7 +217,7 @@ async def test_reroutes_from_unreachable_and_refusing_workers_with_the_same_inde
 async def test_gives_up_after_max_attempts(
     stack: Stack, http: httpx.AsyncClient, nursery: trio.Nursery
 ) -> None:
-    stack.standin.worker_url = await _refusing_worker(nursery, 503)
+    stack.standin.worker_url = await refusing_worker(nursery, 503)
     target = Target(endpoint="group", router=stack.standin_url)
     patience = attrs.evolve(QUICK, max_attempts=3)
     with trio.fail_after(10):

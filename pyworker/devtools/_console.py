@@ -54,7 +54,7 @@ async def endpoint_key(
             headers=headers,
             timeout=CONSOLE_TIMEOUT,
         )
-    except httpx.TransportError as exc:
+    except httpx.RequestError as exc:
         raise ConsoleError(f"cannot reach the console at {console}: {describe_error(exc)}") from exc
     if response.status_code in (401, 403):
         raise ConsoleError(f"the console refused the account key ({response.status_code})")
@@ -100,7 +100,7 @@ async def vast_tls_context(http: httpx.AsyncClient, console: str = CONSOLE_URL) 
     url = f"{console.rstrip('/')}{ROOT_CERTIFICATE_PATH}"
     try:
         response = await http.get(url, headers={"User-Agent": USER_AGENT}, timeout=CONSOLE_TIMEOUT)
-    except httpx.TransportError as exc:
+    except httpx.RequestError as exc:
         raise ConsoleError(f"cannot download Vast's TLS root: {describe_error(exc)}") from exc
     if not response.is_success:
         raise ConsoleError(

@@ -309,7 +309,7 @@ async def ask_router(
             params=params,
             timeout=route_timeout,
         )
-    except httpx.TransportError as exc:
+    except httpx.RequestError as exc:
         raise RouteError(0, describe_error(exc)) from exc
     if not response.is_success:
         raise RouteError(response.status_code, response.text[:500])
@@ -387,7 +387,7 @@ async def _attempt(
             "POST", full_url, json=envelope, headers=headers, params=params
         )
         response = await http.send(request, stream=True)
-    except httpx.TransportError as exc:
+    except httpx.RequestError as exc:
         raise _NoAnswer from exc
     try:
         streamed = _streamed(response)
@@ -398,7 +398,7 @@ async def _attempt(
                 chunks.append(chunk)
                 if response.is_success:
                     watcher.chunk(chunk)
-        except httpx.TransportError as exc:
+        except httpx.RequestError as exc:
             if is_retryable(response.status_code):
                 # A refusal cut short is still a refusal.
                 raise _NoAnswer(response.status_code) from exc
