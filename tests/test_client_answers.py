@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import trio
-from harness import ready_stack
+from harness import ready_stack, start_stack
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -126,3 +126,66 @@ async def test_client_estimates_the_cost_and_prints_tokens(
     assert usage.value.code == 2
     assert "refuses the payload" in capsys.readouterr().err
     assert stack.standin.routes_received == 1  # the refused payload was not sent
+
+
+@pytest.mark.parametrize(
+    ("backend", "fake_args", "route", "payload"),
+    [
+        (
+            "tgi",
+            ("--load-delay", "0", "--token-rate", "5000"),
+            "/generate_stream",
+            {"inputs": "Tell me a story.", "parameters": {"max_new_tokens": 6}},
+        ),
+        (
+            "openai",
+            ("--load-delay", "0.1", "--token-rate", "5000"),
+            "/v1/chat/completions",
+            {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 6, "stream": True},
+        ),
+        (
+            "openai",
+            ("--load-delay", "0.1", "--token-rate", "5000"),
+            "/v1/completions",
+            {"prompt": "Once", "max_tokens": 6, "stream": True},
+        ),
+    ],
+)
+async def test_client_prints_each_backends_stream_as_text(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    backend: str,
+    fake_args: tuple[str, ...],
+    route: str,
+    payload: dict[str, object],
+) -> None:
+    stack = await start_stack(
+        nursery, tmp_path, backend, *fake_args, wait_ready=True, benchmark_runs=2
+    )
+    argv = ["--router", stack.standin_url, "--backend", backend, route, json.dumps(payload)]
+    assert await trio.to_thread.run_sync(client.main, argv) == 0
+    out, err = capsys.readouterr()
+    assert err == ""
+    assert out.strip()
+    for raw in ("data:", "{", "[DONE]"):
+        assert raw not in out
+
+
+async def test_client_saves_comfyui_images(
+    nursery: trio.Nursery, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    stack = await start_stack(
+        nursery, tmp_path, "comfyui", "--load-delay", "0.1", wait_ready=True, benchmark_runs=2
+    )
+    payload = {"prompt": "a cat", "width": 64, "height": 64, "steps": 2, "seed": 1}
+    output = tmp_path / "cat.png"
+    argv = ["--router", stack.standin_url, "--backend", "comfyui", "-o", str(output)]
+    assert (
+        await trio.to_thread.run_sync(client.main, [*argv, "/generate", json.dumps(payload)]) == 0
+    )
+    out, err = capsys.readouterr()
+    assert output.read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
+    assert err == f"saved {output}\n"
+    shown = json.loads(out)
+    assert shown["images"][0]["data"].endswith(f"saved to {output}>")
