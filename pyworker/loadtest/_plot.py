@@ -101,10 +101,12 @@ def draw(results: list[Result], path: Path, *, title: str) -> None:
         label="errors",
     )
     sent = _per_second([r.sent_at for r in results], seconds)
-    rate_axes.step(middles, sent, where="mid", color="black", linewidth=1, label="sent")
+    rate_axes.stairs(sent, range(seconds + 1), color="black", linewidth=1.2, label="sent")
     rate_axes.set_xlabel("seconds since the start")
     rate_axes.set_ylabel("requests per second")
     rate_axes.set_xlim(0, seconds)
+    highest = max(*(o + e for o, e in zip(ok_counts, error_counts, strict=True)), *sent, 1)
+    rate_axes.set_ylim(0, highest * 1.1)
     rate_axes.grid(alpha=0.3)
     rate_axes.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0))
 
