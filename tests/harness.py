@@ -15,6 +15,7 @@ real instance.
 from __future__ import annotations
 
 import itertools
+import logging
 import os
 import time
 from collections.abc import Callable
@@ -26,6 +27,10 @@ import attrs
 import httpx
 import trio
 from fakes import FakeServer, close_when_cancelled, free_port, spawn_fake
+from hypercorn.config import Config
+from hypercorn.trio import serve
+from quart import Response, request
+from quart_trio import QuartTrio
 
 from pyworker import Backend, State, load_backend
 from pyworker._auth import AuthData, Authenticator
@@ -332,3 +337,33 @@ async def ready_stack(
         backend=backend,
         **config,
     )
+
+
+async def serve_app(nursery: trio.Nursery, app: QuartTrio, **tls: str) -> str:
+    """Serve an ASGI app on 127.0.0.1 (any free port) in ``nursery``; returns its URL.
+    ``tls``: Hypercorn's ``certfile`` and ``keyfile``, for https."""
+    config = Config()
+    config.bind = ["127.0.0.1:0"]
+    config.accesslog = None
+    config.errorlog = logging.getLogger("tests.app")
+    config.graceful_timeout = 0.1
+    for name, value in tls.items():
+        setattr(config, name, value)
+    binds: list[str] = await nursery.start(partial(serve, app, config))
+    return binds[0]
+
+
+async def refusing_worker(nursery: trio.Nursery, status: int) -> str:
+    """A stand-in worker that answers every ``POST /generate`` and ``/generate_stream`` with
+    ``status``; returns its URL. It reads the request first, as a real worker does: answered
+    before their bodies were read, requests on reused keep-alive connections were seen to hang
+    here, unanswered, when the client ran in another thread."""
+    app = QuartTrio("refusing-worker")
+
+    @app.post("/generate")
+    @app.post("/generate_stream")
+    async def generate() -> Response:
+        await request.get_data()
+        return Response('{"error": "busy"}', status=status, content_type="application/json")
+
+    return await serve_app(nursery, app)

@@ -407,15 +407,23 @@ async def test_send_returns_refusals(
     assert called == []  # only a successful stream is handed to on_chunk
 
 
-async def test_send_raises_route_error_and_transport_error(
+async def test_send_raises_route_error_and_worker_error(
     router: Running, http: httpx.AsyncClient
 ) -> None:
     with pytest.raises(client.RouteError) as info:
         await client.send("/echo", {}, autoscaler=router.url, http=http)
     assert info.value.status == 503
-    router.standin.worker_url = f"http://127.0.0.1:{free_port()}"
-    with pytest.raises(httpx.ConnectError):
+    # A worker that cannot be reached re-routes at once, up to max_attempts workers in all.
+    dead = f"http://127.0.0.1:{free_port()}"
+    router.standin.worker_url = dead
+    before = router.standin.routes_received
+    with pytest.raises(client.WorkerError) as failed:
         await client.send("/echo", {}, autoscaler=router.url, http=http)
+    assert failed.value.url == dead
+    assert isinstance(failed.value.cause, httpx.ConnectError)
+    assert [retry.url for retry in failed.value.retries] == [dead] * 4
+    assert router.standin.routes_received - before == 5
+    assert len({call.request_idx for call in list(router.standin.route_calls)[-5:]}) == 1
 
 
 async def test_client_cli(
@@ -430,7 +438,7 @@ async def test_client_cli(
     worker.release.set()
     status = await trio.to_thread.run_sync(client.main, [*base, "/stream", "{}"])
     out, err = capsys.readouterr()
-    assert (status, out, err) == (0, "data: one\n\ndata: two\n\n", "")
+    assert (status, out, err) == (0, "one\ntwo\n", "")  # each event's data, not SSE lines
 
     worker.authenticator.own_url = "http://elsewhere"
     status = await trio.to_thread.run_sync(client.main, [*base, "/echo", "{}"])
@@ -442,7 +450,7 @@ async def test_client_cli(
     status = await trio.to_thread.run_sync(client.main, unreachable)
     out, err = capsys.readouterr()
     assert (status, out) == (2, "")
-    assert err.startswith("connection error: ConnectError")
+    assert err.startswith("cannot reach the router: ConnectError")
     assert len(err.splitlines()) == 1  # no traceback
 
 

@@ -1,9 +1,23 @@
-"""Development tools: a stand-in for Vast's router, autoscaler and console, a client, the demo.
+"""Development tools: a stand-in for Vast's router, autoscaler and console, a client (and the
+routing it shares with the load tester, :mod:`pyworker.loadtest`), the demo.
 
 None of this runs on a Vast instance; it is for trying the worker locally, for tests and for
 benchmarks. The worker itself never imports it.
 """
 
+from ._console import ConsoleError as ConsoleError
+from ._console import endpoint_key as endpoint_key
+from ._console import vast_tls_context as vast_tls_context
+from ._routing import Answer as Answer
+from ._routing import CallWatcher as CallWatcher
+from ._routing import Patience as Patience
+from ._routing import Retry as Retry
+from ._routing import RouteError as RouteError
+from ._routing import Target as Target
+from ._routing import WorkerError as WorkerError
+from ._routing import ask_router as ask_router
+from ._routing import call_endpoint as call_endpoint
+from ._routing import find_worker as find_worker
 from ._signer import RouterSigner as RouterSigner
 from ._standin import EndpointGroup as EndpointGroup
 from ._standin import RouteCall as RouteCall
@@ -15,27 +29,34 @@ from ._standin import round_robin as round_robin
 from ._standin import serve_standin as serve_standin
 from ._tls import IssuedCertificate as IssuedCertificate
 from ._tls import LocalCA as LocalCA
-from .client import Answer as Answer
-from .client import RouteError as RouteError
-from .client import ask_router as ask_router
 from .client import send as send
 
 __all__ = [
     "Answer",
+    "CallWatcher",
+    "ConsoleError",
     "EndpointGroup",
     "IssuedCertificate",
     "LocalCA",
+    "Patience",
+    "Retry",
     "RouteCall",
     "RouteError",
     "RouterSigner",
     "StandIn",
+    "Target",
+    "WorkerError",
     "ask_router",
+    "call_endpoint",
     "describe_deletions",
     "describe_report",
+    "endpoint_key",
+    "find_worker",
     "in_order",
     "round_robin",
     "send",
     "serve_standin",
+    "vast_tls_context",
 ]
 
 # Re-exported names belong to this package, as trio's do (see tests/test_exports.py).

@@ -53,7 +53,7 @@ def example_command(autoscaler_url: str, backend: Backend) -> str:
         python = sys.executable
     return (
         f"{shlex.quote(python)} -m pyworker.client --autoscaler {autoscaler_url} "
-        f"{endpoint.route} {shlex.quote(json.dumps(example))}"
+        f"--backend {backend.name} {endpoint.route} {shlex.quote(json.dumps(example))}"
     )
 
 

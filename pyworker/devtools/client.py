@@ -1,127 +1,77 @@
-"""``python -m pyworker.client``: send one request the way a Vast client does.
+"""``python -m pyworker.client``: send one request the way Vast's client does.
 
-First ``POST {autoscaler}/route/`` with the endpoint group's name and the request's estimated cost;
-the router answers with a worker URL and a signed ``auth_data``. Then ``POST {url}{route}`` with
-``{"auth_data": ..., "payload": ...}`` and print the answer, chunk by chunk when it streams.
+With your account key and the endpoint group's name, the group's own key comes from Vast's
+console; then ``POST {router}/route/`` with the request's estimated cost (the backend's own
+estimate of the payload's workload with ``--backend``), polling while the router says "wait",
+and ``POST {url}{route}`` with ``{"auth_data", "session_id", "payload"}`` to the worker it
+names, re-routing when the worker is full, failing or gone (see :mod:`._routing`). A stream's
+tokens are printed as they arrive; images are saved to files (``--output``).
 
-Example::
+Examples::
 
-    python -m pyworker.client --autoscaler http://127.0.0.1:8081 /generate \\
-        '{"prompt": "hello", "max_response_tokens": 16}'
+    python -m pyworker.client -k "$VAST_API_KEY" -e my-group --backend hello_world \\
+        /generate_stream '{"prompt": "hello", "max_response_tokens": 16}'
+    python -m pyworker.client --router http://127.0.0.1:8081 --backend comfyui \\
+        --output cat.png /generate '{"prompt": "a cat"}'
+
+Exit status: 0 for a 2xx answer, 1 when the router or the worker refused, 2 when either could
+not be reached or timed out, or for bad usage.
 """
 
 from __future__ import annotations
 
 import argparse
-import codecs
 import json
+import os
 import sys
 from collections.abc import Callable
 from functools import partial
-from typing import Any
+from pathlib import Path
 
-import attrs
 import httpx
 import trio
 
-__all__ = ["Answer", "RouteError", "ask_router", "main", "send"]
+from .. import PayloadError, UnknownBackendError, load_backend
+from ._answers import EventReader, event_error, save_images, token_text
+from ._console import ConsoleError
+from ._routing import (
+    DEFAULT_PATIENCE,
+    Answer,
+    CallWatcher,
+    Patience,
+    RouteError,
+    Target,
+    WorkerError,
+    ask_router,
+    call_endpoint,
+)
+from ._target_options import (
+    add_target_options,
+    check_target_options,
+    patience_from,
+    resolve_target,
+)
 
-SIGNED_FIELDS = ("signature", "cost", "endpoint", "reqnum", "url")
-"""The ``auth_data`` fields every router's answer has. The whole answer is forwarded, as Vast's
-newest client does: its other fields (``request_idx``) name the request in the worker's
-reports."""
+__all__ = ["Answer", "RouteError", "WorkerError", "ask_router", "main", "send"]
 
-
-class RouteError(Exception):
-    """The router refused to route, or answered something that is not a route.
-
-    Attributes:
-        status: the router's HTTP status.
-        body: the router's answer, as text.
-    """
-
-    def __init__(self, status: int, body: str) -> None:
-        super().__init__(status, body)
-        self.status = status
-        self.body = body
-
-    def __str__(self) -> str:
-        return f"router answered {self.status}: {self.body}"
-
-
-@attrs.frozen(kw_only=True)
-class Answer:
-    """The worker's answer.
-
-    Attributes:
-        status: the HTTP status.
-        content_type: the ``content-type`` header ("" if none).
-        streamed: whether it was a stream (``text/event-stream`` or chunked).
-        chunks: the body as it arrived.
-    """
-
-    status: int
-    content_type: str
-    streamed: bool
-    chunks: tuple[bytes, ...]
-
-    @property
-    def body(self) -> bytes:
-        """The whole body."""
-        return b"".join(self.chunks)
-
-    def json(self) -> Any:
-        """The body decoded as JSON.
-
-        Raises:
-            ValueError: the body is not JSON.
-        """
-        return json.loads(self.body)
+DEFAULT_COST = 100
+"""The cost told to the router when neither ``--cost`` nor ``--backend`` gives one (Vast's
+client's default)."""
 
 
-def _is_streamed(response: httpx.Response) -> bool:
-    content_type = response.headers.get("content-type", "")
-    encoding = response.headers.get("transfer-encoding", "")
-    return content_type.startswith("text/event-stream") or "chunked" in encoding.lower()
+class _StreamChunks(CallWatcher):
+    """Hands the chunks of a streamed 2xx answer to ``on_chunk`` as they arrive."""
 
+    def __init__(self, on_chunk: Callable[[bytes], object]) -> None:
+        self._on_chunk = on_chunk
+        self._streamed = False
 
-async def ask_router(
-    http: httpx.AsyncClient,
-    autoscaler: str,
-    *,
-    endpoint: str,
-    cost: object,
-    api_key: str | None = None,
-) -> dict[str, Any]:
-    """Ask the router for a worker.
+    def answered(self, status: int, streamed: bool) -> None:
+        self._streamed = streamed
 
-    Args:
-        http: the client to use.
-        autoscaler: the router's base URL.
-        endpoint: the endpoint group's name.
-        cost: the request's estimated workload.
-        api_key: the account's API key (the real router needs it; the stand-in ignores it).
-
-    Returns:
-        The router's answer: at least ``url`` and the signed fields.
-
-    Raises:
-        RouteError: the router answered non-2xx, or without the signed fields.
-        httpx.TransportError: the router cannot be reached.
-    """
-    request: dict[str, Any] = {"endpoint": endpoint, "cost": cost}
-    if api_key is not None:
-        request["api_key"] = api_key
-    response = await http.post(f"{autoscaler.rstrip('/')}/route/", json=request)
-    if not response.is_success:
-        raise RouteError(response.status_code, response.text)
-    try:
-        reply = response.json()
-    except ValueError:
-        raise RouteError(response.status_code, f"not JSON: {response.text[:200]}") from None
-    if not isinstance(reply, dict) or any(name not in reply for name in SIGNED_FIELDS):
-        raise RouteError(response.status_code, f"not a signed route: {response.text[:200]}")
-    return reply
+    def chunk(self, data: bytes) -> None:
+        if self._streamed:
+            self._on_chunk(data)
 
 
 async def send(
@@ -130,13 +80,16 @@ async def send(
     *,
     autoscaler: str,
     endpoint: str = "default",
-    cost: object = 100,
+    cost: float = DEFAULT_COST,
     api_key: str | None = None,
     http: httpx.AsyncClient | None = None,
     read_timeout: float = 300.0,
     on_chunk: Callable[[bytes], object] | None = None,
+    patience: Patience = DEFAULT_PATIENCE,
 ) -> Answer:
     """Route one request through the router, then send it to the chosen worker.
+
+    :func:`~pyworker.devtools.call_endpoint` with a target made of the arguments.
 
     Args:
         route: the worker's path, e.g. ``"/generate"``.
@@ -144,18 +97,19 @@ async def send(
         autoscaler: the router's base URL.
         endpoint: the endpoint group's name.
         cost: the estimated workload told to the router.
-        api_key: the account's API key, sent to the router.
+        api_key: the endpoint group's own key (a local stand-in needs none).
         http: the client to use (default: a new one with 10 s connect/write timeouts and
             ``read_timeout`` between bytes, closed on return).
         read_timeout: seconds to wait for the next bytes of the answer (own client only).
         on_chunk: called with each chunk of a streamed 2xx answer as it arrives.
+        patience: pauses and bounds for polls and re-routes.
 
     Returns:
-        The worker's answer, whatever its status.
+        The worker's answer (see :func:`~pyworker.devtools.call_endpoint`).
 
     Raises:
         RouteError: the router did not route.
-        httpx.TransportError: the router or the worker cannot be reached, or timed out.
+        WorkerError: the last worker tried could not be reached, or its answer broke off.
     """
     if http is None:
         timeout = httpx.Timeout(10.0, read=read_timeout)
@@ -169,103 +123,200 @@ async def send(
                 api_key=api_key,
                 http=own,
                 on_chunk=on_chunk,
+                patience=patience,
             )
-    reply = await ask_router(http, autoscaler, endpoint=endpoint, cost=cost, api_key=api_key)
-    envelope = {"auth_data": reply, "payload": payload}
-    url = f"{str(reply['url']).rstrip('/')}/{route.lstrip('/')}"
-    async with http.stream("POST", url, json=envelope) as response:
-        streamed = _is_streamed(response)
-        chunks = []
-        async for chunk in response.aiter_bytes():
-            chunks.append(chunk)
-            if on_chunk is not None and streamed and response.is_success:
-                on_chunk(chunk)
-        return Answer(
-            status=response.status_code,
-            content_type=response.headers.get("content-type", ""),
-            streamed=streamed,
-            chunks=tuple(chunks),
-        )
+    target = Target(endpoint=endpoint, router=autoscaler, api_key=api_key)
+    watcher = CallWatcher() if on_chunk is None else _StreamChunks(on_chunk)
+    return await call_endpoint(
+        http, target, route, payload, cost=cost, patience=patience, watcher=watcher
+    )
+
+
+class _TokenPrinter:
+    """Writes a stream's tokens to stdout as they arrive (its events decoded as ``backend``'s),
+    and what is not JSON as it is, a line per event."""
+
+    def __init__(self, backend: str | None) -> None:
+        self._backend = backend
+        self._events = EventReader()
+        self.ends_with_newline = True
+
+    def __call__(self, chunk: bytes) -> None:
+        for data in self._events.feed(chunk):
+            self._event(data)
+
+    def finish(self) -> None:
+        """Print what the stream's last line held, and end the output's line."""
+        for data in self._events.close():
+            self._event(data)
+        if not self.ends_with_newline:
+            self._write("\n")
+
+    def _write(self, text: str) -> None:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+        self.ends_with_newline = text.endswith("\n")
+
+    def _event(self, data: str) -> None:
+        if data.strip() == "[DONE]":
+            return
+        try:
+            event = json.loads(data)
+        except ValueError:
+            self._write(data + "\n")
+            return
+        text = token_text(event, self._backend)
+        if text:
+            self._write(text)
+        elif error := event_error(event):
+            print(f"error in the stream: {error}", file=sys.stderr, flush=True)
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m pyworker.client",
-        description="Send one signed request through the router to a worker.",
+        description="Send one signed request through the router to a worker, as Vast's "
+        "client does.",
     )
-    parser.add_argument("--autoscaler", required=True, help="the router's base URL")
-    parser.add_argument("--endpoint", default="default", help="the endpoint group's name")
-    parser.add_argument("--cost", default="100", help="estimated workload told to the router")
-    parser.add_argument("--api-key", default=None, help="API key for the router")
-    parser.add_argument("--timeout", type=float, default=300.0, help="read timeout, seconds")
+    add_target_options(parser)
+    parser.add_argument(
+        "--backend",
+        default=os.environ.get("BACKEND"),
+        help="the backend the workers serve: the cost told to the router is its estimate of "
+        "the payload's workload (a payload it refuses is not sent), and streams are read its "
+        "way (default: $BACKEND)",
+    )
+    parser.add_argument(
+        "--cost",
+        type=float,
+        default=None,
+        help=f"the workload told to the router, instead of the backend's estimate (default "
+        f"{DEFAULT_COST} without --backend)",
+    )
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=600.0,
+        help="seconds for the whole request: routing, waiting for a worker, re-routes and the "
+        "answer (default 600)",
+    )
+    parser.add_argument(
+        "-o",
+        "--output",
+        type=Path,
+        default=None,
+        help="save the answer's images here (ComfyUI; NAME-1.png, NAME-2.png, ... for several) "
+        "instead of printing their base64",
+    )
     parser.add_argument("--payload-file", default=None, help="read the payload from this file")
     parser.add_argument("route", help="the worker's path, e.g. /generate")
     parser.add_argument("payload", nargs="?", help="the payload as JSON")
     return parser
 
 
-def _cost(text: str) -> object:
-    """``--cost`` as a number when it is one (the router signs whatever type it is given)."""
+def _estimate(backend_name: str, route: str, payload: object) -> float:
+    """The backend's estimate of the payload's workload on ``route``.
+
+    Raises:
+        ValueError: unknown backend or route, or a payload the backend refuses (says which).
+    """
     try:
-        return int(text)
-    except ValueError:
-        pass
+        backend = load_backend(backend_name, os.environ)
+        endpoint = backend.endpoint(route)
+    except UnknownBackendError as exc:
+        raise ValueError(str(exc)) from None
+    except KeyError:
+        routes = ", ".join(e.route for e in backend.endpoints)
+        raise ValueError(f"backend {backend_name} has no route {route} (it has {routes})") from None
     try:
-        return float(text)
+        return endpoint.parse(payload).workload
+    except PayloadError as exc:
+        raise ValueError(f"backend {backend_name} refuses the payload: {exc.errors}") from None
+
+
+def _number(value: float) -> float:
+    """An integral cost as an int, so the router signs ``132`` rather than ``132.0``."""
+    return int(value) if float(value).is_integer() else value
+
+
+async def _request(
+    args: argparse.Namespace, payload: object, cost: float, on_chunk: Callable[[bytes], object]
+) -> Answer:
+    async with httpx.AsyncClient() as console_http:
+        target, tls = await resolve_target(args, console_http)
+    timeout = httpx.Timeout(10.0, read=args.timeout)
+    async with httpx.AsyncClient(timeout=timeout, verify=tls or True) as http:
+        with trio.fail_after(args.timeout):
+            return await call_endpoint(
+                http,
+                target,
+                args.route,
+                payload,
+                cost=cost,
+                patience=patience_from(args),
+                watcher=_StreamChunks(on_chunk),
+            )
+
+
+def _read_payload(parser: argparse.ArgumentParser, args: argparse.Namespace) -> object:
+    if (args.payload is None) == (args.payload_file is None):
+        parser.error("give the payload either as an argument or with --payload-file")
+    try:
+        if args.payload_file is not None:
+            with open(args.payload_file, encoding="utf-8") as file:
+                return json.load(file)
+        return json.loads(args.payload)
+    except (OSError, ValueError) as exc:
+        parser.error(f"cannot read the payload: {exc}")
+
+
+def _show(answer: Answer, output: Path | None) -> int:
+    """Print a complete (not streamed) 2xx answer, its images saved; returns the exit status."""
+    try:
+        decoded = answer.json()
     except ValueError:
-        return text
-
-
-class _StreamPrinter:
-    """Writes a stream's chunks to stdout as they arrive, decoding UTF-8 across chunk edges."""
-
-    def __init__(self) -> None:
-        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        self.ends_with_newline = True
-
-    def __call__(self, chunk: bytes) -> None:
-        text = self._decoder.decode(chunk)
-        if text:
-            sys.stdout.write(text)
-            sys.stdout.flush()
-            self.ends_with_newline = text.endswith("\n")
+        print(answer.body.decode("utf-8", "replace"))
+        return 0
+    try:
+        shown, saved = save_images(decoded, output)
+    except OSError as exc:
+        print(f"cannot save the images: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(shown, indent=2, ensure_ascii=False))
+    for path in saved:
+        print(f"saved {path}", file=sys.stderr)
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the client; returns the exit status (0 ok, 1 refused, 2 cannot connect or bad use)."""
     parser = _parser()
     args = parser.parse_args(argv)
-    if (args.payload is None) == (args.payload_file is None):
-        parser.error("give the payload either as an argument or with --payload-file")
+    check_target_options(parser, args)
+    payload = _read_payload(parser, args)
+    if args.cost is not None:
+        cost = args.cost
+    elif args.backend:
+        try:
+            cost = _estimate(args.backend, args.route, payload)
+        except ValueError as exc:
+            parser.error(str(exc))
+    else:
+        cost = DEFAULT_COST
+    printer = _TokenPrinter(args.backend)
     try:
-        if args.payload_file is not None:
-            with open(args.payload_file, encoding="utf-8") as file:
-                payload = json.load(file)
-        else:
-            payload = json.loads(args.payload)
-    except (OSError, ValueError) as exc:
-        parser.error(f"cannot read the payload: {exc}")
-
-    printer = _StreamPrinter()
-    try:
-        answer = trio.run(
-            partial(
-                send,
-                args.route,
-                payload,
-                autoscaler=args.autoscaler,
-                endpoint=args.endpoint,
-                cost=_cost(args.cost),
-                api_key=args.api_key,
-                read_timeout=args.timeout,
-                on_chunk=printer,
-            )
-        )
+        answer = trio.run(partial(_request, args, payload, _number(cost), printer))
+    except ConsoleError as exc:
+        print(f"console: {exc}", file=sys.stderr)
+        return 2
     except RouteError as exc:
         print(str(exc), file=sys.stderr)
-        return 1
-    except httpx.TransportError as exc:
-        print(f"connection error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1 if exc.status else 2
+    except WorkerError as exc:
+        print(f"connection error: {exc}", file=sys.stderr)
+        return 2
+    except trio.TooSlowError:
+        print(f"no answer within {args.timeout:g} s", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
@@ -274,14 +325,9 @@ def main(argv: list[str] | None = None) -> int:
         print(answer.body.decode("utf-8", "replace"), file=sys.stderr)
         return 1
     if answer.streamed:
-        if not printer.ends_with_newline:
-            print()
+        printer.finish()
         return 0
-    try:
-        print(json.dumps(answer.json(), indent=2, ensure_ascii=False))
-    except ValueError:
-        print(answer.body.decode("utf-8", "replace"))
-    return 0
+    return _show(answer, args.output)
 
 
 if __name__ == "__main__":
