@@ -15,7 +15,7 @@
 #     when POST /pyworker/update has left its flag file, pulls PYWORKER_REF into it first;
 #  5. installs it into the venv $WORKSPACE_DIR/worker-env, unless what is installed is the same
 #     (a stamp of the commit, pyproject.toml and Python): a reboot starts in a second or two;
-#  6. refuses an unknown BACKEND (python -m pyworker --list-backends);
+#  6. refuses an unknown BACKEND, or its settings, in the worker's own words (load_backend);
 #  7. with USE_SSL true: makes a key and a certificate request, has Vast's console sign it, and
 #     stores the pair where the worker reads it;
 #  8. stops the worker it started before, if it still runs, and starts the new one in the
@@ -115,8 +115,10 @@ workspace() {
 check_settings() {
     [[ -n "${BACKEND:-}" ]] ||
         refuse "BACKEND is not set: set it to the backend to serve (python -m pyworker --list-backends lists them)"
-    [[ "$BACKEND" =~ ^[A-Za-z0-9_]+$ ]] ||
-        refuse "BACKEND '$BACKEND' is not a backend name (letters, digits and _ only)"
+    # Only what can never name a backend (a path, spaces) is refused before the install; the
+    # worker itself judges the rest (check_backend).
+    [[ "$BACKEND" =~ ^[A-Za-z0-9_.-]+$ ]] ||
+        refuse "BACKEND '$BACKEND' is not a backend name (letters, digits, _, - and . only)"
     [[ -n "${MODEL_LOG:-}" ]] ||
         refuse "MODEL_LOG is not set: set it to the model server's log file (its stdout and stderr)"
     [[ "$WORKER_PORT" =~ ^[0-9]+$ ]] ||
@@ -371,11 +373,28 @@ install_worker() {
 }
 
 check_backend() {
-    local backends
-    backends="$("$ENV_PATH/bin/python" -m pyworker --list-backends 2>&1)" ||
-        fail "the installed worker does not run: ${backends//$'\n'/ | }"
-    grep -Fxq -- "$BACKEND" <<<"$backends" ||
-        refuse "unknown backend '$BACKEND' (BACKEND): this pyworker has $(paste -sd, <<<"$backends" | sed 's/,/, /g')"
+    # The worker's own judgement, in its own words: the name (or an alias of one), and the
+    # backend's settings in the environment. Before anything is stopped or started, so that a
+    # mistake leaves a running worker alone.
+    local problem status=0
+    problem="$("$ENV_PATH/bin/python" - "$BACKEND" 2>&1 <<'PY'
+import os
+import sys
+
+from pyworker import UnknownBackendError, load_backend
+
+try:
+    load_backend(sys.argv[1], dict(os.environ))
+except (UnknownBackendError, ValueError) as exc:
+    print(exc)
+    sys.exit(2)
+PY
+)" || status=$?
+    case "$status" in
+        0) ;;
+        2) refuse "BACKEND: $problem" ;;
+        *) fail "the installed worker does not run (status $status): $(tail -n 1 <<<"$problem")" ;;
+    esac
 }
 
 # -- TLS -----------------------------------------------------------------------------------------
