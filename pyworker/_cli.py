@@ -237,6 +237,16 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         "(default: half the open files limit, which is raised to its hard limit)",
     )
     add(
+        "--ssl-certfile",
+        default=None,
+        help="the TLS certificate served when USE_SSL is true (default /etc/instance.crt)",
+    )
+    add(
+        "--ssl-keyfile",
+        default=None,
+        help="its private key (default /etc/instance.key)",
+    )
+    add(
         "--update-flag-file",
         default=None,
         help="the file POST /pyworker/update creates for the start script (default /.force_update)",

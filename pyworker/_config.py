@@ -258,6 +258,10 @@ ENV_OPTIONS: dict[str, tuple[str, Callable[[str], object]]] = {
     "stall_timeout": ("PYWORKER_STALL_TIMEOUT", float),
     "max_sessions": ("PYWORKER_MAX_SESSIONS", int),
     "update_flag_file": ("PYWORKER_UPDATE_FLAG_FILE", str),
+    # The start script makes the certificate; a test (or an image that keeps it elsewhere)
+    # points both the script and the worker at other paths through these.
+    "ssl_certfile": ("PYWORKER_SSL_CERTFILE", str),
+    "ssl_keyfile": ("PYWORKER_SSL_KEYFILE", str),
     "max_connections": ("PYWORKER_MAX_CONNECTIONS", int),
     "keep_alive_timeout": ("PYWORKER_KEEP_ALIVE_TIMEOUT", float),
     "metrics_port": ("PYWORKER_METRICS_PORT", int),
@@ -364,6 +368,8 @@ def load_config(args: argparse.Namespace, env: Mapping[str, str]) -> tuple[Worke
         "max_sessions",
         "http_port",
         "update_flag_file",
+        "ssl_certfile",
+        "ssl_keyfile",
         "max_connections",
         "keep_alive_timeout",
         "metrics_port",

@@ -140,6 +140,26 @@ def test_list_backends(tmp_path: Path) -> None:
             ("REPORT_ADDR",),
         ),
         (("--backend", "hello_world", "--report-addr", "http://127.0.0.1:9"), {}, ("model log",)),
+        (
+            ("--backend", "hello_world"),
+            {
+                "MODEL_LOG": "/tmp/m.log",
+                "UNSECURED": "true",
+                "USE_SSL": "true",
+                "PYWORKER_SSL_CERTFILE": "/nonexistent/w.crt",
+            },
+            ("USE_SSL", "/nonexistent/w.crt"),
+        ),
+        (
+            ("--backend", "hello_world", "--ssl-keyfile", "/nonexistent/w.key"),
+            {
+                "MODEL_LOG": "/tmp/m.log",
+                "UNSECURED": "true",
+                "USE_SSL": "true",
+                "PYWORKER_SSL_CERTFILE": "pyproject.toml",  # any file that exists
+            },
+            ("USE_SSL", "/nonexistent/w.key"),
+        ),
     ],
     ids=[
         "unknown-backend",
@@ -154,6 +174,8 @@ def test_list_backends(tmp_path: Path) -> None:
         "MODEL_LOG-without-key",
         "bad-REPORT_ADDR",
         "no-MODEL_LOG",
+        "USE_SSL-certificate-missing-at-PYWORKER_SSL_CERTFILE",
+        "USE_SSL-key-missing-at---ssl-keyfile",
     ],
 )
 def test_bad_configuration_is_one_line_and_exit_2(

@@ -21,6 +21,9 @@ import pytest
 import trio
 import trio.lowlevel
 from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 from harness import accept
 from hypercorn.config import Config
 from hypercorn.trio import serve
@@ -571,6 +574,43 @@ async def test_the_tls_root_is_a_ca_that_issues_certificates_for_local_addresses
             stream = await trio.open_ssl_over_tcp_stream("127.0.0.1", port, ssl_context=context)
             async with stream:
                 assert await stream.receive_some() == b"hello"
+
+
+async def test_the_console_signs_an_instance_certificate_request_with_its_root(
+    router: Running, http: httpx.AsyncClient
+) -> None:
+    # What the start script's openssl sends: a subject and the SAN IP 0.0.0.0.
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "pyworker.vast.ai")])
+    san = x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("0.0.0.0"))])
+    csr = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(subject)
+        .add_extension(san, critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    url = f"{router.url}/api/v0/sign_cert/"
+    answer = await http.post(
+        url,
+        params={"instance_id": "42"},
+        content=csr.public_bytes(serialization.Encoding.PEM),
+        headers={"Content-Type": "application/octet-stream"},
+    )
+    assert answer.status_code == 200, answer.text
+    leaf = x509.load_pem_x509_certificate(answer.content)
+    leaf.verify_directly_issued_by(router.standin.root_ca.certificate)
+    assert leaf.subject == subject
+    assert leaf.public_key() == key.public_key()
+    assert leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value == san
+    assert not leaf.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+    assert router.standin.cert_requests == ["42"]
+
+    garbage = await http.post(url, params={"instance_id": "43"}, content=b"not a request")
+    assert garbage.status_code == 400
+    router.standin.cert_request_failures = 1
+    failed = await http.post(url, content=csr.public_bytes(serialization.Encoding.PEM))
+    assert failed.status_code == 500
+    assert router.standin.cert_requests == ["42"]
 
 
 def route_body(**fields: Any) -> dict[str, Any]:

@@ -3,8 +3,10 @@
 It speaks the newest generation's wire protocol (vastai 1.9.1), so that Vast's own client can
 be pointed at it as both ``autoscaler_url`` and ``webserver_url``:
 
-* as the **console**, it lists endpoint groups (``GET /api/v0/endptjobs/``, ``.../{id}/``) and
-  serves the TLS root the client trusts (``GET /static/jvastai_root.cer``, a :class:`LocalCA`);
+* as the **console**, it lists endpoint groups (``GET /api/v0/endptjobs/``, ``.../{id}/``),
+  serves the TLS root the client trusts (``GET /static/jvastai_root.cer``, a :class:`LocalCA`)
+  and signs the certificate requests of instances' start scripts with that root
+  (``POST /api/v0/sign_cert/``);
 * as the **router**, it answers ``POST /route/``: it gives each client request an index of its
   own (``request_idx``, kept across the client's polls and re-routes) and, once a worker is
   available, a signed ``auth_data`` naming it; knobs make it say "wait", refuse, or pick among
@@ -279,6 +281,10 @@ class StandIn:
     """The last ``/route/`` calls, with their answers."""
     cert_downloads: int = attrs.field(default=0, init=False)
     """How many times the TLS root was downloaded."""
+    cert_requests: list[str] = attrs.field(factory=list, init=False)
+    """The ``instance_id`` of each certificate request signed, in order."""
+    cert_request_failures: int = 0
+    """Answer this many of the next certificate requests with 500 (a console in trouble)."""
     _next_request_idx: int = attrs.field(init=False)
     _attempts: dict[int, int] = attrs.field(factory=dict, init=False)
     _ready: int = attrs.field(default=0, init=False)
@@ -455,7 +461,8 @@ def create_app(standin: StandIn) -> QuartTrio:
     """The stand-in's ASGI app.
 
     Routes, as the console: ``GET /api/v0/endptjobs/`` (``{"results": [...]}``),
-    ``GET /api/v0/endptjobs/{id}/`` (``{"result": {...}}``) and ``GET /static/jvastai_root.cer``;
+    ``GET /api/v0/endptjobs/{id}/`` (``{"result": {...}}``), ``GET /static/jvastai_root.cer``
+    and ``POST /api/v0/sign_cert/?instance_id=N`` (a PEM request in, a PEM certificate out);
     as the router: ``POST /route/``; as the autoscaler: ``GET /pubkey/``,
     ``POST /worker_status/``, ``POST /delete_requests/``; and ``GET /reports`` (the stored
     reports; the real autoscaler has no such route). Malformed bodies are answered 400.
@@ -494,6 +501,21 @@ def create_app(standin: StandIn) -> QuartTrio:
     async def root_certificate() -> Response:
         standin.cert_downloads += 1
         return Response(standin.root_ca.root_pem(), content_type="application/x-x509-ca-cert")
+
+    @app.post("/api/v0/sign_cert/")
+    async def sign_certificate() -> Response:
+        # No account key: the start script sends none, only the instance's id.
+        if standin.cert_request_failures > 0:
+            standin.cert_request_failures -= 1
+            return Response("signing unavailable", status=500, content_type="text/plain")
+        body = await request.get_data(as_text=False)
+        csr_pem = body.encode() if isinstance(body, str) else body
+        try:
+            certificate = standin.root_ca.sign_request(csr_pem)
+        except ValueError as exc:
+            return Response(f"bad certificate request: {exc}", status=400)
+        standin.cert_requests.append(request.args.get("instance_id", ""))
+        return Response(certificate, content_type="application/x-pem-file")
 
     # -- the router --------------------------------------------------------------------------
     @app.post("/route/")

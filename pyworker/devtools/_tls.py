@@ -116,6 +116,51 @@ class LocalCA:
         """The CA's certificate, PEM-encoded (what the stand-in serves as the TLS root)."""
         return self.certificate.public_bytes(serialization.Encoding.PEM)
 
+    def sign_request(self, csr_pem: bytes, *, days: int = 30) -> bytes:
+        """Sign a certificate signing request, as Vast's console does for an instance's start
+        script (``POST /api/v0/sign_cert/``): the certificate carries the request's subject,
+        public key and subject alternative names, and is issued by this CA.
+
+        Args:
+            csr_pem: the PEM-encoded request (what ``openssl req -new`` writes).
+            days: how long the certificate is valid.
+
+        Returns:
+            The certificate, PEM-encoded.
+
+        Raises:
+            ValueError: the request is not PEM, or its signature does not verify.
+        """
+        csr = x509.load_pem_x509_csr(csr_pem)
+        if not csr.is_signature_valid:
+            raise ValueError("the request's signature does not verify")
+        now = datetime.datetime.now(datetime.UTC)
+        ca_key_id = self.certificate.extensions.get_extension_for_class(
+            x509.SubjectKeyIdentifier
+        ).value
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(csr.subject)
+            .issuer_name(self.certificate.subject)
+            .public_key(csr.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - _CLOCK_SKEW)
+            .not_valid_after(now + datetime.timedelta(days=days))
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), False)
+            .add_extension(
+                x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca_key_id), False
+            )
+        )
+        try:
+            names = csr.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+        except x509.ExtensionNotFound:
+            pass
+        else:
+            builder = builder.add_extension(names.value, critical=False)
+        certificate = builder.sign(self.key, hashes.SHA256())
+        return certificate.public_bytes(serialization.Encoding.PEM)
+
     def issue(self, *hosts: str, days: int = 30) -> IssuedCertificate:
         """A server certificate for ``hosts`` (IP addresses or DNS names), signed by this CA.
 
