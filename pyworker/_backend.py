@@ -237,9 +237,12 @@ class DemoServer:
 
     Attributes:
         argv: builds the command line from (port, log path); stdout and stderr go to the log.
+        examples: short requests the demo suggests once ready, as ``(route, payload)``
+            (none: the benchmark request).
     """
 
     argv: Callable[[int, str], Sequence[str]]
+    examples: tuple[tuple[str, object], ...] = ()
 
 
 @attrs.frozen(kw_only=True)

@@ -399,6 +399,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     setup_logging(args.log_level, fmt=args.log_format, access=args.access_log or demo)
     if demo:
         log.info("%s", demo_reason(args, env))
+        # The stand-in autoscaler prints each report it receives that changed: the worker's
+        # own line for it would say the same twice.
+        logging.getLogger("pyworker.reporter").setLevel(logging.WARNING)
     raise_open_files_limit()
     _tune_gc()
     try:

@@ -689,7 +689,7 @@ async def test_demo_reaches_ready_and_its_command_works(tmp_path: Path) -> None:
         assert result.returncode == 0, result.stdout
         answer = json.loads(result.stdout)
         assert answer["object"] == "chat.completion"
-        assert answer["usage"]["completion_tokens"] == 128
+        assert answer["usage"]["completion_tokens"] == 32  # the demo's short example
     finally:
         with trio.CancelScope(shield=True):
             if process.returncode is None:

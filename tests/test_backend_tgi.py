@@ -33,7 +33,7 @@ from backends.tgi import _fake_api as tgi
 from pyworker import LogAction, PayloadError, State, Trigger
 from pyworker._machine import StateChange
 from pyworker._tokens import estimate_tokens
-from pyworker.devtools._demo import example_command
+from pyworker.devtools._demo import example_commands
 
 BACKEND = make_backend({})
 """The backend with every setting at its default."""
@@ -428,9 +428,10 @@ def test_benchmark_payload_and_demo_example_are_valid_tgi_requests() -> None:
         for stream in (False, True):
             _parse(payload, stream=stream)
             assert _tgi_accepts(payload, stream=stream)
-    command = shlex.split(example_command("http://127.0.0.1:9", BACKEND))
-    assert command[-2] == "/generate"
-    assert json.loads(command[-1]) == benchmark_payload(random.Random(0))
+    commands = [shlex.split(c) for c in example_commands("http://127.0.0.1:9", BACKEND)]
+    assert [command[-2] for command in commands] == ["/generate", "/generate_stream"]
+    for command in commands:  # each a payload the backend takes
+        BACKEND.endpoint(command[-2]).parse(json.loads(command[-1]))
 
 
 def test_model_id_comes_from_the_environment() -> None:

@@ -65,3 +65,13 @@ def test_a_typo_gets_a_did_you_mean(name: str, suggestion: str) -> None:
 def test_what_is_not_a_backend_is_refused(name: str) -> None:
     with pytest.raises(UnknownBackendError, match="unknown backend"):
         load_backend(name)
+
+
+@pytest.mark.parametrize("name", available_backends())
+def test_the_demo_examples_are_requests_the_backend_takes(name: str) -> None:
+    backend = load_backend(name, {"OPENAI_SERVER": "vllm"})
+    assert backend.demo is not None
+    assert backend.demo.examples, "the demo suggests requests once ready"
+    for route, payload in backend.demo.examples:
+        job = backend.endpoint(route).parse(payload)
+        assert 0 < job.workload < 10_000  # short ones

@@ -248,6 +248,13 @@ async def test_reports_are_stored_and_printed(router: Running, http: httpx.Async
     assert (await http.get(f"{router.url}/reports")).json() == [REPORT]
     # With no worker set, the report's URL is where clients get routed.
     assert router.standin.worker_url == REPORT["url"]
+    # The same figures again (a heartbeat) are stored, not printed again; a change is.
+    await http.post(f"{router.url}/worker_status/", json=REPORT)
+    assert router.lines == [REPORT_LINE]
+    await http.post(f"{router.url}/worker_status/", json=REPORT | {"cur_load": 9.0})
+    assert len(router.lines) == 2
+    assert "cur_load=9.0" in router.lines[1]
+    assert len((await http.get(f"{router.url}/reports")).json()) == 3
 
 
 async def test_default_report_printer_writes_one_line_to_stdout(

@@ -159,7 +159,10 @@ def backend_for(
         allow_parallel_requests=False,
         health_path="/system_stats",
         model_id=ckpt_name,
-        demo=DemoServer(argv=_demo_argv),
+        demo=DemoServer(
+            argv=_demo_argv,
+            examples=(("/generate", {"prompt": "a cat", "width": 512, "height": 512, "steps": 8}),),
+        ),
     )
 
 

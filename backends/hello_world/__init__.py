@@ -192,6 +192,12 @@ BACKEND = Backend(
     allow_parallel_requests=True,
     health_path="/healthcheck",
     model_id="hello_world-demo",
-    demo=DemoServer(argv=_demo_argv),
+    demo=DemoServer(
+        argv=_demo_argv,
+        examples=(
+            ("/generate", {"prompt": "Hello", "max_response_tokens": 32}),
+            ("/generate_stream", {"prompt": "Hello", "max_response_tokens": 32}),
+        ),
+    ),
 )
 """The backend with its default settings (the worker uses :func:`make_backend`)."""

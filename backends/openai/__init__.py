@@ -371,6 +371,14 @@ def benchmark_payload(rng: random.Random) -> dict[str, object]:
     }
 
 
+_HELLO = [{"role": "user", "content": "What is a GPU?"}]
+_DEMO_EXAMPLES: tuple[tuple[str, object], ...] = (
+    ("/v1/chat/completions", {"messages": _HELLO, "max_tokens": 32}),
+    ("/v1/chat/completions", {"messages": _HELLO, "max_tokens": 32, "stream": True}),
+)
+"""What the demo suggests: a chat answer, then the same streamed."""
+
+
 def completion_benchmark_payload(rng: random.Random) -> dict[str, object]:
     """A typical completion request: a ~100-word prompt, a 128-token answer."""
     return {"prompt": " ".join(rng.choices(_WORDS, k=100)), "max_tokens": 128, "ignore_eos": True}
@@ -663,7 +671,11 @@ def backend_for(settings: Settings, *, model_id: str = "") -> Backend:
         health_path="/v1/models" if one_at_a_time else "/health",
         model_id=model_id or _model_id({}, server),
         # No fake imitates llama-cpp-python: its demo is the real server (see the tests).
-        demo=DemoServer(argv=_demo_argv(flavor)) if flavor is not None else None,
+        demo=(
+            DemoServer(argv=_demo_argv(flavor), examples=_DEMO_EXAMPLES)
+            if flavor is not None
+            else None
+        ),
     )
 
 

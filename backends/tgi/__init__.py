@@ -249,7 +249,16 @@ def backend_for(
         allow_parallel_requests=True,  # TGI batches continuously
         health_path="/health",
         model_id=model_id,
-        demo=DemoServer(argv=_demo_argv(fake_args)),
+        demo=DemoServer(
+            argv=_demo_argv(fake_args),
+            examples=(
+                ("/generate", {"inputs": "What is a GPU?", "parameters": {"max_new_tokens": 32}}),
+                (
+                    "/generate_stream",
+                    {"inputs": "What is a GPU?", "parameters": {"max_new_tokens": 32}},
+                ),
+            ),
+        ),
     )
 
 

@@ -8,6 +8,8 @@ benchmarks. The worker itself never imports it.
 from ._console import ConsoleError as ConsoleError
 from ._console import endpoint_key as endpoint_key
 from ._console import vast_tls_context as vast_tls_context
+from ._describe import describe_deletions as describe_deletions
+from ._describe import describe_report as describe_report
 from ._routing import Answer as Answer
 from ._routing import CallWatcher as CallWatcher
 from ._routing import Patience as Patience
@@ -22,11 +24,9 @@ from ._signer import RouterSigner as RouterSigner
 from ._standin import EndpointGroup as EndpointGroup
 from ._standin import RouteCall as RouteCall
 from ._standin import StandIn as StandIn
-from ._standin import describe_deletions as describe_deletions
-from ._standin import describe_report as describe_report
 from ._standin import in_order as in_order
 from ._standin import round_robin as round_robin
-from ._standin import serve_standin as serve_standin
+from ._standin_app import serve_standin as serve_standin
 from ._tls import IssuedCertificate as IssuedCertificate
 from ._tls import LocalCA as LocalCA
 from .client import send as send

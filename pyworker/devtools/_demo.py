@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import random
 import shlex
 import sys
 from collections.abc import Mapping
@@ -27,7 +28,8 @@ from .._machine import StateChange
 from .._process import free_port, run_process_logged
 from .._worker import Worker
 from ._signer import RouterSigner
-from ._standin import StandIn, serve_standin
+from ._standin import StandIn
+from ._standin_app import serve_standin
 
 log = logging.getLogger("pyworker.demo")
 
@@ -40,21 +42,22 @@ def _rotate(log_path: Path) -> None:
         os.replace(log_path, log_path.with_name(log_path.name + ".old"))
 
 
-def example_command(autoscaler_url: str, backend: Backend) -> str:
-    """A shell command that sends one signed request to the demo worker."""
-    endpoint = backend.endpoint(backend.benchmark_route)
-    example: object = {"prompt": "Hello", "max_response_tokens": 32}
-    if endpoint.benchmark_payload is not None and backend.name != "hello_world":
-        import random
-
-        example = endpoint.benchmark_payload(random.Random(0))
+def example_commands(autoscaler_url: str, backend: Backend) -> list[str]:
+    """Shell commands that each send one signed request to the demo worker: the backend's
+    demo examples (a JSON answer and a stream, say), else its benchmark request."""
+    examples = list(backend.demo.examples if backend.demo is not None else ())
+    if not examples:
+        endpoint = backend.endpoint(backend.benchmark_route)
+        assert endpoint.benchmark_payload is not None
+        examples = [(endpoint.route, endpoint.benchmark_payload(random.Random(0)))]
     python = os.path.relpath(sys.executable)
     if python.startswith(".."):
         python = sys.executable
-    return (
+    return [
         f"{shlex.quote(python)} -m pyworker.client --autoscaler {autoscaler_url} "
-        f"--backend {backend.name} {endpoint.route} {shlex.quote(json.dumps(example))}"
-    )
+        f"--backend {backend.name} {route} {shlex.quote(json.dumps(payload))}"
+        for route, payload in examples
+    ]
 
 
 async def run_demo(
@@ -126,7 +129,7 @@ async def run_demo(
             if change.dest is State.READY:
                 speak(
                     "\nready. Send a signed request through the stand-in router:\n  "
-                    + example_command(autoscaler_url, backend)
+                    + "\n  ".join(example_commands(autoscaler_url, backend))
                     + "\n(Ctrl-C stops everything.)\n"
                 )
 

@@ -21,23 +21,15 @@ It is not a hot path, so it is a plain QuartTrio app.
 from __future__ import annotations
 
 import collections
-import json
 import logging
-import math
 import time
 from collections.abc import Callable, Sequence
-from functools import partial
 from typing import Any
 
 import attrs
 import trio
-from hypercorn.config import Config
-from hypercorn.trio import serve
-from quart import Response, request
-from quart_trio import QuartTrio
 
-from .._auth import _string_or_number
-from .._payload import Fields, PayloadError
+from ._describe import describe_deletions, describe_report, print_line
 from ._signer import RouterSigner
 from ._tls import LocalCA
 
@@ -45,73 +37,11 @@ __all__ = [
     "EndpointGroup",
     "RouteCall",
     "StandIn",
-    "create_app",
-    "describe_deletions",
-    "describe_report",
     "in_order",
     "round_robin",
-    "serve_standin",
 ]
 
 logger = logging.getLogger("pyworker.standin")
-
-
-def _print_line(line: str) -> None:
-    print(line, flush=True)
-
-
-def _number(value: object, unit: str = "") -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
-        return f"{value:.1f}{unit}"
-    return repr(value)
-
-
-def describe_report(report: dict[str, Any]) -> str:
-    """One human line summarising a load report.
-
-    The 2024 report has no state field, so unless the worker sends one, it is inferred: errored
-    when there is an error message, ready once benchmarked (``max_perf`` > 0), else loading.
-    """
-    state = report.get("state")
-    if not isinstance(state, str):
-        max_perf = report.get("max_perf")
-        if report.get("error_msg"):
-            state = "error"
-        elif isinstance(max_perf, int | float) and max_perf > 0:
-            state = "ready"
-        else:
-            state = "loading"
-    return (
-        f"report from worker {report.get('id', '?')}: state={state}"
-        f" loadtime={_number(report.get('loadtime'), 's')}"
-        f" max_perf={_number(report.get('max_perf'))}"
-        f" cur_load={_number(report.get('cur_load'))}"
-        f" cur_perf={_number(report.get('cur_perf'))}"
-        f" in_flight={report.get('num_requests_working', '-')}"
-        f" received={report.get('num_requests_recieved', '-')}"
-        f" error={report.get('error_msg', '')!r}"
-    )
-
-
-def describe_deletions(body: dict[str, Any]) -> str:
-    """One human line summarising a ``/delete_requests/`` body (the 2026 form).
-
-    Each finished request shows as ``request_idx:status``; an older body (a bare
-    ``request_idxs`` list and one ``success`` flag) is shown by its indices.
-    """
-    entries = body.get("requests")
-    if isinstance(entries, list):
-        finished = " ".join(
-            f"{entry.get('request_idx', '?')}:{entry.get('status', '?')}"
-            if isinstance(entry, dict)
-            else repr(entry)
-            for entry in entries
-        )
-    else:
-        finished = f"{body.get('request_idxs', [])!r} success={body.get('success', '-')!r}"
-    return f"finished requests from worker {body.get('worker_id', '?')}: {finished or '-'}"
 
 
 _MAX_TRACKED_REQUESTS = 10_000
@@ -236,7 +166,8 @@ class StandIn:
         delete_status: the status ``/delete_requests/`` is answered with.
         pubkey_failures: answer this many of the next ``/pubkey/`` requests with 500.
         max_reports: how many reports, deletion bodies and route calls to keep (each).
-        on_report: called with one line per report and per deletion body (default: print it).
+        on_report: called with one line per report whose figures changed, and per deletion
+            body (default: print it).
         root_ca: the CA whose root is served as Vast's TLS root (default: a new one).
     """
 
@@ -264,10 +195,11 @@ class StandIn:
     delete_status: int = 200
     pubkey_failures: int = 0
     max_reports: int = 1000
-    on_report: Callable[[str], None] | None = _print_line
+    on_report: Callable[[str], None] | None = print_line
     root_ca: LocalCA = attrs.field(factory=LocalCA.generate)
     reqnum: int = 0
     """The last reqnum handed out; each route to a worker increments it."""
+    _last_line: str = attrs.field(default="", init=False)
     reports_received: int = attrs.field(default=0, init=False)
     """Reports received in total (``reports`` keeps only the last ``max_reports``)."""
     reports: collections.deque[dict[str, Any]] = attrs.field(init=False)
@@ -413,8 +345,11 @@ class StandIn:
         if self.worker_url is None and isinstance(report.get("url"), str) and report["url"]:
             self.worker_url = report["url"]
             logger.info("routing clients to %s (from its report)", self.worker_url)
-        if self.on_report is not None:
-            self.on_report(describe_report(report))
+        line = describe_report(report)
+        # A line per change: the same figures again (a heartbeat every 10 s) are not repeated.
+        if self.on_report is not None and line != self._last_line:
+            self.on_report(line)
+        self._last_line = line
         self._notify()
 
     def receive_deletions(self, body: dict[str, Any]) -> None:
@@ -446,164 +381,3 @@ class StandIn:
     async def wait_for_routes(self, count: int) -> None:
         """Wait until ``count`` ``/route/`` calls have been answered in total."""
         await self.wait_until(lambda: self.routes_received >= count)
-
-
-async def _json_body() -> object:
-    """The request body decoded as JSON; PayloadError if it is not JSON."""
-    body = await request.get_data(as_text=False)
-    try:
-        return json.loads(body)
-    except (ValueError, RecursionError) as exc:
-        raise PayloadError({"": f"body is not valid JSON: {exc}"}) from None
-
-
-def create_app(standin: StandIn) -> QuartTrio:
-    """The stand-in's ASGI app.
-
-    Routes, as the console: ``GET /api/v0/endptjobs/`` (``{"results": [...]}``),
-    ``GET /api/v0/endptjobs/{id}/`` (``{"result": {...}}``), ``GET /static/jvastai_root.cer``
-    and ``POST /api/v0/sign_cert/?instance_id=N`` (a PEM request in, a PEM certificate out);
-    as the router: ``POST /route/``; as the autoscaler: ``GET /pubkey/``,
-    ``POST /worker_status/``, ``POST /delete_requests/``; and ``GET /reports`` (the stored
-    reports; the real autoscaler has no such route). Malformed bodies are answered 400.
-    """
-    app = QuartTrio("pyworker.standin")
-
-    @app.errorhandler(PayloadError)
-    async def bad_request(exc: PayloadError) -> tuple[dict[str, Any], int]:
-        errors = exc.errors
-        return {"error": errors[""] if set(errors) == {""} else errors}, 400
-
-    # -- the console -----------------------------------------------------------------------
-    def refused_account() -> tuple[dict[str, Any], int] | None:
-        if standin.account_accepts(
-            request.headers.get("Authorization"), request.args.get("api_key")
-        ):
-            return None
-        return {"error": "invalid account api_key"}, 401
-
-    @app.get("/api/v0/endptjobs/")
-    async def endpoint_groups() -> tuple[dict[str, Any], int]:
-        if refusal := refused_account():
-            return refusal
-        return {"results": [group.to_json() for group in standin.endpoints]}, 200
-
-    @app.get("/api/v0/endptjobs/<int:group_id>/")
-    async def endpoint_group(group_id: int) -> tuple[dict[str, Any], int]:
-        if refusal := refused_account():
-            return refusal
-        for group in standin.endpoints:
-            if group.id == group_id:
-                return {"result": group.to_json()}, 200
-        return {"error": f"no endpoint group {group_id}"}, 404
-
-    @app.get("/static/jvastai_root.cer")
-    async def root_certificate() -> Response:
-        standin.cert_downloads += 1
-        return Response(standin.root_ca.root_pem(), content_type="application/x-x509-ca-cert")
-
-    @app.post("/api/v0/sign_cert/")
-    async def sign_certificate() -> Response:
-        # No account key: the start script sends none, only the instance's id.
-        if standin.cert_request_failures > 0:
-            standin.cert_request_failures -= 1
-            return Response("signing unavailable", status=500, content_type="text/plain")
-        body = await request.get_data(as_text=False)
-        csr_pem = body.encode() if isinstance(body, str) else body
-        try:
-            certificate = standin.root_ca.sign_request(csr_pem)
-        except ValueError as exc:
-            return Response(f"bad certificate request: {exc}", status=400)
-        standin.cert_requests.append(request.args.get("instance_id", ""))
-        return Response(certificate, content_type="application/x-pem-file")
-
-    # -- the router --------------------------------------------------------------------------
-    @app.post("/route/")
-    async def route() -> tuple[dict[str, Any], int]:
-        body = await _json_body()
-        if not isinstance(body, dict):
-            raise PayloadError({"": "body must be a JSON object"})
-        fields = Fields(body)
-        endpoint = fields.string("endpoint")
-        cost = _string_or_number(fields, "cost")
-        api_key = fields.string("api_key", default=None)
-        request_idx = fields.integer("request_idx", default=0, minimum=0)
-        replay_timeout = fields.number("replay_timeout", default=None, minimum=0)
-        fields.check()
-        call = RouteCall(
-            endpoint=endpoint,
-            cost=cost,
-            api_key=api_key,
-            sent_request_idx=request_idx,
-            replay_timeout=replay_timeout,
-            authorization=request.headers.get("Authorization"),
-            query_api_key=request.args.get("api_key"),
-            user_agent=request.headers.get("User-Agent"),
-        )
-        status, answer = standin.answer_route(call)
-        return answer, status
-
-    # -- the autoscaler ----------------------------------------------------------------------
-    @app.get("/pubkey/")
-    async def pubkey() -> Response:
-        if standin.pubkey_failures > 0:
-            standin.pubkey_failures -= 1
-            return Response("key store unavailable", status=500, content_type="text/plain")
-        return Response(standin.signer.public_pem(), content_type="text/plain")
-
-    @app.post("/worker_status/")
-    async def worker_status() -> tuple[dict[str, Any], int]:
-        report = await _json_body()
-        if not isinstance(report, dict):
-            raise PayloadError({"": "report must be a JSON object"})
-        standin.receive_report(report)
-        if standin.report_delay > 0:
-            await trio.sleep(standin.report_delay)
-        return {"ok": standin.report_status < 400}, standin.report_status
-
-    @app.post("/delete_requests/")
-    async def delete_requests() -> tuple[dict[str, Any], int]:
-        body = await _json_body()
-        if not isinstance(body, dict):
-            raise PayloadError({"": "body must be a JSON object"})
-        standin.receive_deletions(body)
-        return {"ok": standin.delete_status < 400}, standin.delete_status
-
-    @app.get("/reports")
-    async def reports() -> Response:
-        return Response(json.dumps(list(standin.reports)), content_type="application/json")
-
-    return app
-
-
-async def serve_standin(
-    standin: StandIn,
-    *,
-    host: str = "127.0.0.1",
-    port: int = 0,
-    shutdown: trio.Event,
-    task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
-) -> None:
-    """Serve the stand-in until ``shutdown`` is set (then drain for up to 1 s).
-
-    Args:
-        standin: the state to serve.
-        host: the address to listen on.
-        port: the port (0: any free port).
-        shutdown: set it to stop serving.
-        task_status: ``started(base_url)`` (e.g. ``"http://127.0.0.1:41234"``) once listening.
-    """
-    config = Config()
-    config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
-    # Log fields first: hypercorn builds its logger on the first access to config.log.
-    config.accesslog = None
-    config.errorlog = logging.getLogger("pyworker.standin.http")
-    # Short: hypercorn 0.18 with QuartTrio holds the drain for the whole graceful_timeout while a
-    # client keeps an idle keep-alive connection open, and nothing here is worth waiting for.
-    config.graceful_timeout = 1.0
-    app = create_app(standin)
-    async with trio.open_nursery() as nursery:
-        binds: list[str] = await nursery.start(
-            partial(serve, app, config, shutdown_trigger=shutdown.wait)
-        )
-        task_status.started(binds[0])

@@ -15,7 +15,8 @@ from functools import partial
 import trio
 
 from ._signer import RouterSigner
-from ._standin import StandIn, serve_standin
+from ._standin import StandIn
+from ._standin_app import serve_standin
 
 
 def _parser() -> argparse.ArgumentParser:
