@@ -294,25 +294,32 @@ async def test_a_client_that_leaves_while_queued_never_reaches_the_model(
         assert r.tracker.totals(trio.current_time()).cancelled == 10.0
 
 
+async def one_queued_behind_another(r: Rig, event: Trigger) -> list[tuple[int, Any]]:
+    """Two requests to a one-at-a-time model: the first holds the turn while ``event`` is
+    fired, with the second admitted and waiting; then the first is let go. Both answers."""
+    r.model.gate = release = trio.Event()
+    answers: list[tuple[int, Any]] = []
+
+    async def post() -> None:
+        answers.append(await r.post({"auth_data": r.auth(), "payload": PAYLOAD}))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(post)
+        await r.model.started.wait()
+        nursery.start_soon(post)
+        await trio.testing.wait_all_tasks_blocked()
+        assert r.tracker.in_flight == 2  # the second waits for its turn
+        assert r.lifecycle.fire(event, now=1.0, reason="r")
+        release.set()
+    return answers
+
+
 @pytest.mark.parametrize("leave", [Trigger.STALLED, Trigger.MODEL_FAILED, Trigger.MODEL_RESTARTED])
 async def test_a_queued_request_is_refused_at_its_turn_once_the_model_is_not_served(
     signer: RouterSigner, leave: Trigger
 ) -> None:
     async with rig(signer, parallel=False) as r:
-        r.model.gate = release = trio.Event()  # the first request holds the only turn
-        answers: list[tuple[int, Any]] = []
-
-        async def post() -> None:
-            answers.append(await r.post({"auth_data": r.auth(), "payload": PAYLOAD}))
-
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(post)
-            await r.model.started.wait()
-            nursery.start_soon(post)
-            await trio.testing.wait_all_tasks_blocked()
-            assert r.tracker.in_flight == 2  # the second waits for its turn
-            assert r.lifecycle.fire(leave, now=1.0, reason="r")
-            release.set()
+        answers = await one_queued_behind_another(r, leave)
         assert len(r.model.ran) == 1  # the queued one never reached the model server
         refused = answers[1]
         assert refused[0] == 503
@@ -322,18 +329,6 @@ async def test_a_queued_request_is_refused_at_its_turn_once_the_model_is_not_ser
 
 async def test_a_queued_request_is_still_served_while_draining(signer: RouterSigner) -> None:
     async with rig(signer, parallel=False) as r:
-        r.model.gate = release = trio.Event()
-        answers: list[tuple[int, Any]] = []
-
-        async def post() -> None:
-            answers.append(await r.post({"auth_data": r.auth(), "payload": PAYLOAD}))
-
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(post)
-            await r.model.started.wait()
-            nursery.start_soon(post)
-            await trio.testing.wait_all_tasks_blocked()
-            assert r.lifecycle.fire(Trigger.SHUTDOWN, now=1.0)
-            release.set()
+        answers = await one_queued_behind_another(r, Trigger.SHUTDOWN)
         assert [status for status, _ in answers] == [200, 200]
         assert len(r.model.ran) == 2

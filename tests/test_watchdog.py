@@ -23,6 +23,23 @@ def prompt(tokens: int) -> dict[str, object]:
     return {"prompt": "hi", "max_response_tokens": tokens}
 
 
+async def read_cut_stream(stack: Stack, payload: object) -> list[bytes]:
+    """The chunks of a ``/generate_stream`` answer that starts (200) and is then cut off."""
+    events: list[bytes] = []
+
+    async def read() -> None:
+        async with stack.http.stream(
+            "POST", stack.url + "/generate_stream", json=stack.envelope(payload)
+        ) as response:
+            assert response.status_code == 200
+            async for chunk in response.aiter_bytes():
+                events.append(chunk)
+
+    with pytest.raises(httpx.RemoteProtocolError):
+        await read()
+    return events
+
+
 # -- the rule, on a mock clock ----------------------------------------------------------------
 
 
@@ -193,7 +210,7 @@ async def test_a_silent_model_is_stalled_and_its_requests_get_504(
         waited = trio.current_time() - started
         assert response.status_code == 504
         assert response.json() == {"error": "model server stalled"}
-        assert 0.5 < waited < 5.0
+        assert waited > 0.5  # not before the stall limit
         assert stack.worker.lifecycle.current is State.STALLED
 
         status = await stack.status()
@@ -222,18 +239,7 @@ async def test_a_silent_model_is_stalled_and_its_requests_get_504(
 async def test_a_stream_that_goes_silent_is_cut(nursery: trio.Nursery, tmp_path: Path) -> None:
     with trio.fail_after(GUARD):
         stack = await ready_stack(nursery, tmp_path, "--hang-after", "2", stall_timeout=0.5)
-        events: list[bytes] = []
-
-        async def read_stream() -> None:
-            async with stack.http.stream(
-                "POST", stack.url + "/generate_stream", json=stack.envelope(prompt(5))
-            ) as response:
-                assert response.status_code == 200
-                async for chunk in response.aiter_bytes():
-                    events.append(chunk)
-
-        with pytest.raises(httpx.RemoteProtocolError):
-            await read_stream()
+        events = await read_cut_stream(stack, prompt(5))
         assert b"".join(events).count(b"data: ") == 2  # what came before the silence
         assert not any(b'"done"' in event for event in events)
         await stack.wait_state(State.STALLED)
@@ -308,18 +314,7 @@ async def test_the_total_timeout_ends_a_request_that_keeps_going(
         assert response.status_code == 504
         assert "total_timeout" in response.json()["error"]
 
-        events: list[bytes] = []
-
-        async def read_stream() -> None:
-            async with stack.http.stream(
-                "POST", stack.url + "/generate_stream", json=stack.envelope(prompt(200))
-            ) as response:
-                assert response.status_code == 200
-                async for chunk in response.aiter_bytes():
-                    events.append(chunk)
-
-        with pytest.raises(httpx.RemoteProtocolError):
-            await read_stream()
+        events = await read_cut_stream(stack, prompt(200))
         assert 5 < b"".join(events).count(b"data: ") < 200
         # Not a stall: the model server is fine, and the worker stays ready.
         assert stack.worker.lifecycle.current is State.READY
