@@ -160,9 +160,9 @@ class Watchdog:
     stall_timeout: float = attrs.field(default=30.0, validator=attrs.validators.ge(0))
     pace: Callable[[], Pace] = Pace
     total_timeout: float = attrs.field(default=0.0, validator=attrs.validators.ge(0))
-    _work: dict[int, Work] = attrs.field(factory=dict, init=False)
-    _workloads: dict[int, float] = attrs.field(factory=dict, init=False)
-    _next_id: int = attrs.field(default=0, init=False)
+    _work: set[Work] = attrs.field(factory=set, init=False)
+    _ahead: float = attrs.field(default=0.0, init=False)
+    """The workload of the requests followed now (a running sum: O(1) per request)."""
     last_progress: float = attrs.field(default=-math.inf, init=False)
     """When anything last arrived from the model server on any request."""
 
@@ -185,18 +185,18 @@ class Watchdog:
         then says which.
         """
         now = trio.current_time()
-        expected = self.pace().predict(workload, ahead=sum(self._workloads.values()))
+        expected = self.pace().predict(workload, ahead=self._ahead)
         work = Work(expected=expected, sent_at=now, waiting_since=now)
         if self.total_timeout:
             work.scope.deadline = now + self.total_timeout
-        key = self._next_id
-        self._next_id += 1
-        self._work[key] = work
-        self._workloads[key] = workload
+        self._work.add(work)
+        self._ahead += workload
         try:
             yield work
         finally:
-            del self._work[key], self._workloads[key]
+            self._work.discard(work)
+            # Reset when nothing is followed, so float rounding never leaves a remainder.
+            self._ahead = self._ahead - workload if self._work else 0.0
 
     def answer(self, work: Work, answer: Answer) -> Answer:
         """``answer`` (which has just arrived) with every chunk it yields noted as progress."""
@@ -214,7 +214,7 @@ class Watchdog:
         """Whether the model server has stalled, as of ``now``."""
         if not self.stall_timeout:
             return None
-        waiting = [w for w in self._work.values() if w.waiting_since is not None]
+        waiting = [w for w in self._work if w.waiting_since is not None]
         if not waiting:
             return None
         oldest = min(waiting, key=lambda w: w.sent_at)
@@ -229,7 +229,7 @@ class Watchdog:
 
     def end_all(self) -> int:
         """End every request sent to the model server (their blocks are cancelled)."""
-        for work in self._work.values():
+        for work in self._work:
             work.end("model server stalled")
         return len(self._work)
 
