@@ -167,7 +167,8 @@ async def keep_key(
     on_loaded: Callable[[], object],
 ) -> None:
     """The ``key_fetch`` service: fetch the router's key until one is had (then call
-    ``on_loaded``), then watch for its rotation (see :func:`watch_key_rotation`).
+    ``on_loaded``), then watch for its rotation (see :func:`watch_key_rotation`). A key given
+    in the configuration is never fetched nor replaced.
 
     Returns at once for an unsecured worker; with no URL to fetch from, says so (once).
     """
@@ -177,7 +178,10 @@ async def keep_key(
         if not authenticator.has_key:
             logger.error("no source for the router's public key: signed requests will get 503")
         return
-    if not authenticator.has_key:
-        authenticator.set_public_key(await fetch_public_key(urls, http=http))
-        on_loaded()
+    if authenticator.has_key:
+        # Configured (--pubkey-file, PYWORKER_PUBKEY): the operator's key stays the one, and a
+        # key served elsewhere never replaces it, however many signatures fail.
+        return
+    authenticator.set_public_key(await fetch_public_key(urls, http=http))
+    on_loaded()
     await watch_key_rotation(authenticator, urls=urls, http=http)

@@ -31,7 +31,13 @@ from pyworker._auth import (
     message_2025,
 )
 from pyworker._payload import PayloadError
-from pyworker._pubkey import configured_key, fetch_public_key, pubkey_urls, watch_key_rotation
+from pyworker._pubkey import (
+    configured_key,
+    fetch_public_key,
+    keep_key,
+    pubkey_urls,
+    watch_key_rotation,
+)
 from pyworker.devtools import RouterSigner
 
 URL = "http://127.0.0.1:41234"
@@ -536,3 +542,29 @@ async def test_a_rotated_router_key_is_picked_up_after_a_burst_of_bad_signatures
         accept(authenticator, signed(other_signer, reqnum=10))
         assert "invalid signature" in refusal(authenticator, signed(signer, reqnum=11)).reason
         nursery.cancel_scope.cancel()
+
+
+async def test_a_configured_key_is_never_replaced_by_a_fetched_one(
+    signer: RouterSigner, other_signer: RouterSigner, autojump_clock: trio.testing.MockClock
+) -> None:
+    fetches: list[float] = []
+
+    async def router(request: httpx.Request) -> httpx.Response:
+        fetches.append(trio.current_time())
+        return httpx.Response(200, content=other_signer.public_pem())
+
+    authenticator = make_auth(signer)  # the key the operator gave
+    loaded: list[bool] = []
+    async with mock_client(router) as http:
+        # Returns at once: nothing to fetch, nothing to watch.
+        with trio.fail_after(1):
+            await keep_key(
+                authenticator,
+                urls=["http://router/pubkey/"],
+                http=http,
+                on_loaded=lambda: loaded.append(True),
+            )
+    for reqnum in range(10):  # a burst of bad signatures changes nothing
+        refusal(authenticator, signed(other_signer, reqnum=reqnum))
+    assert (fetches, loaded) == ([], [])
+    accept(authenticator, signed(signer, reqnum=20))
