@@ -160,7 +160,9 @@ class Watchdog:
     stall_timeout: float = attrs.field(default=30.0, validator=attrs.validators.ge(0))
     pace: Callable[[], Pace] = Pace
     total_timeout: float = attrs.field(default=0.0, validator=attrs.validators.ge(0))
-    _work: set[Work] = attrs.field(factory=set, init=False)
+    _work: dict[Work, None] = attrs.field(factory=dict, init=False)
+    """The requests followed, oldest first (a dict keeps the order they were sent in, which
+    a tie in :attr:`Work.sent_at` under a coarse or mock clock would not)."""
     _ahead: float = attrs.field(default=0.0, init=False)
     """The workload of the requests followed now (a running sum: O(1) per request)."""
     last_progress: float = attrs.field(default=-math.inf, init=False)
@@ -189,12 +191,12 @@ class Watchdog:
         work = Work(expected=expected, sent_at=now, waiting_since=now)
         if self.total_timeout:
             work.scope.deadline = now + self.total_timeout
-        self._work.add(work)
+        self._work[work] = None
         self._ahead += workload
         try:
             yield work
         finally:
-            self._work.discard(work)
+            del self._work[work]
             # Reset when nothing is followed, so float rounding never leaves a remainder.
             self._ahead = self._ahead - workload if self._work else 0.0
 
@@ -217,7 +219,7 @@ class Watchdog:
         waiting = [w for w in self._work if w.waiting_since is not None]
         if not waiting:
             return None
-        oldest = min(waiting, key=lambda w: w.sent_at)
+        oldest = waiting[0]
         limit = self.pace().limit(self.stall_timeout, oldest.expected)
         # Silence counts from the last byte, but never from before the longest wait began:
         # an idle model server owes nothing.
@@ -229,7 +231,7 @@ class Watchdog:
 
     def end_all(self) -> int:
         """End every request sent to the model server (their blocks are cancelled)."""
-        for work in self._work:
+        for work in list(self._work):
             work.end("model server stalled")
         return len(self._work)
 
