@@ -31,7 +31,8 @@ from functools import partial
 
 from pyworker import Backend, DemoServer, Endpoint, LogAction, LogRule
 
-from ._run import RunSettings, run_prompt
+from ._run import run_prompt
+from ._settings import RunSettings
 from ._workflow import (
     DEFAULT_CHECKPOINT,
     STANDARD_WORKLOAD,

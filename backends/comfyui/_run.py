@@ -20,7 +20,7 @@ A client that disconnects (or the timeout) leaves a prompt ComfyUI would otherwi
 end, since closing an HTTP connection to ComfyUI cancels nothing. So every exit that did not see
 the prompt finish withdraws it, shielded and within a few seconds: ``POST /queue {"delete"}``
 while it is pending, ``POST /interrupt {"prompt_id"}`` while it runs (``GET /queue`` tells which),
-until ComfyUI no longer holds it. Cancellation itself is always re-raised.
+until ComfyUI no longer holds it (:mod:`._withdraw`). Cancellation itself is always re-raised.
 
 Settings come from the environment (:meth:`RunSettings.from_env`, given it by the backend's
 ``make_backend``): ``COMFY_PROMPT_TIMEOUT`` (seconds, default 600), ``COMFY_MAX_OUTPUT_BYTES``
@@ -35,7 +35,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncGenerator, Mapping
+from collections.abc import AsyncGenerator
 from contextlib import aclosing
 from typing import Any, cast
 
@@ -47,15 +47,13 @@ from pyworker import Job, Reply, RunContext
 
 from . import _answers
 from ._progress import Progress
+from ._settings import CALL_TIMEOUT, RunSettings, api_url
+from ._withdraw import withdraw
 from ._workflow import PromptJob
 from ._ws import WebSocketError, connect_websocket
 
 log = logging.getLogger("backends.comfyui")
 
-DEFAULT_TIMEOUT = 600.0
-DEFAULT_MAX_OUTPUT_BYTES = 32 * 1024 * 1024
-_CALL_TIMEOUT = httpx.Timeout(10.0)
-"""Each small control call (queue, history, interrupt); image downloads use the client's own."""
 _POLL_FAILURES = 3
 """Consecutive failed history polls tolerated before giving up on ComfyUI."""
 _WS_CONNECT_TIMEOUT = 1.0
@@ -70,53 +68,6 @@ _MAX_ACTUAL = 1e12
 """The largest workload a reply may carry (pyworker's bound on any workload)."""
 
 
-@attrs.frozen(kw_only=True)
-class RunSettings:
-    """How ``run`` follows a prompt.
-
-    Attributes:
-        timeout: seconds from submission to the answer before giving up (504) and withdrawing
-            the prompt.
-        poll_interval: the first interval between history polls.
-        max_poll_interval: the interval grows (x1.25 per poll) up to this.
-        max_output_bytes: the most image bytes one answer may carry (before base64).
-        cleanup_timeout: seconds the withdrawal of an abandoned prompt may take.
-        use_websocket: follow ``/ws`` events to learn of the end without waiting for a poll.
-    """
-
-    timeout: float = DEFAULT_TIMEOUT
-    poll_interval: float = 0.1
-    max_poll_interval: float = 0.25
-    max_output_bytes: int = DEFAULT_MAX_OUTPUT_BYTES
-    cleanup_timeout: float = 5.0
-    use_websocket: bool = True
-
-    @classmethod
-    def from_env(cls, env: Mapping[str, str]) -> RunSettings:
-        """Settings from ``COMFY_PROMPT_TIMEOUT``, ``COMFY_MAX_OUTPUT_BYTES``,
-        ``COMFY_USE_WEBSOCKET``; a malformed value keeps the default (and is logged)."""
-        settings = cls()
-        changes: dict[str, Any] = {}
-        for variable, field, convert in (
-            ("COMFY_PROMPT_TIMEOUT", "timeout", float),
-            ("COMFY_MAX_OUTPUT_BYTES", "max_output_bytes", int),
-        ):
-            text = env.get(variable)
-            if not text:
-                continue
-            try:
-                value = convert(text)
-            except ValueError:
-                value = 0
-            if value > 0:
-                changes[field] = value
-            else:
-                log.warning("ignoring %s=%r: not a positive number", variable, text)
-        if env.get("COMFY_USE_WEBSOCKET", "").strip().lower() in {"0", "false", "no"}:
-            changes["use_websocket"] = False
-        return attrs.evolve(settings, **changes)
-
-
 class _Failure(Exception):
     """Ends a run with an error reply."""
 
@@ -125,7 +76,12 @@ class _Failure(Exception):
         self.reply = Reply.json(body, status=status)
 
 
-async def run_prompt(job: Job, context: RunContext, settings: RunSettings = RunSettings()) -> Reply:
+_DEFAULT_SETTINGS = RunSettings()
+
+
+async def run_prompt(
+    job: Job, context: RunContext, settings: RunSettings = _DEFAULT_SETTINGS
+) -> Reply:
     """Run ``job`` (its ``detail`` is a :class:`~backends.comfyui._workflow.PromptJob`) on
     ComfyUI and answer with its images.
 
@@ -143,10 +99,6 @@ async def run_prompt(job: Job, context: RunContext, settings: RunSettings = RunS
         settings=settings,
     )
     return await follower.run()
-
-
-def _url(base: str, path: str) -> str:
-    return base.rstrip("/") + path
 
 
 def _ws_url(base: str, client_id: str) -> str | None:
@@ -206,7 +158,13 @@ class _Prompt:
         finally:
             # Runs on cancellation (client gone) and timeouts alike, then lets them propagate.
             if self.submitted and not self.settled:
-                await self._withdraw()
+                await withdraw(
+                    self.context.http,
+                    self.base,
+                    self.prompt_id,
+                    acknowledged=self.acknowledged,
+                    cleanup_timeout=self.settings.cleanup_timeout,
+                )
 
     # -- submit and follow ------------------------------------------------------------------
     async def _submit_and_follow(self, started: float) -> Reply:
@@ -218,7 +176,7 @@ class _Prompt:
         }
         self.submitted = True
         try:
-            response = await self.context.http.post(_url(self.base, "/prompt"), json=body)
+            response = await self.context.http.post(api_url(self.base, "/prompt"), json=body)
         except httpx.ConnectError as exc:
             self.submitted = False  # never reached ComfyUI
             raise _Failure(502, {"error": f"cannot reach ComfyUI: {exc}"}) from None
@@ -290,7 +248,9 @@ class _Prompt:
         path = f"/history/{self.prompt_id}"
         while True:
             try:
-                response = await self.context.http.get(_url(self.base, path), timeout=_CALL_TIMEOUT)
+                response = await self.context.http.get(
+                    api_url(self.base, path), timeout=CALL_TIMEOUT
+                )
                 history = response.json() if response.status_code == 200 else None
             except (httpx.HTTPError, ValueError) as exc:
                 history = None
@@ -376,7 +336,7 @@ class _Prompt:
 
         try:
             async with self.context.http.stream(
-                "GET", _url(self.base, "/view"), params=image
+                "GET", api_url(self.base, "/view"), params=image
             ) as response:
                 if response.status_code != 200:
                     raise _Failure(
@@ -455,72 +415,3 @@ class _Prompt:
         if not isinstance(event, dict) or not isinstance(event.get("data"), dict):
             return False
         return self.progress.event(event.get("type"), event["data"], self.prompt_id)
-
-    # -- withdrawal -------------------------------------------------------------------------
-    async def _withdraw(self) -> None:
-        """Make sure ComfyUI no longer holds the prompt: delete it if pending, interrupt it if
-        running. Shielded (it runs while the request is being cancelled), and bounded."""
-        http, prompt_id = self.context.http, self.prompt_id
-        interrupted_at = deleted_at = absent_since = -1.0
-        with trio.move_on_after(self.settings.cleanup_timeout, shield=True) as scope:
-            try:
-                while True:
-                    now = trio.current_time()
-                    where = await self._where()
-                    if where == "running":
-                        # Once, then again only if it is still running a second later.
-                        if now - interrupted_at > 1.0:
-                            log.info("prompt %s abandoned: interrupting it in ComfyUI", prompt_id)
-                            await http.post(
-                                _url(self.base, "/interrupt"),
-                                json={"prompt_id": prompt_id},
-                                timeout=_CALL_TIMEOUT,
-                            )
-                            interrupted_at = now
-                    elif where == "pending":
-                        if now - deleted_at > 1.0:
-                            log.info(
-                                "prompt %s abandoned: deleting it from ComfyUI's queue", prompt_id
-                            )
-                            await http.post(
-                                _url(self.base, "/queue"),
-                                json={"delete": [prompt_id]},
-                                timeout=_CALL_TIMEOUT,
-                            )
-                            deleted_at = now
-                    elif self.acknowledged:
-                        return
-                    else:
-                        # The submission may still be on its way into the queue.
-                        if absent_since < 0:
-                            absent_since = now
-                        elif now - absent_since > 0.5:
-                            return
-                    await trio.sleep(0.05)
-            except httpx.HTTPError as exc:
-                log.warning("could not withdraw prompt %s from ComfyUI: %s", prompt_id, exc)
-                return
-        if scope.cancelled_caught:
-            log.warning(
-                "prompt %s: ComfyUI still holds it %g s after it was abandoned",
-                prompt_id,
-                self.settings.cleanup_timeout,
-            )
-
-    async def _where(self) -> str | None:
-        """``"running"``, ``"pending"``, or None (not in ComfyUI's queue)."""
-        response = await self.context.http.get(_url(self.base, "/queue"), timeout=_CALL_TIMEOUT)
-        try:
-            queue = response.json()
-        except ValueError:
-            queue = None
-        if not isinstance(queue, dict):
-            raise httpx.HTTPError(f"GET /queue answered HTTP {response.status_code}")
-        for where, key in (("running", "queue_running"), ("pending", "queue_pending")):
-            items = queue.get(key)
-            if isinstance(items, list) and any(
-                isinstance(item, list) and len(item) > 1 and item[1] == self.prompt_id
-                for item in items
-            ):
-                return where
-        return None
