@@ -26,8 +26,9 @@ import trio
 
 from backends._fakekit import Faults
 
-from ._fake_nodes import NodeClass, catalogue, execution_order, validate_prompt
+from ._fake_nodes import NodeClass, catalogue
 from ._fake_png import color_from_int, color_from_seed, encode_png
+from ._fake_validation import execution_order, validate_prompt
 
 MAXIMUM_HISTORY_SIZE = 10000
 _WS_BUFFER = 10_000
