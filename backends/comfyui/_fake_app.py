@@ -12,7 +12,7 @@ Served (also under ``/api/...``), as ComfyUI's aiohttp server serves them (see
   ``_interrupted``, ``executing {"node": null}``);
 * ``GET /system_stats`` (the health route), ``GET /object_info[/{class}]``,
   ``GET /models[/{folder}]``;
-* ``GET /stats`` (fake-only): counters of :class:`~backends.comfyui._fake_engine.Stats`, plus the
+* ``GET /stats`` (fake-only): counters of :class:`~backends.comfyui._fake_records.Stats`, plus the
   running prompt and pending count.
 
 A handler that raises (a body that is not JSON, a prompt failed by ``--error-rate``) is

@@ -6,6 +6,9 @@ steps take time, scaled by the image size), reuses cached node outputs from the 
 reports progress on the websocket of the prompt's ``client_id``, writes its history entry when
 done, and only then sends ``executing {"node": null}``. Closing an HTTP connection cancels
 nothing; only ``POST /interrupt`` (checked between steps and nodes) and queue deletes do.
+
+What each node does when it runs is in :mod:`._fake_node_work`; the websockets are
+:mod:`._fake_hub`'s.
 """
 
 from __future__ import annotations
@@ -13,9 +16,7 @@ from __future__ import annotations
 import copy
 import itertools
 import json
-import posixpath
 import random
-import struct
 import time
 import uuid
 from collections.abc import Callable, Mapping
@@ -26,16 +27,13 @@ import trio
 
 from backends._fakekit import Faults
 
+from ._fake_hub import Hub
+from ._fake_node_work import Interrupted, NodeFailure, NodeWork
 from ._fake_nodes import NodeClass, catalogue
-from ._fake_png import color_from_int, color_from_seed, encode_png
+from ._fake_records import EngineSettings, OutputFile, QueueItem, Stats
 from ._fake_validation import execution_order, validate_prompt
 
 MAXIMUM_HISTORY_SIZE = 10000
-_WS_BUFFER = 10_000
-"""Events buffered per websocket; a client that reads none of them loses the excess."""
-_OVERHEAD_STEPS = 6.57 / 0.61
-"""The fixed cost of a prompt (decoding, saving) in sampler-step equivalents: the workload
-formula's ``0.61 · steps + 6.57``, so the fake's speed is proportional to the workload."""
 
 
 def now_ms() -> int:
@@ -43,166 +41,8 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
-@attrs.frozen(kw_only=True)
-class EngineSettings:
-    """How the fake runs prompts.
-
-    Attributes:
-        checkpoints: the installed checkpoint files.
-        step_time: seconds per sampler step for one 512 x 512 image (larger images and
-            batches take proportionally longer, per the workload formula).
-        node_failure_rate: fraction of prompts whose sampler raises (``execution_error``).
-        fail_on_text: prompts with a ``CLIPTextEncode`` text containing this raise too
-            (a deterministic trigger for tests).
-        previews: send binary preview frames after each sampler step.
-        seed: seeds the failure draws.
-    """
-
-    checkpoints: tuple[str, ...]
-    step_time: float = 0.005
-    node_failure_rate: float = 0.0
-    fail_on_text: str | None = None
-    previews: bool = False
-    seed: int = 0
-
-
-@attrs.define(kw_only=True)
-class Stats:
-    """Counters served by the fake-only ``GET /stats``.
-
-    Attributes:
-        submitted: prompts accepted into the queue.
-        rejected: prompts refused by validation (400).
-        completed: prompts that ran to success.
-        failed: prompts that ended with ``execution_error``.
-        interrupted: prompts stopped by ``POST /interrupt``.
-        deleted: pending prompts removed by ``POST /queue``.
-        interrupt_requests: ``POST /interrupt`` calls.
-        errors: requests answered 500 (a body that is not JSON, ``--error-rate``).
-        steps: sampler steps run.
-        max_queue_remaining: the most prompts held at once (running + pending).
-    """
-
-    submitted: int = 0
-    rejected: int = 0
-    completed: int = 0
-    failed: int = 0
-    interrupted: int = 0
-    deleted: int = 0
-    interrupt_requests: int = 0
-    errors: int = 0
-    steps: int = 0
-    max_queue_remaining: int = 0
-
-
-@attrs.frozen(kw_only=True)
-class QueueItem:
-    """A queued prompt: ``[number, prompt_id, prompt, extra_data, outputs_to_execute]``."""
-
-    number: float
-    prompt_id: str
-    prompt: dict[str, Any]
-    extra_data: dict[str, Any]
-    outputs: tuple[str, ...]
-    sequence: int
-
-    def wire(self) -> list[Any]:
-        """The five-element list ``/queue`` and ``/history`` show."""
-        return [self.number, self.prompt_id, self.prompt, self.extra_data, list(self.outputs)]
-
-    @property
-    def client_id(self) -> str | None:
-        client = self.extra_data.get("client_id")
-        return client if isinstance(client, str) else None
-
-
-@attrs.frozen(kw_only=True)
-class OutputFile:
-    """An image a prompt saved (made on demand by ``/view``)."""
-
-    width: int
-    height: int
-    rgb: tuple[int, int, int]
-    prompt_json: str
-
-    def png(self) -> bytes:
-        """The file's bytes."""
-        return encode_png(self.width, self.height, self.rgb, {"prompt": self.prompt_json})
-
-
-@attrs.frozen(kw_only=True)
-class _Images:
-    """The fake's image tensors: a size, a batch, and where the colours come from."""
-
-    width: int
-    height: int
-    batch: int
-    seed: int | None = None
-    color: int | None = None
-
-    def rgb(self, index: int) -> tuple[int, int, int]:
-        if self.color is not None:
-            return color_from_int(self.color)
-        return color_from_seed(self.seed or 0, index)
-
-
-class _Interrupted(Exception):
-    pass
-
-
-class _NodeFailure(Exception):
-    pass
-
-
 @attrs.define(eq=False)
-class Hub:
-    """The websockets, by client id; events go to one client or to all."""
-
-    _sockets: dict[int, tuple[str, trio.MemorySendChannel[str | bytes]]] = attrs.field(factory=dict)
-    _tokens: itertools.count[int] = attrs.field(factory=itertools.count)
-
-    def connect(self, sid: str) -> tuple[int, trio.MemoryReceiveChannel[str | bytes]]:
-        """Register a websocket of client ``sid``; returns its token and message channel."""
-        send, receive = trio.open_memory_channel[str | bytes](_WS_BUFFER)
-        token = next(self._tokens)
-        self._sockets[token] = (sid, send)
-        return token, receive
-
-    def disconnect(self, token: int) -> None:
-        """Forget a websocket."""
-        entry = self._sockets.pop(token, None)
-        if entry is not None:
-            entry[1].close()
-
-    def send(self, event: str, data: Mapping[str, Any], sid: str | None = None) -> None:
-        """Send a JSON event to client ``sid``'s sockets, or to every socket when None."""
-        self._put(json.dumps({"type": event, "data": data}), sid)
-
-    def send_to(self, token: int, event: str, data: Mapping[str, Any]) -> None:
-        """Send a JSON event to one socket."""
-        entry = self._sockets.get(token)
-        if entry is not None:
-            self._offer(entry[1], json.dumps({"type": event, "data": data}))
-
-    def send_bytes(self, data: bytes, sid: str | None) -> None:
-        """Send a binary frame (a preview)."""
-        self._put(data, sid)
-
-    def _put(self, message: str | bytes, sid: str | None) -> None:
-        for socket_sid, channel in list(self._sockets.values()):
-            if sid is None or socket_sid == sid:
-                self._offer(channel, message)
-
-    @staticmethod
-    def _offer(channel: trio.MemorySendChannel[str | bytes], message: str | bytes) -> None:
-        try:
-            channel.send_nowait(message)
-        except (trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
-            pass  # a client that does not read loses events, as with a full socket buffer
-
-
-@attrs.define(eq=False)
-class Engine:
+class Engine(NodeWork):
     """The fake's state and its one executor (:meth:`run`).
 
     Attributes:
@@ -436,11 +276,11 @@ class Engine:
             inputs = _resolve(node["inputs"], results)
             try:
                 if self._interrupt.is_set():
-                    raise _Interrupted
+                    raise Interrupted
                 output, ui = await self._run_node(
                     item, node_id, node, inputs, fail=node_id == fail_node
                 )
-            except _Interrupted:
+            except Interrupted:
                 self.log("Processing interrupted")
                 self.stats.interrupted += 1
                 add_message(
@@ -455,7 +295,7 @@ class Engine:
                 )
                 status = "error"
                 break
-            except _NodeFailure as exc:
+            except NodeFailure as exc:
                 self._log_failure(node["class_type"], str(exc))
                 self.stats.failed += 1
                 add_message(
@@ -556,121 +396,6 @@ class Engine:
         self.log(f"    output_data = get_output_data({class_type}, input_data_all)")
         self.log(f"RuntimeError: {message}")
 
-    # -- nodes --------------------------------------------------------------------------
-    async def _run_node(
-        self,
-        item: QueueItem,
-        node_id: str,
-        node: dict[str, Any],
-        inputs: dict[str, Any],
-        fail: bool,
-    ) -> tuple[Any, dict[str, Any] | None]:
-        """Run one node: its outputs (a tuple, indexed by links) and its UI output."""
-        kind = node["class_type"]
-        if fail and kind != "KSampler":
-            raise _NodeFailure("fake node failure (--node-failure-rate)")
-        if kind == "CheckpointLoaderSimple":
-            name = inputs["ckpt_name"]
-            if name not in self._loaded:
-                self._loaded.add(name)
-                self.log("model weight dtype torch.float16, manual cast: None")
-                self.log("model_type EPS")
-            return (f"model:{name}", f"clip:{name}", f"vae:{name}"), None
-        if kind == "CLIPTextEncode":
-            return (f"cond:{inputs['text']}",), None
-        if kind == "EmptyLatentImage":
-            return (_Images(**_size(inputs)),), None
-        if kind == "EmptyImage":
-            return (_Images(**_size(inputs), color=inputs["color"]),), None
-        if kind == "KSampler":
-            latent: _Images = inputs["latent_image"]
-            await self._sample(item, node_id, latent, int(inputs["steps"]), fail)
-            return (attrs.evolve(latent, seed=int(inputs["seed"])),), None
-        if kind == "VAEDecode":
-            images: _Images = inputs["samples"]
-            await self._work(self._step_seconds(images) * _OVERHEAD_STEPS)
-            return (images,), None
-        if kind in {"SaveImage", "PreviewImage"}:
-            return (), {"images": self._save(item, kind, inputs)}
-        raise _NodeFailure(f"node {kind} cannot run in the fake")
-
-    def _step_seconds(self, images: _Images) -> float:
-        tiles = images.width * images.height * images.batch / (512 * 512)
-        return self.settings.step_time * (175 * tiles + 85) / 260
-
-    async def _work(self, seconds: float) -> None:
-        """Spend ``seconds``, stopping early for an interrupt."""
-        with trio.move_on_after(seconds):
-            await self._interrupt.wait()
-        if self._interrupt.is_set():
-            raise _Interrupted
-
-    async def _sample(
-        self, item: QueueItem, node_id: str, latent: _Images, steps: int, fail: bool
-    ) -> None:
-        settings = self.settings
-        per_step = self._step_seconds(latent)
-        client = item.client_id
-        started = trio.current_time()
-        for step in range(steps):
-            if fail and step == steps // 2:
-                raise _NodeFailure("fake node failure (--node-failure-rate)")
-            await self.faults.fail_point(
-                step,
-                on_crash=self._crashing,
-                on_hang=self._hanging,
-                hang_until=self._interrupt.wait,
-            )
-            await self._work(per_step)
-            self.stats.steps += 1
-            self.hub.send(
-                "progress",
-                {"value": step + 1, "max": steps, "prompt_id": item.prompt_id, "node": node_id},
-                client,
-            )
-            if settings.previews and client is not None:
-                preview = encode_png(8, 8, color_from_seed(step))
-                self.hub.send_bytes(struct.pack(">II", 1, 2) + preview, client)
-        elapsed = max(trio.current_time() - started, 1e-6)
-        self.log(
-            f"100%|{'█' * 10}| {steps}/{steps} [00:{int(elapsed):02d}<00:00, "
-            f"{steps / elapsed:6.2f}it/s]"
-        )
-
-    def _crashing(self, step: int) -> None:
-        self.log(f"fake crash after {step} sampler steps (--crash-after)")
-
-    def _hanging(self, step: int) -> None:
-        self.log(f"sampler stuck after {step} steps (--hang-after)")
-
-    def _save(self, item: QueueItem, kind: str, inputs: dict[str, Any]) -> list[dict[str, str]]:
-        images: _Images = inputs["images"]
-        if kind == "SaveImage":
-            kind_dir = "output"
-            prefix = str(inputs.get("filename_prefix") or "ComfyUI")
-        else:
-            kind_dir = "temp"
-            prefix = "ComfyUI_temp_" + "".join(
-                random.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(5)
-            )
-        subfolder, base = posixpath.split(prefix)
-        if subfolder.startswith("/") or ".." in subfolder.split("/"):
-            raise _NodeFailure(f"Saving image outside the output folder is not allowed: {prefix}")
-        prompt_json = json.dumps(item.prompt)
-        saved = []
-        for index in range(images.batch):
-            counter = self._counters.get((subfolder, base), 0) + 1
-            self._counters[(subfolder, base)] = counter
-            filename = f"{base}_{counter:05}_.png"
-            self.files[(kind_dir, subfolder, filename)] = OutputFile(
-                width=images.width,
-                height=images.height,
-                rgb=images.rgb(index),
-                prompt_json=prompt_json,
-            )
-            saved.append({"filename": filename, "subfolder": subfolder, "type": kind_dir})
-        return saved
-
 
 def _queue_order(item: QueueItem) -> tuple[float, int]:
     return (item.number, item.sequence)
@@ -683,14 +408,6 @@ def _canonical_uuid(value: object) -> bool:
         return str(uuid.UUID(value)) == value
     except ValueError:
         return False
-
-
-def _size(inputs: Mapping[str, Any]) -> dict[str, int]:
-    return {
-        "width": int(inputs["width"]),
-        "height": int(inputs["height"]),
-        "batch": int(inputs["batch_size"]),
-    }
 
 
 def _resolve(inputs: Mapping[str, Any], results: Mapping[str, Any]) -> dict[str, Any]:

@@ -34,8 +34,9 @@ from backends._fakekit import (
     run_process,
 )
 
-from ._fake_engine import Engine, EngineSettings
+from ._fake_engine import Engine
 from ._fake_launcher import Launcher
+from ._fake_records import EngineSettings
 
 DEFAULT_PORT = 8188
 DEFAULT_CHECKPOINTS = ("v1-5-pruned-emaonly.safetensors", "sd_xl_base_1.0.safetensors")
