@@ -32,6 +32,7 @@ from backends._fakekit import (
     StreamResponse,
 )
 
+from ._fake_answer import Answers, sse_event
 from ._fake_api import (
     PLAIN,
     Generation,
@@ -59,11 +60,6 @@ _SSE_HEADERS = (
     (b"x-accel-buffering", b"no"),
     (b"x-compute-type", COMPUTE_TYPE.encode()),
 )
-
-
-def _event(obj: object) -> bytes:
-    # axum's Sse writes "data:" with no space after the colon.
-    return b"data:" + dumps(obj) + b"\n\n"
 
 
 @attrs.define(eq=False)
@@ -94,7 +90,7 @@ class TGIFakeServer:
     _capacity: CapacityModel = attrs.field(init=False)
     _faults: Faults = attrs.field(init=False)
     _table: tuple[Token, ...] = attrs.field(init=False)
-    _seed_rng: random.Random = attrs.field(init=False)
+    _answers: Answers = attrs.field(init=False)
     _last_request: int = attrs.field(init=False, default=0)
     _routes: dict[str, dict[str, _Route]] = attrs.field(init=False)
 
@@ -103,7 +99,7 @@ class TGIFakeServer:
         self._capacity = self.knobs.capacity_model()
         self._faults = self.knobs.faults()
         self._table = token_table(self.knobs.seed)
-        self._seed_rng = random.Random(f"seeds:{self.knobs.seed}")
+        self._answers = Answers(self._table, random.Random(f"seeds:{self.knobs.seed}"))
         health: dict[str, _Route] = {"GET": self._health}
         self._routes = {
             "/": {"GET": self._health, "POST": self._compat},  # POST: "stream" decides
@@ -244,11 +240,6 @@ class TGIFakeServer:
         self._failures[exc.error_type] += 1
         self.log.router("ERROR", exc.message, line=1508, span=span)
 
-    def _seed(self, gen: Generation) -> int | None:
-        if not gen.sampling:
-            return None
-        return gen.seed if gen.seed is not None else self._seed_rng.getrandbits(64)
-
     async def _answer(self, request: Request, parsed: Parsed) -> Response:
         started = trio.current_time()
         try:
@@ -263,7 +254,7 @@ class TGIFakeServer:
         done = trio.current_time()
         body: dict[str, object] = {"generated_text": run.text()}
         if gen.details:
-            body["details"] = self._details(run)
+            body["details"] = self._answers.details(run)
         total, queue = done - started, run.admitted_at - validated
         inference = done - run.admitted_at
         self._succeeded(
@@ -295,51 +286,6 @@ class TGIFakeServer:
             headers=tuple((k.encode(), v.encode()) for k, v in headers.items()),
         )
 
-    def _details(self, run: Run) -> dict[str, object]:
-        gen = run.gen
-        details: dict[str, object] = {
-            "finish_reason": run.finish,
-            "generated_tokens": run.produced,
-            "seed": self._seed(gen),
-            "prefill": self._prefill(run) if gen.decoder_input_details else [],
-            "tokens": [t.record() for t in run.tokens],
-        }
-        if gen.top_n_tokens:
-            details["top_tokens"] = [self._top_tokens(run, i) for i in range(run.produced)]
-        if gen.best_of > 1:
-            details["best_of_sequences"] = [
-                self._other_sequence(run, k) for k in range(1, gen.best_of)
-            ]
-        return details
-
-    def _prefill(self, run: Run) -> list[dict[str, object]]:
-        table = self._table
-        first = (run.offset + TABLE_SIZE // 2) % TABLE_SIZE
-        tokens = [table[(first + i) % TABLE_SIZE] for i in range(run.gen.input_length)]
-        return [
-            {"id": t.id, "text": t.text, "logprob": None if i == 0 else t.logprob}
-            for i, t in enumerate(tokens)
-        ]
-
-    def _top_tokens(self, run: Run, position: int) -> list[dict[str, object]]:
-        table = self._table
-        start = run.offset + position
-        return [table[(start + k) % TABLE_SIZE].record() for k in range(run.gen.top_n_tokens)]
-
-    def _other_sequence(self, run: Run, k: int) -> dict[str, object]:
-        # The other sequences best_of generated (already paid for): same length, other words.
-        other = Run(run.gen, self._table, (run.offset + 7919 * k) % TABLE_SIZE, None)
-        while other.finish is None and other.produced < run.produced:
-            other.step()
-        return {
-            "generated_text": other.text(),
-            "finish_reason": other.finish or run.finish,
-            "generated_tokens": other.produced,
-            "seed": self._seed(run.gen),
-            "prefill": self._prefill(run) if run.gen.decoder_input_details else [],
-            "tokens": [t.record() for t in other.tokens],
-        }
-
     def _stream(self, request: Request, parsed: Parsed) -> StreamResponse:
         span = request_span("generate_stream", parsed.parameters)
         try:
@@ -347,7 +293,7 @@ class TGIFakeServer:
         except TGIError as exc:
             self._refused(exc, span)
             self.stats.errors += 1
-            return StreamResponse(chunks=_once(_event(exc.body())), headers=_SSE_HEADERS)
+            return StreamResponse(chunks=_once(sse_event(exc.body())), headers=_SSE_HEADERS)
         return StreamResponse(chunks=self._events(request, gen, span), headers=_SSE_HEADERS)
 
     async def _events(
@@ -365,28 +311,12 @@ class TGIFakeServer:
                 for index, token in enumerate(tokens, run.produced - len(tokens) + 1):
                     if index == last:
                         break
-                    top = middle % dumps(self._top_tokens(run, index - 1)) if middle else b""
+                    top = (
+                        middle % dumps(self._answers.top_tokens(run, index - 1)) if middle else b""
+                    )
                     yield head % index + token.json + top + tail
-            yield self._last_event(run)
+            yield self._answers.last_event(run)
         self._succeeded(span)
-
-    def _last_event(self, run: Run) -> bytes:
-        gen = run.gen
-        event: dict[str, object] = {"index": run.produced, "token": run.tokens[-1].record()}
-        if gen.top_n_tokens:
-            event["top_tokens"] = self._top_tokens(run, run.produced - 1)
-        event["generated_text"] = run.text()
-        event["details"] = (
-            {
-                "finish_reason": run.finish,
-                "generated_tokens": run.produced,
-                "seed": self._seed(gen),
-                "input_length": gen.input_length,
-            }
-            if gen.details
-            else None
-        )
-        return _event(event)
 
     def _succeeded(self, span: Mapping[str, str]) -> None:
         self._successes += 1
