@@ -4,10 +4,11 @@
 
 Each case is timed for our reader and for h11 on the same bytes, in the same run, and printed
 with the ratio ours / h11 (h11 is the baseline: the reader exists because h11 costs too much on
-the hot path). ``--against FILE`` times another revision's reader as well, a second baseline::
+the hot path). ``--against FILE`` times another revision's reader as well, a second baseline
+(its ``_http1.py``, with the modules beside it that it imports)::
 
-    git show main:pyworker/_http1.py > /tmp/main_http1.py
-    .venv/bin/python -m bench.reader --against /tmp/main_http1.py
+    mkdir -p /tmp/main && git archive main pyworker | tar -x -C /tmp/main
+    .venv/bin/python -m bench.reader --against /tmp/main/pyworker/_http1.py
 
 Cases (the best of ``--rounds`` rounds; CPU time per event, in microseconds):
 
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import os
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -171,7 +173,11 @@ def _chunks(count: int) -> bytes:
 
 
 def _load(path: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location("_bench_other_http1", path)
+    # A package of its own for the file, so that its relative imports find the files beside it.
+    package = ModuleType("_bench_other")
+    package.__path__ = [os.path.dirname(os.path.abspath(path))]
+    sys.modules[package.__name__] = package
+    spec = importlib.util.spec_from_file_location("_bench_other._http1", path)
     if spec is None or spec.loader is None:
         raise SystemExit(f"cannot load {path}")
     module = importlib.util.module_from_spec(spec)

@@ -13,6 +13,9 @@ Feed it bytes with :meth:`ResponseReader.feed` (``b""`` for EOF) and pull events
 :data:`NEED_DATA`. Each event costs in proportion to its own size, not to what is buffered:
 the reader keeps a read position into the bytes it was fed rather than re-slicing them, and a
 body event that spans a whole fed buffer is that very buffer.
+
+The field lines' own rules (names, values, the framing fields) are in
+:mod:`pyworker._http1_fields`.
 """
 
 from __future__ import annotations
@@ -21,6 +24,18 @@ import enum
 import re
 
 import attrs
+
+from ._http1_fields import ProtocolError, check_controls, parse_fields
+
+__all__ = [
+    "END",
+    "MAX_HEAD_BYTES",
+    "MAX_INFORMATIONAL",
+    "NEED_DATA",
+    "ProtocolError",
+    "ResponseHead",
+    "ResponseReader",
+]
 
 MAX_HEAD_BYTES = 64 * 1024
 """The most bytes a response head may take: status line, header lines and the blank line that
@@ -35,25 +50,12 @@ _MAX_CHUNK_LINE = 1024
 # RFC 9112 §4: status-line = HTTP-version SP status-code SP [ reason-phrase ]. Like h11, the
 # SP before an empty reason may be missing. Any HTTP/1.x is read as 1.1 (RFC 9110 §2.5); other
 # major versions are refused. Valid status codes are 100-599 (RFC 9110 §15). Control
-# characters in the reason are refused with the rest of the head's (_check_controls).
+# characters in the reason are refused with the rest of the head's (check_controls).
 _STATUS_LINE = re.compile(rb"HTTP/1\.([0-9]) ([1-5][0-9][0-9])(?: .*)?")
 _STATUS_PREFIX = b"HTTP/1."
-# RFC 9110 §5.1: field-name = token (checked by deleting its characters: bytes.translate is
-# several times faster than a regular expression here, and heads are parsed per request).
-_TCHAR = b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
-# RFC 9110 §5.5: a field value is VCHAR, obs-text, SP and HTAB; RFC 9112 §2.2: lines end with
-# CRLF. So a line holds no control character but HTAB (the CRLFs between lines aside).
-_CONTROLS = bytes([*range(0x09), *range(0x0A, 0x20), 0x7F])
-_CONTROL = re.compile(b"[%s]" % re.escape(_CONTROLS))
 # RFC 9112 §7.1: chunk-size [ chunk-ext ] CRLF. Extensions are skipped, as h11 does (with its
 # allowance for trailing whitespace and its bound of 20 hex digits).
 _CHUNK_LINE = re.compile(rb"([0-9A-Fa-f]{1,20})(?:;.*)?[ \t]*")
-# RFC 9110 §8.6: Content-Length = 1*DIGIT (bounded: Python refuses to parse >4300 digits).
-_CONTENT_LENGTH = re.compile(rb"[0-9]{1,20}")
-
-
-class ProtocolError(Exception):
-    """The peer's bytes are not a valid HTTP/1.1 response."""
 
 
 class _Marker(enum.Enum):
@@ -252,14 +254,14 @@ class ResponseReader:
 
     def _parse_head(self, raw: bytes) -> ResponseHead | None:
         """The final response's head, or None for an informational one (to be skipped)."""
-        _check_controls(raw.replace(b"\r\n", b" "), "response head")
+        check_controls(raw.replace(b"\r\n", b" "), "response head")
         lines = raw.split(b"\r\n")
         match = _STATUS_LINE.fullmatch(lines[0])
         if match is None:
             raise ProtocolError(f"bad status line {lines[0][:80]!r}")
         status = int(match.group(2))
         del lines[0]
-        headers, length, chunked, connection = _parse_fields(lines)
+        headers, length, chunked, connection = parse_fields(lines)
         if status < 200:
             # RFC 9110 §15.2: a client must read any number of 1xx before the final answer;
             # a bound keeps an endless stream of them from holding the request forever.
@@ -394,75 +396,9 @@ class ResponseReader:
         if line_end == pos:
             # Trailer fields are not relayed, but are held to the rules of header fields
             # (RFC 9112 §7.1.2), as h11 does.
-            _parse_fields(self._trailers)
+            parse_fields(self._trailers)
             return True
         line = buf[pos:line_end]
-        _check_controls(line, "trailer section")
+        check_controls(line, "trailer section")
         self._trailers.append(line)
         return False
-
-
-def _check_controls(text: bytes, where: str) -> None:
-    if len(text.translate(None, _CONTROLS)) != len(text):
-        bad = _CONTROL.search(text)
-        assert bad is not None
-        raise ProtocolError(f"control character {bad.group()!r} in {where}")
-
-
-def _one_length(value: bytes) -> bytes:
-    """A Content-Length value other than plain digits: a list of one repeated value, or not
-    valid.
-
-    RFC 9110 §8.6: a list of one repeated value, or repeated fields of one value, may be read
-    as one field; anything else is an unrecoverable error.
-    """
-    lengths = {v.strip() for v in value.split(b",")}
-    if len(lengths) != 1:
-        raise ProtocolError(f"conflicting content-length {value[:40]!r}")
-    value = lengths.pop()
-    if _CONTENT_LENGTH.fullmatch(value) is None:
-        raise ProtocolError(f"bad content-length {value[:40]!r}")
-    return value
-
-
-def _parse_fields(
-    lines: list[bytes],
-) -> tuple[list[tuple[bytes, bytes]], int | None, bool, list[bytes]]:
-    """Header lines (free of control characters) as (headers, content length, whether chunked,
-    connection options), the framing fields checked and normalised as h11 does.
-
-    Raises:
-        ProtocolError: a malformed line or framing field.
-    """
-    headers: list[tuple[bytes, bytes]] = []
-    length_text: bytes | None = None
-    chunked = False
-    connection: list[bytes] = []
-    for line in lines:
-        name, colon, value = line.partition(b":")
-        # RFC 9112 §5.1: no whitespace before the colon. RFC 9112 §5.2: obs-fold (a line
-        # starting with whitespace) may be answered with a 502 by a gateway, and is.
-        if not colon or not name or name.translate(None, _TCHAR):
-            raise ProtocolError(f"bad header line {line[:80]!r}")
-        name = name.lower()
-        value = value.strip(b" \t")
-        if name == b"content-length":
-            if not value.isdigit() or len(value) > 20:
-                value = _one_length(value)
-            if length_text is not None:
-                if value != length_text:
-                    raise ProtocolError("conflicting content-length fields")
-                continue
-            length_text = value
-        elif name == b"transfer-encoding":
-            # RFC 9112 §6.1: chunked is the only transfer coding we decode; a body in any other
-            # would be relayed still coded (and chunked must be last, and applied once).
-            value = value.lower()
-            if chunked or value != b"chunked":
-                raise ProtocolError(f"unsupported transfer-encoding {value[:40]!r}")
-            chunked = True
-        elif name == b"connection":
-            connection += [option.strip() for option in value.lower().split(b",")]
-        headers.append((name, value))
-    length = None if length_text is None else int(length_text)
-    return headers, length, chunked, connection
