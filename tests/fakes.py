@@ -1,4 +1,5 @@
-"""Start fake model servers as real subprocesses, for tests and benchmarks.
+"""Start fake model servers as real subprocesses, for tests and benchmarks (and a workflow the
+fake ComfyUI runs without a model).
 
 A fake is a module run as ``python -m MODULE --port 0 --port-file F --log L [args]`` (see
 :mod:`backends._fakekit`). The process is owned by a task in the caller's nursery: when that
@@ -254,3 +255,14 @@ async def start_fake(
         await fake.aclose()
         raise
     return fake
+
+
+def empty_image_workflow(batch: int = 2, color: int = 0x3366FF) -> dict[str, Any]:
+    """A ComfyUI workflow the fake runs without a model: ``batch`` images of one ``color``."""
+    return {
+        "1": {
+            "class_type": "EmptyImage",
+            "inputs": {"width": 48, "height": 40, "batch_size": batch, "color": color},
+        },
+        "2": {"class_type": "SaveImage", "inputs": {"filename_prefix": "t", "images": ["1", 0]}},
+    }
