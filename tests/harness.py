@@ -367,3 +367,13 @@ async def refusing_worker(nursery: trio.Nursery, status: int) -> str:
         return Response('{"error": "busy"}', status=status, content_type="application/json")
 
     return await serve_app(nursery, app)
+
+
+@attrs.define
+class Running:
+    """A stand-in autoscaler serving in the test's nursery (the ``router`` fixture): its URL and
+    the report lines it printed."""
+
+    standin: StandIn
+    url: str
+    lines: list[str]
