@@ -13,7 +13,7 @@ import ssl
 import httpx
 import trio
 
-from ._routing import USER_AGENT, describe_error
+from ._route_records import USER_AGENT, describe_error
 
 __all__ = ["CONSOLE_URL", "ConsoleError", "endpoint_key", "vast_tls_context"]
 

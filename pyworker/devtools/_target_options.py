@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 import httpx
 
 from ._console import CONSOLE_URL, endpoint_key, vast_tls_context
-from ._routing import ROUTER_URL, Patience, Target
+from ._route_records import ROUTER_URL, Patience, Target
 
 __all__ = ["add_target_options", "check_target_options", "patience_from", "resolve_target"]
 

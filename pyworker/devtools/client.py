@@ -34,7 +34,7 @@ import trio
 from .. import PayloadError, UnknownBackendError, load_backend
 from ._answers import EventReader, event_error, save_images, token_text
 from ._console import ConsoleError
-from ._routing import (
+from ._route_records import (
     DEFAULT_PATIENCE,
     Answer,
     CallWatcher,
@@ -42,9 +42,8 @@ from ._routing import (
     RouteError,
     Target,
     WorkerError,
-    ask_router,
-    call_endpoint,
 )
+from ._routing import ask_router, call_endpoint
 from ._target_options import (
     add_target_options,
     check_target_options,

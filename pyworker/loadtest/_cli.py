@@ -20,7 +20,7 @@ import trio
 from .. import Backend, State, StateChange, UnknownBackendError, load_backend
 from .._config import default_state_dir
 from ..devtools import ConsoleError, Target
-from ..devtools._routing import ROUTER_URL
+from ..devtools._route_records import ROUTER_URL
 from ..devtools._target_options import (
     add_target_options,
     check_target_options,
