@@ -9,6 +9,7 @@ parameters, the session limit. The others name a session and prove they may touc
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
@@ -69,14 +70,45 @@ def parse_session_params(envelope: Envelope) -> SessionParams:
     )
 
 
-async def create(pipeline: Pipeline, scope: Scope, receive: Receive, send: Send) -> None:
+@attrs.frozen
+class Answer:
+    """A session route's answer: its status and JSON body."""
+
+    status: int
+    body: object
+
+
+Decide = Callable[["Pipeline", Scope, Receive], Awaitable[Answer]]
+Route = Callable[["Pipeline", Scope, Receive, Send], Awaitable[None]]
+
+
+def answering(decide: Decide) -> Route:
+    """The route that sends what ``decide`` answers, or its :class:`Refusal`, as JSON (and
+    nothing to a client that left)."""
+
+    @functools.wraps(decide)
+    async def route(pipeline: Pipeline, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            answer = await decide(pipeline, scope, receive)
+        except Refusal as refusal:
+            await send_json(send, refusal.status, refusal.body, refusal.headers)
+        except ClientGone:
+            pass
+        else:
+            await send_json(send, answer.status, answer.body)
+
+    return route
+
+
+@answering
+async def create(pipeline: Pipeline, scope: Scope, receive: Receive) -> Answer:
     """``POST /session/create``: 201 ``{"session_id", "expiration"}``."""
+    body = await read_body(scope, receive, pipeline.limits)
+    envelope = parse_envelope(body, unsigned_ok=pipeline.authenticator.unsecured)
+    signed = pipeline.verify(envelope)
+    pipeline.check_state()
+    params = parse_session_params(envelope)
     try:
-        body = await read_body(scope, receive, pipeline.limits)
-        envelope = parse_envelope(body, unsigned_ok=pipeline.authenticator.unsecured)
-        signed = pipeline.verify(envelope)
-        pipeline.check_state()
-        params = parse_session_params(envelope)
         session = pipeline.sessions.create(
             auth=envelope.raw_auth,
             idx=envelope.auth.idx,
@@ -85,16 +117,10 @@ async def create(pipeline: Pipeline, scope: Scope, receive: Receive, send: Send)
             on_close_route=params.on_close_route,
             on_close_payload=params.on_close_payload,
         )
-        pipeline.authenticator.remember(envelope.auth, signed)
-    except Refusal as refusal:
-        await send_json(send, refusal.status, refusal.body, refusal.headers)
-        return
     except SessionsFull as exc:
-        await send_json(send, 429, {"error": str(exc)})
-        return
-    except ClientGone:
-        return
-    await send_json(send, 201, {"session_id": session.id, "expiration": session.expiration})
+        raise Refusal(429, {"error": str(exc)}) from None
+    pipeline.authenticator.remember(envelope.auth, signed)
+    return Answer(201, {"session_id": session.id, "expiration": session.expiration})
 
 
 async def _named_session(
@@ -124,54 +150,36 @@ def _authorise(session: Session, session_auth: object) -> None:
         raise Refusal(401, {"error": "session_auth is not valid"})
 
 
-async def get(pipeline: Pipeline, scope: Scope, receive: Receive, send: Send) -> None:
+@answering
+async def get(pipeline: Pipeline, scope: Scope, receive: Receive) -> Answer:
     """``POST /session/get``: the session's record."""
-    try:
-        _, session, session_auth = await _named_session(pipeline, scope, receive)
-        if session is None:
-            raise Refusal(400, {"error": "session does not exist"})
-        _authorise(session, session_auth)
-    except Refusal as refusal:
-        await send_json(send, refusal.status, refusal.body, refusal.headers)
-        return
-    except ClientGone:
-        return
-    await send_json(send, 200, session.describe())
+    _, session, session_auth = await _named_session(pipeline, scope, receive)
+    if session is None:
+        raise Refusal(400, {"error": "session does not exist"})
+    _authorise(session, session_auth)
+    return Answer(200, session.describe())
 
 
-async def health(pipeline: Pipeline, scope: Scope, receive: Receive, send: Send) -> None:
+@answering
+async def health(pipeline: Pipeline, scope: Scope, receive: Receive) -> Answer:
     """``POST /session/health``: ``{"ok": true}``, or ``false`` for a session that is gone."""
-    try:
-        _, session, session_auth = await _named_session(pipeline, scope, receive)
-        if session is not None:
-            _authorise(session, session_auth)
-    except Refusal as refusal:
-        await send_json(send, refusal.status, refusal.body, refusal.headers)
-        return
-    except ClientGone:
-        return
-    await send_json(send, 200, {"ok": session is not None})
-
-
-async def end(pipeline: Pipeline, scope: Scope, receive: Receive, send: Send) -> None:
-    """``POST /session/end``: end it now (its requests aborted, its ``on_close`` called)."""
-    try:
-        session_id, session, session_auth = await _named_session(pipeline, scope, receive)
-        if session is None:
-            raise Refusal(400, {"error": f"session with id {session_id} not found"})
+    _, session, session_auth = await _named_session(pipeline, scope, receive)
+    if session is not None:
         _authorise(session, session_auth)
-    except Refusal as refusal:
-        await send_json(send, refusal.status, refusal.body, refusal.headers)
-        return
-    except ClientGone:
-        return
+    return Answer(200, {"ok": session is not None})
+
+
+@answering
+async def end(pipeline: Pipeline, scope: Scope, receive: Receive) -> Answer:
+    """``POST /session/end``: end it now (its requests aborted, its ``on_close`` called)."""
+    session_id, session, session_auth = await _named_session(pipeline, scope, receive)
+    if session is None:
+        raise Refusal(400, {"error": f"session with id {session_id} not found"})
+    _authorise(session, session_auth)
     if not await pipeline.sessions.end(session, "ended by the client"):
-        await send_json(send, 410, {"error": "session already closed"})
-        return
-    await send_json(send, 200, {"ended": True, "removed_session": session_id})
+        return Answer(410, {"error": "session already closed"})
+    return Answer(200, {"ended": True, "removed_session": session_id})
 
-
-Route = Callable[["Pipeline", Scope, Receive, Send], Awaitable[None]]
 
 SESSION_ROUTES: dict[str, Route] = {
     "/session/create": create,
