@@ -28,6 +28,7 @@ from ._backend import RunContext as RunContext
 from ._backend import json_body as json_body
 from ._config import ConfigError as ConfigError
 from ._config import WorkerConfig as WorkerConfig
+from ._config import env_int as env_int
 from ._observe import UsageObserver as UsageObserver
 from ._payload import Fields as Fields
 from ._payload import PayloadError as PayloadError
@@ -79,6 +80,7 @@ __all__ = [
     "WorkerConfig",
     "WorkerInfo",
     "available_backends",
+    "env_int",
     "estimate_tokens",
     "json_body",
     "json_type_name",

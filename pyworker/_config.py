@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 from urllib.parse import urlsplit
 
 import attrs
@@ -20,6 +20,35 @@ import attrs
 
 class ConfigError(ValueError):
     """The configuration is impossible; the message says why in one line."""
+
+
+@overload
+def env_int(env: Mapping[str, str], name: str, default: int, *, minimum: int = 1) -> int: ...
+@overload
+def env_int(
+    env: Mapping[str, str], name: str, default: None = None, *, minimum: int = 1
+) -> int | None: ...
+def env_int(
+    env: Mapping[str, str], name: str, default: int | None = None, *, minimum: int = 1
+) -> int | None:
+    """The integer in the environment variable ``name``, or ``default`` when it is unset or
+    blank: for a backend's settings, read from the mapping its factory is given.
+
+    Raises:
+        ConfigError: the value is not an integer of at least ``minimum`` (a typo in a
+            template's environment stops the worker with its name, rather than running with
+            a default the operator did not ask for).
+    """
+    text = env.get(name, "").strip()
+    if not text:
+        return default
+    try:
+        value = int(text)
+    except ValueError:
+        value = minimum - 1
+    if value < minimum:
+        raise ConfigError(f"{name} must be an integer of at least {minimum}, not {text!r}")
+    return value
 
 
 def _truthy(value: str | None) -> bool:

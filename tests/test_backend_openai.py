@@ -190,7 +190,9 @@ def test_settings_from_env() -> None:
     )
     with pytest.raises(ValueError, match="OPENAI_SERVER must be one of"):
         Settings.from_env({"OPENAI_SERVER": "tgi"})
-    with pytest.raises(ValueError, match="OPENAI_DEFAULT_MAX_TOKENS must be a positive integer"):
+    with pytest.raises(
+        ValueError, match="OPENAI_DEFAULT_MAX_TOKENS must be an integer of at least 1"
+    ):
         Settings.from_env({"OPENAI_DEFAULT_MAX_TOKENS": "0"})
 
 

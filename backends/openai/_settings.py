@@ -12,6 +12,8 @@ from collections.abc import Mapping
 
 import attrs
 
+from pyworker import env_int
+
 SERVERS = ("auto", "vllm", "sglang", "llamacpp", "llama-cpp-python")
 """The values of ``OPENAI_SERVER``."""
 
@@ -51,22 +53,9 @@ class Settings:
             raise ValueError(f"OPENAI_SERVER must be one of {', '.join(SERVERS)}, not {server!r}")
         return cls(
             server=server,
-            default_max_tokens=_positive_env(env, "OPENAI_DEFAULT_MAX_TOKENS", 16),
-            default_chat_max_tokens=_positive_env(env, "OPENAI_DEFAULT_CHAT_MAX_TOKENS", 256),
+            default_max_tokens=env_int(env, "OPENAI_DEFAULT_MAX_TOKENS", 16),
+            default_chat_max_tokens=env_int(env, "OPENAI_DEFAULT_CHAT_MAX_TOKENS", 256),
         )
 
 
 DEFAULT_SETTINGS = Settings()
-
-
-def _positive_env(env: Mapping[str, str], name: str, default: int) -> int:
-    text = env.get(name, "").strip()
-    if not text:
-        return default
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise ValueError(f"{name} must be a positive integer, not {text!r}")
-    return value

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from functools import partial
-from typing import Any, overload
+from typing import Any
 
 import attrs
 
-from pyworker import Fields, Job, estimate_tokens, json_body
+from pyworker import Fields, Job, env_int, estimate_tokens, json_body
 
 from ._observe import GenerateCounts, StreamCounts
 
@@ -67,38 +67,17 @@ class Settings:
         Raises:
             ValueError: a variable is not a number of the right range (the message names it).
         """
-        max_input_tokens = _env_int(env, "MAX_INPUT_TOKENS", minimum=1)
+        max_input_tokens = env_int(env, "MAX_INPUT_TOKENS", minimum=1)
         if max_input_tokens is None:
-            max_input_tokens = _env_int(env, "MAX_INPUT_LENGTH", minimum=1)
+            max_input_tokens = env_int(env, "MAX_INPUT_LENGTH", minimum=1)
         return cls(
-            default_max_new_tokens=_env_int(env, "TGI_DEFAULT_MAX_NEW_TOKENS", 100, minimum=1),
-            max_stop_sequences=_env_int(env, "MAX_STOP_SEQUENCES", 4, minimum=0),
-            max_best_of=_env_int(env, "MAX_BEST_OF", 2, minimum=1),
-            max_top_n_tokens=_env_int(env, "MAX_TOP_N_TOKENS", 5, minimum=0),
+            default_max_new_tokens=env_int(env, "TGI_DEFAULT_MAX_NEW_TOKENS", 100, minimum=1),
+            max_stop_sequences=env_int(env, "MAX_STOP_SEQUENCES", 4, minimum=0),
+            max_best_of=env_int(env, "MAX_BEST_OF", 2, minimum=1),
+            max_top_n_tokens=env_int(env, "MAX_TOP_N_TOKENS", 5, minimum=0),
             max_input_tokens=max_input_tokens,
-            max_total_tokens=_env_int(env, "MAX_TOTAL_TOKENS", minimum=2),
+            max_total_tokens=env_int(env, "MAX_TOTAL_TOKENS", minimum=2),
         )
-
-
-@overload
-def _env_int(env: Mapping[str, str], name: str, default: int, *, minimum: int) -> int: ...
-@overload
-def _env_int(
-    env: Mapping[str, str], name: str, default: None = None, *, minimum: int
-) -> int | None: ...
-def _env_int(
-    env: Mapping[str, str], name: str, default: int | None = None, *, minimum: int
-) -> int | None:
-    text = env.get(name, "").strip()
-    if not text:
-        return default
-    try:
-        value = int(text)
-    except ValueError:
-        value = minimum - 1
-    if value < minimum:
-        raise ValueError(f"{name} must be an integer of at least {minimum}, not {text!r}")
-    return value
 
 
 # -- field checks that Fields does not have ----------------------------------------------------
