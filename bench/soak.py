@@ -106,13 +106,12 @@ SAMPLE_INTERVAL = 0.5
 PROBE_INTERVAL = 0.1
 CANARY_TIMEOUT = 3.0
 SETTLE = 2.0
+"""After a new model log appears, how long the worker may take to show it in ``/status``."""
 IDLE_PROBE = 5.0
 """Seconds of /ping on the idle worker before the load: the loop-lag baseline."""
 WARMUP = 5.0
 """Seconds of load before the "start" figures: short, so that sockets left in CLOSE-WAIT
 (kept up to the 75 s keep-alive timeout) have not piled up yet."""
-"""Seconds of /ping on the idle worker before the load: the loop-lag baseline."""
-"""After a new model log appears, how long the worker may take to show it in ``/status``."""
 FLAT = 1.25
 _LOG_SIGNS = (
     "accepted by no address",
