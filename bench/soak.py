@@ -61,11 +61,11 @@ from bench.procs import (
     free_port,
     http_get,
     machine_busy_seconds,
-    rss_kib,
     wait_status,
 )
 from bench.report import Row, Section, Table, check
 from bench.soakload import KINDS, OK, RETRYABLE, Connection, Expected
+from bench.soakprocfs import Sample, fd_limit, sample
 from bench.stack import (
     Server,
     Worker,
@@ -123,7 +123,6 @@ _LOG_SIGNS = (
     "Traceback",
     "ERROR",
 )
-_TCP_STATES = {"08": "CLOSE-WAIT"}
 
 
 def _say(text: str) -> None:
@@ -186,50 +185,6 @@ class Fault:
     def window_end(self, end: float) -> float:
         """Where its window ends (its recovery, else the end of the run)."""
         return self.recovered if self.recovered is not None else end
-
-
-@attrs.define(eq=False, kw_only=True)
-class Sample:
-    """The worker process's resources at one moment."""
-
-    at: float
-    rss_kib: int
-    fds: int
-    close_wait: int
-
-
-def socket_states(pid: int) -> Counter[str]:
-    """The TCP states of the sockets ``pid`` holds (from /proc/PID/fd and /proc/net/tcp*)."""
-    inodes = set()
-    for fd in os.listdir(f"/proc/{pid}/fd"):
-        try:
-            target = os.readlink(f"/proc/{pid}/fd/{fd}")
-        except OSError:
-            continue
-        if target.startswith("socket:["):
-            inodes.add(target[8:-1])
-    states: Counter[str] = Counter()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        try:
-            with open(table) as f:
-                lines = f.readlines()[1:]
-        except OSError:
-            continue
-        for line in lines:
-            fields = line.split()
-            if len(fields) > 9 and fields[9] in inodes:
-                states[_TCP_STATES.get(fields[3], fields[3])] += 1
-    return states
-
-
-def sample(pid: int) -> Sample:
-    """Read the worker's RSS, descriptors and CLOSE-WAIT sockets now."""
-    return Sample(
-        at=time.monotonic(),
-        rss_kib=rss_kib(pid),
-        fds=len(os.listdir(f"/proc/{pid}/fd")),
-        close_wait=socket_states(pid)["CLOSE-WAIT"],
-    )
 
 
 def _get(path: str) -> bytes:
@@ -1019,7 +974,7 @@ def analyse(
         f"Clients opened {_new_connections(records) / s.duration:.1f} connections per second "
         "(one per request for conn-per-request and abort, whose sockets the client closes); "
         "the worker's descriptor limit is "
-        f"{_fd_limit(soak.worker.pid)} (1024 is a common default).",
+        f"{fd_limit(soak.worker.pid)} (1024 is a common default).",
         "Lost: a request sent while /status said ready, whose life overlaps no model fault's "
         "window (injection until /status ready and a canary answered exactly right), that did "
         "not get its expected answer (a 200 exactly right, the 422 naming the bad field, the "
@@ -1059,19 +1014,6 @@ def analyse(
 def _new_connections(records: Sequence[dict[str, Any]]) -> int:
     """Connections the clients opened and closed themselves (one per request)."""
     return sum(1 for r in records if r["k"] in ("conn-per-request", "abort"))
-
-
-def _fd_limit(pid: int) -> str:
-    """The soft and hard limits on open files of ``pid`` (from /proc/PID/limits)."""
-    try:
-        with open(f"/proc/{pid}/limits") as f:
-            for line in f:
-                if line.startswith("Max open files"):
-                    soft, hard = line.split()[3:5]
-                    return f"{soft} (hard {hard})"
-    except OSError:
-        pass
-    return "unknown"
 
 
 def _worker_exit(soak: Soak) -> str:
