@@ -27,12 +27,12 @@ A fault's **window** runs from its injection until the worker is ready and servi
 or in the answers (a 5xx, a broken answer), or, for the autoscaler, the worker's log. A fault
 not recovered within a bound is repaired by restarting the model (the table says so).
 
-**Lost** and **corrupted** (see :func:`tally`): a request that should have succeeded is one
-sent while the worker's ``/status`` said ready and whose whole life (sent to answered) lies
-outside every model fault's window; the autoscaler's outage is no excuse (serving must not
-depend on it). It must get its expected answer (a 200 exactly right, the 422 or 401 due) or a
-refusal the client can act on (429/503, counted apart); anything else (another status, a broken
-or missing answer, a timeout) is **lost**. A 200 (or the 422 due) with wrong content is
+**Lost** and **corrupted** (see :func:`bench.soaktally.tally`): a request that should have
+succeeded is one sent while the worker's ``/status`` said ready and whose whole life (sent to
+answered) lies outside every model fault's window; the autoscaler's outage is no excuse (serving
+must not depend on it). It must get its expected answer (a 200 exactly right, the 422 or 401
+due) or a refusal the client can act on (429/503, counted apart); anything else (another status,
+a broken or missing answer, a timeout) is **lost**. A 200 (or the 422 due) with wrong content is
 **corrupted**, whenever it happened.
 """
 
@@ -64,8 +64,17 @@ from bench.procs import (
     wait_status,
 )
 from bench.report import Row, Section, Table, check
-from bench.soakload import KINDS, OK, RETRYABLE, Connection, Expected
+from bench.soakload import KINDS, OK, Connection, Expected
 from bench.soakprocfs import Sample, fd_limit, sample
+from bench.soaktally import (
+    Tally,
+    answers_in_window,
+    first_sign_in_answers,
+    first_sign_in_status,
+    short,
+    states_seen,
+    tally,
+)
 from bench.stack import (
     Server,
     Worker,
@@ -563,137 +572,6 @@ async def _sleep_until(when: float) -> None:
 
 
 # -- the analysis --------------------------------------------------------------------------
-@attrs.define(kw_only=True)
-class Tally:
-    """Outcomes by kind, and the verdicts."""
-
-    by_kind: dict[str, Counter[str]]
-    """Per kind: outcome counts, ``status:N`` counts, ``clean`` and ``lost`` counts."""
-    lost: list[dict[str, Any]]
-    corrupted: list[dict[str, Any]]
-    clean: int
-    during_outage: int
-    lost_during_outage: int
-    not_ready_outside_faults: int
-
-
-def tally(
-    records: Sequence[dict[str, Any]],
-    windows: Sequence[tuple[float, float]],
-    ready_at: Any,
-    outages: Sequence[tuple[float, float]] = (),
-) -> Tally:
-    """Count outcomes and decide which requests were lost or corrupted.
-
-    Args:
-        records: the load's records (``k`` kind, ``s`` sent, ``e`` ended, ``st`` status,
-            ``o`` outcome).
-        windows: the model faults' windows (injection to recovery).
-        ready_at: ``ready_at(t)``: whether the worker's ``/status`` said ready at ``t``.
-        outages: the autoscaler's outages (counted apart, never excused).
-
-    A request should have succeeded when it was sent while the worker was ready and its life
-    overlaps no window; it is lost when its outcome is neither ``ok`` nor ``retryable``.
-    Corrupted: outcome ``corrupt``, at any time.
-    """
-    by_kind: dict[str, Counter[str]] = {kind: Counter() for kind in KINDS}
-    lost, corrupted = [], []
-    clean = during = lost_during = not_ready = 0
-    for record in records:
-        counts = by_kind.setdefault(record["k"], Counter())
-        counts["sent"] += 1
-        counts[record["o"]] += 1
-        if record["st"]:
-            counts[f"status:{record['st']}"] += 1
-        if record["o"] == soakload.CORRUPT:
-            corrupted.append(record)
-        sent, ended = record["s"], record["e"]
-        if any(sent <= end and ended >= start for start, end in windows):
-            continue
-        if not ready_at(sent):
-            not_ready += 1
-            continue
-        clean += 1
-        counts["clean"] += 1
-        in_outage = any(sent <= end and ended >= start for start, end in outages)
-        during += in_outage
-        if record["o"] not in (OK, RETRYABLE):
-            counts["lost"] += 1
-            lost.append(record)
-            lost_during += in_outage
-    return Tally(
-        by_kind=by_kind,
-        lost=lost,
-        corrupted=corrupted,
-        clean=clean,
-        during_outage=during,
-        lost_during_outage=lost_during,
-        not_ready_outside_faults=not_ready,
-    )
-
-
-_FAILED = frozenset({soakload.BROKEN, soakload.TIMEOUT, soakload.CONNECT})
-_BY_STATUS = frozenset({soakload.RETRYABLE, soakload.STATUS})
-"""Outcomes shown by their status (the others by name: broken, timeout, corrupt, ...)."""
-
-
-def first_sign_in_answers(
-    records: Sequence[dict[str, Any]], start: float, end: float
-) -> tuple[float, str] | None:
-    """The first answer ending in ``[start, end]`` that showed a failure (5xx, broken, none)."""
-    best: tuple[float, str] | None = None
-    for record in records:
-        ended = record["e"]
-        if not start <= ended <= end or (best is not None and ended >= best[0]):
-            continue
-        status = record["st"]
-        if record["o"] in _FAILED and record["k"] != "abort":
-            best = (ended, f"{record['k']}: {record['o']}")
-        elif status >= 500:
-            best = (ended, f"{record['k']}: {status}")
-    return best
-
-
-def first_sign_in_status(
-    statuses: Sequence[tuple[float, str, str]], start: float, end: float
-) -> tuple[float, str] | None:
-    """The first ``/status`` change in ``[start, end]`` away from a healthy ``ready``."""
-    for at, state, error in statuses:
-        if start <= at <= end and (state != "ready" or error):
-            return at, state + (f" ({_short(error, 60)})" if error else "")
-    return None
-
-
-def _short(text: str, limit: int) -> str:
-    return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
-
-
-def states_seen(statuses: Sequence[tuple[float, str, str]], start: float, end: float) -> str:
-    """The states ``/status`` showed from ``start`` to ``end``, in order."""
-    seen = []
-    for at, state, _ in statuses:
-        if at <= start:
-            seen = [state]
-        elif at <= end and (not seen or seen[-1] != state):
-            seen.append(state)
-    return " → ".join(seen) or "-"
-
-
-def answers_in_window(records: Sequence[dict[str, Any]], start: float, end: float) -> str:
-    """What the requests whose life overlapped ``[start, end]`` got, and the slowest of them."""
-    overlapping = [r for r in records if r["s"] <= end and r["e"] >= start]
-    if not overlapping:
-        return "-"
-    counts: Counter[str] = Counter(
-        "right" if r["o"] == OK else str(r["st"]) if r["o"] in _BY_STATUS else r["o"]
-        for r in overlapping
-    )
-    parts = [f"right {counts.pop('right')}"] if "right" in counts else []
-    parts += [f"{what} x{n}" for what, n in sorted(counts.items())]
-    slowest = max(r["e"] - r["s"] for r in overlapping)
-    return ", ".join(parts) + f"; slowest {slowest:.1f} s"
-
-
 def _after(value: float | None, origin: float) -> str:
     return "-" if value is None else f"{value - origin:.2f} s"
 
@@ -998,7 +876,7 @@ def analyse(
             shown = "; ".join(_record_text(r, soak.t0) for r in items[:5])
             notes.append(f"{label} ({len(items)}), first ones: {shown}.")
     timeline = ", ".join(
-        f"{at - soak.t0:.1f} s {state}" + (f" ({_short(error, 90)})" if error else "")
+        f"{at - soak.t0:.1f} s {state}" + (f" ({short(error, 90)})" if error else "")
         for at, state, error in soak.statuses
     )
     notes.append(f"/status states as they changed: {timeline}.")

@@ -1,4 +1,4 @@
-"""The fault soak's judgement (bench/soak.py, bench/soakload.py), without running the soak.
+"""The fault soak's judgement (bench/soaktally.py, bench/soakload.py), without running the soak.
 
 The soak itself takes minutes (``python -m bench --only soak``); what must never drift is the
 part that decides its verdicts: what the hello_world fake must answer (checked here against
@@ -20,14 +20,14 @@ if _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
 
 from bench import soakload  # noqa: E402
-from bench.soak import (  # noqa: E402
+from bench.soakload import Connection, EventCheck, Expected  # noqa: E402
+from bench.soaktally import (  # noqa: E402
     answers_in_window,
     first_sign_in_answers,
     first_sign_in_status,
     states_seen,
     tally,
 )
-from bench.soakload import Connection, EventCheck, Expected  # noqa: E402
 
 SEED = 7
 
