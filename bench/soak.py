@@ -65,6 +65,24 @@ from bench.procs import (
 )
 from bench.report import Row, Section, Table, check
 from bench.soakload import KINDS, OK, Connection, Expected
+from bench.soakplan import (
+    ABORT_TOKENS,
+    CANARY_TIMEOUT,
+    CLIENTS,
+    FAKE_ARGS,
+    FAKE_MODULE,
+    FLAT,
+    IDLE_PROBE,
+    PROBE_INTERVAL,
+    SAMPLE_INTERVAL,
+    SEED,
+    SETTLE,
+    STATUS_INTERVAL,
+    THINK,
+    TOKENS,
+    Fault,
+    Schedule,
+)
 from bench.soakprocfs import Sample, fd_limit, sample
 from bench.soaktally import (
     Tally,
@@ -89,39 +107,6 @@ from bench.stack import (
 from bench.stats import fmt, ratio
 from pyworker.devtools import RouterSigner
 
-SEED = 7
-FAKE_ARGS = ("--load-delay", "1", "--token-rate", "400", "--seed", str(SEED))
-FAKE_MODULE = "backends.hello_world.server"
-CLIENTS = {
-    "json": 3,
-    "stream": 3,
-    "abort": 1,
-    "bad-payload": 1,
-    "bad-signature": 1,
-    "conn-per-request": 2,
-}
-THINK = {
-    "json": 0.15,
-    "stream": 0.2,
-    "abort": 0.3,
-    "bad-payload": 0.5,
-    "bad-signature": 0.5,
-    "conn-per-request": 0.25,
-}
-TOKENS = (4, 32)
-ABORT_TOKENS = (40, 80)
-STATUS_INTERVAL = 0.1
-SAMPLE_INTERVAL = 0.5
-PROBE_INTERVAL = 0.1
-CANARY_TIMEOUT = 3.0
-SETTLE = 2.0
-"""After a new model log appears, how long the worker may take to show it in ``/status``."""
-IDLE_PROBE = 5.0
-"""Seconds of /ping on the idle worker before the load: the loop-lag baseline."""
-WARMUP = 5.0
-"""Seconds of load before the "start" figures: short, so that sockets left in CLOSE-WAIT
-(kept up to the 75 s keep-alive timeout) have not piled up yet."""
-FLAT = 1.25
 _LOG_SIGNS = (
     "accepted by no address",
     "accepted again",
@@ -136,64 +121,6 @@ _LOG_SIGNS = (
 
 def _say(text: str) -> None:
     print(f"  soak: {text}", file=sys.stderr, flush=True)
-
-
-@attrs.frozen(kw_only=True)
-class Schedule:
-    """When each fault happens and how long it lasts (seconds from the start of the load)."""
-
-    duration: float
-    warmup: float
-    kill_at: float
-    restart_after: float
-    hang_at: float
-    hang_for: float
-    scaler_at: float
-    scaler_down: float
-    log_at: float
-    recover_within: float
-    timeout: float
-
-    @classmethod
-    def for_run(cls, quick: bool) -> Schedule:
-        """2 minutes (``--quick``) or 10, the faults at the same fractions of the run."""
-        d = 120.0 if quick else 600.0
-        # Longer than the worker's default stall limit (--stall-timeout 30): a shorter hang
-        # cannot be told from a slow answer, so it would test nothing.
-        hang_for = max(40.0, 0.075 * d)
-        return cls(
-            duration=d,
-            warmup=WARMUP,
-            kill_at=0.085 * d,
-            restart_after=max(3.0, d / 60),
-            hang_at=0.2 * d,
-            hang_for=hang_for,
-            scaler_at=0.55 * d,
-            scaler_down=max(12.0, d / 20),
-            log_at=0.73 * d,
-            recover_within=max(12.0, 0.075 * d),
-            timeout=hang_for + 15.0,
-        )
-
-
-@attrs.define(eq=False, kw_only=True)
-class Fault:
-    """One injected fault and what the worker showed of it (times: time.monotonic())."""
-
-    key: str
-    label: str
-    model: bool
-    """Whether it stops the model serving (requests during its window may fail)."""
-    injected: float = math.nan
-    lifted: float | None = None
-    recovered: float | None = None
-    recovered_how: str = ""
-    repaired: str = ""
-    late: float = 0.0
-
-    def window_end(self, end: float) -> float:
-        """Where its window ends (its recovery, else the end of the run)."""
-        return self.recovered if self.recovered is not None else end
 
 
 def _get(path: str) -> bytes:
