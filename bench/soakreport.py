@@ -41,7 +41,7 @@ from bench.soaktally import (
 from bench.stats import fmt, ratio
 
 if TYPE_CHECKING:
-    from bench.soak import Soak
+    from bench.soakrunner import Soak
 
 
 def _after(value: float | None, origin: float) -> str:

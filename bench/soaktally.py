@@ -1,10 +1,10 @@
 """The fault soak's judgement of its records: which requests were lost or corrupted, and the
 signs of each fault.
 
-Pure: the scenario (``bench/soak.py``) hands in the load's records (one per request, written by
-``bench/soakload.py``), the model faults' windows and the states its ``/status`` poller saw;
-nothing here runs or reads anything, so ``tests/test_bench_soak.py`` checks the verdicts
-without running the soak.
+Pure: the report (``bench/soakreport.py``) and the runner (``bench/soakrunner.py``) hand in the
+load's records (one per request, written by ``bench/soakload.py``), the model faults' windows
+and the states the ``/status`` poller saw; nothing here runs or reads anything, so
+``tests/test_bench_soak.py`` checks the verdicts without running the soak.
 """
 
 from __future__ import annotations
