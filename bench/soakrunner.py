@@ -32,7 +32,8 @@ from bench.procs import (
     machine_busy_seconds,
     wait_status,
 )
-from bench.soakload import Connection, Expected
+from bench.soakexpect import Expected, check_json
+from bench.soakload import Connection
 from bench.soakplan import (
     CANARY_TIMEOUT,
     FAKE_ARGS,
@@ -238,9 +239,7 @@ class Soak:
                 await self._canary_conn.send(soakload.frame("/generate", body))
                 status, _ = await self._canary_conn.head()
                 answer = await self._canary_conn.body()
-                ok = status == 200 and not soakload.check_json(
-                    answer, self._expected.json(prompt, count)
-                )
+                ok = status == 200 and not check_json(answer, self._expected.json(prompt, count))
             except (OSError, soakload.Closed):
                 ok = False
         if not ok:

@@ -1,4 +1,4 @@
-"""The fault soak's judgement (bench/soaktally.py, bench/soakload.py), without running the soak.
+"""The fault soak's judgement (bench/soakexpect.py, bench/soaktally.py), without running the soak.
 
 The soak itself takes minutes (``python -m bench --only soak``); what must never drift is the
 part that decides its verdicts: what the hello_world fake must answer (checked here against
@@ -20,7 +20,8 @@ if _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
 
 from bench import soakload  # noqa: E402
-from bench.soakload import Connection, EventCheck, Expected  # noqa: E402
+from bench.soakexpect import EventCheck, Expected, check_json  # noqa: E402
+from bench.soakload import Connection  # noqa: E402
 from bench.soaktally import (  # noqa: E402
     answers_in_window,
     first_sign_in_answers,
@@ -58,9 +59,9 @@ async def test_expected_answers_are_the_fakes(nursery: trio.Nursery, tmp_path: P
             status, _ = await conn.head()
             body = await conn.body()
             assert status == 200
-            assert soakload.check_json(body, expected.json(prompt, count)) == ""
+            assert check_json(body, expected.json(prompt, count)) == ""
             # Another prompt's answer is not taken for this one's.
-            assert soakload.check_json(body, expected.json(prompt + "!", count)) != ""
+            assert check_json(body, expected.json(prompt + "!", count)) != ""
 
             await conn.send(_request("/generate_stream", payload))
             status, headers = await conn.head()
