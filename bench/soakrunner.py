@@ -23,7 +23,6 @@ from typing import Any
 import attrs
 import trio
 
-from bench import soakload
 from bench.procs import (
     Procs,
     cpu_seconds,
@@ -32,8 +31,8 @@ from bench.procs import (
     machine_busy_seconds,
     wait_status,
 )
+from bench.soakconn import Closed, Connection, frame
 from bench.soakexpect import Expected, check_json
-from bench.soakload import Connection
 from bench.soakplan import (
     CANARY_TIMEOUT,
     FAKE_ARGS,
@@ -174,7 +173,7 @@ class Soak:
                     state, error = str(body.get("state")), str(body.get("error_msg") or "")
                     if not body.get("admits_requests") and state == "ready":
                         state = "ready (not admitting)"
-                except (OSError, soakload.Closed, ValueError):
+                except (OSError, Closed, ValueError):
                     state = "unreachable"
             if state == "unreachable" and conn is not None:
                 with trio.move_on_after(0.5):
@@ -236,11 +235,11 @@ class Soak:
             try:
                 if self._canary_conn is None:
                     self._canary_conn = await Connection.open(self.worker.port)
-                await self._canary_conn.send(soakload.frame("/generate", body))
+                await self._canary_conn.send(frame("/generate", body))
                 status, _ = await self._canary_conn.head()
                 answer = await self._canary_conn.body()
                 ok = status == 200 and not check_json(answer, self._expected.json(prompt, count))
-            except (OSError, soakload.Closed):
+            except (OSError, Closed):
                 ok = False
         if not ok:
             await self._close_canary()

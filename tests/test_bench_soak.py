@@ -20,8 +20,8 @@ if _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
 
 from bench import soakload  # noqa: E402
+from bench.soakconn import Connection, frame  # noqa: E402
 from bench.soakexpect import EventCheck, Expected, check_json  # noqa: E402
-from bench.soakload import Connection  # noqa: E402
 from bench.soaktally import (  # noqa: E402
     answers_in_window,
     first_sign_in_answers,
@@ -34,7 +34,7 @@ SEED = 7
 
 
 def _request(path: str, payload: dict[str, object]) -> bytes:
-    return soakload.frame(path, json.dumps(payload).encode())
+    return frame(path, json.dumps(payload).encode())
 
 
 async def test_expected_answers_are_the_fakes(nursery: trio.Nursery, tmp_path: Path) -> None:
