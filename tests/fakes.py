@@ -1,5 +1,6 @@
-"""Start fake model servers as real subprocesses, for tests and benchmarks (and a workflow the
-fake ComfyUI runs without a model).
+"""Start fake model servers as real subprocesses, for tests and benchmarks (and what the fake
+ComfyUI's tests share: starting it, a client, workflows it runs, with or without a model, and
+waiting for a prompt's history).
 
 A fake is a module run as ``python -m MODULE --port 0 --port-file F --log L [args]`` (see
 :mod:`backends._fakekit`). The process is owned by a task in the caller's nursery: when that
@@ -15,6 +16,8 @@ import signal
 import socket
 import subprocess
 import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -22,6 +25,8 @@ from typing import Any
 import attrs
 import httpx
 import trio
+
+from backends.comfyui import text_to_image_workflow
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 START_SECONDS = 30.0
@@ -257,12 +262,50 @@ async def start_fake(
     return fake
 
 
-def empty_image_workflow(batch: int = 2, color: int = 0x3366FF) -> dict[str, Any]:
-    """A ComfyUI workflow the fake runs without a model: ``batch`` images of one ``color``."""
+@asynccontextmanager
+async def fake_client(fake: FakeServer) -> AsyncIterator[httpx.AsyncClient]:
+    """A client for ``fake``'s URL (5 s timeouts, no proxy from the environment)."""
+    async with httpx.AsyncClient(base_url=fake.url, timeout=5.0, trust_env=False) as client:
+        yield client
+
+
+# -- the fake ComfyUI ---------------------------------------------------------------------------
+
+COMFYUI_FAKE = "backends.comfyui.fake"
+
+
+async def start_fake_comfyui(nursery: trio.Nursery, tmp_path: Path, *args: str) -> FakeServer:
+    """The fake ComfyUI, loaded at once, logging to ``tmp_path/comfyui.log``; ``args``: knobs."""
+    return await start_fake(
+        nursery, COMFYUI_FAKE, "--load-delay", "0", *args, log_path=tmp_path / "comfyui.log"
+    )
+
+
+def empty_image_workflow(
+    batch: int = 2, color: int = 0x3366FF, *, width: int = 48, height: int = 40
+) -> dict[str, Any]:
+    """A ComfyUI workflow the fake runs without a model, in milliseconds: ``batch`` images of one
+    ``color``."""
     return {
         "1": {
             "class_type": "EmptyImage",
-            "inputs": {"width": 48, "height": 40, "batch_size": batch, "color": color},
+            "inputs": {"width": width, "height": height, "batch_size": batch, "color": color},
         },
         "2": {"class_type": "SaveImage", "inputs": {"filename_prefix": "t", "images": ["1", 0]}},
     }
+
+
+def txt2img_workflow(steps: int = 3, seed: int = 7, size: int = 64) -> dict[str, Any]:
+    """The backend's text-to-image workflow: "a fox", ``steps`` sampling steps, ``size`` square."""
+    return text_to_image_workflow(prompt="a fox", width=size, height=size, steps=steps, seed=seed)
+
+
+async def comfyui_history(client: httpx.AsyncClient, prompt_id: str) -> dict[str, Any]:
+    """Poll until the prompt has a history entry (at most 10 s); returns the entry."""
+    with trio.fail_after(10):
+        while True:
+            history = (await client.get(f"/history/{prompt_id}")).json()
+            if history:
+                entry: dict[str, Any] = history[prompt_id]
+                return entry
+            await trio.sleep(0.02)
