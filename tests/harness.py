@@ -10,6 +10,11 @@ The model server runs as its own process (its module comes from the backend's ``
 or ``fake_module``), the stand-in autoscaler and the worker in the test's nursery. The model
 server's port is chosen up front, so the worker can start before the model listens, as on a
 real instance.
+
+Besides, what several test modules share: signing and checking auth_data without a stack
+(:func:`accept`, :func:`make_auth`, :func:`signed`, :func:`refusal`), a benchmark result in the
+cache (:func:`seed_benchmark`), waiting on another process (:func:`eventually`), serving an ASGI
+app (:func:`serve_app`).
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from typing import Any
 
 import attrs
 import httpx
+import pytest
 import trio
 from fakes import FakeServer, close_when_cancelled, free_port, spawn_fake
 from hypercorn.config import Config
@@ -33,7 +39,7 @@ from quart import Response, request
 from quart_trio import QuartTrio
 
 from pyworker import Backend, State, load_backend
-from pyworker._auth import AuthData, Authenticator
+from pyworker._auth import AuthData, Authenticator, AuthError
 from pyworker._benchcache import BenchmarkCache, cache_key
 from pyworker._benchmark import BenchmarkResult, BenchmarkSettings
 from pyworker._config import WorkerConfig
@@ -135,6 +141,30 @@ class Stack:
 def accept(authenticator: Authenticator, auth: AuthData) -> None:
     """Verify ``auth`` and remember it, as the pipeline does with a request it admits."""
     authenticator.remember(auth, authenticator.verify(auth))
+
+
+URL = "http://127.0.0.1:41234"
+"""The worker's own URL in the auth_data the auth tests sign (nothing listens there)."""
+
+
+def make_auth(signer: RouterSigner, *, own_url: str | None = URL, **kwargs: Any) -> Authenticator:
+    """An authenticator for the worker at ``own_url`` holding ``signer``'s public key."""
+    auth = Authenticator(own_url=own_url, **kwargs)
+    auth.set_public_key(signer.public_pem())
+    return auth
+
+
+def signed(signer: RouterSigner, reqnum: int = 1, cost: object = 256, **extra: Any) -> AuthData:
+    """auth_data ``signer`` signed for :data:`URL` (endpoint "my-group"), ``extra`` fields added."""
+    data = signer.sign(cost=cost, endpoint="my-group", reqnum=reqnum, url=URL)
+    return AuthData.parse({**data, **extra})
+
+
+def refusal(authenticator: Authenticator, auth: AuthData) -> AuthError:
+    """The error :func:`accept` raises for ``auth`` (it must raise one)."""
+    with pytest.raises(AuthError) as info:
+        accept(authenticator, auth)
+    return info.value
 
 
 async def eventually(
