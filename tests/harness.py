@@ -14,7 +14,7 @@ real instance.
 Besides, what several test modules share: signing and checking auth_data without a stack
 (:func:`accept`, :func:`make_auth`, :func:`signed`, :func:`refusal`), a benchmark result in the
 cache (:func:`seed_benchmark`), waiting on another process (:func:`eventually`), serving an ASGI
-app (:func:`serve_app`).
+app (:func:`serve_app`), the environment of ``python -m pyworker`` (:func:`clean_env`).
 """
 
 from __future__ import annotations
@@ -188,6 +188,39 @@ async def eventually(
         # Still raise the Cancelled; say what was awaited for whoever reads the log.
         print(f"still waiting for {what} after {time.monotonic() - started:.1f} s")
         raise
+
+
+# What a user's shell would not have: Vast's variables, and pyworker's own (start_server.sh's
+# tests leave out more: start_server_harness.clean_environment).
+_VAST_PREFIXES = ("VAST_", "PYWORKER_")
+_VAST_VARIABLES = {
+    "BACKEND",
+    "CONTAINER_ID",
+    "MASTER_TOKEN",
+    "MODEL_LOG",
+    "MODEL_NAME",
+    "MODEL_SERVER_URL",
+    "PUBLIC_IPADDR",
+    "REPORT_ADDR",
+    "UNSECURED",
+    "USE_SSL",
+    "WORKER_HOST",
+    "WORKER_PORT",
+}
+
+
+def clean_env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    """The environment for ``python -m pyworker`` as a user runs it: this one without Vast's
+    variables or pyworker's, its state directory in ``tmp_path``, unbuffered; ``extra`` added."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in _VAST_VARIABLES and not k.startswith(_VAST_PREFIXES)
+    }
+    env["PYWORKER_STATE_DIR"] = str(tmp_path / "state")
+    env["PYTHONUNBUFFERED"] = "1"
+    env.update(extra)
+    return env
 
 
 def seed_benchmark(
