@@ -263,9 +263,13 @@ async def start_fake(
 
 
 @asynccontextmanager
-async def fake_client(fake: FakeServer) -> AsyncIterator[httpx.AsyncClient]:
-    """A client for ``fake``'s URL (5 s timeouts, no proxy from the environment)."""
-    async with httpx.AsyncClient(base_url=fake.url, timeout=5.0, trust_env=False) as client:
+async def fake_client(
+    fake: FakeServer, *, http_timeout: float = 5.0
+) -> AsyncIterator[httpx.AsyncClient]:
+    """A client for ``fake``'s URL (``http_timeout`` seconds, no proxy from the environment)."""
+    async with httpx.AsyncClient(
+        base_url=fake.url, timeout=http_timeout, trust_env=False
+    ) as client:
         yield client
 
 

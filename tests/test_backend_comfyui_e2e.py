@@ -18,7 +18,7 @@ import attrs
 import httpx
 import pytest
 import trio
-from fakes import REPO_ROOT, FakeServer, empty_image_workflow, start_fake
+from fakes import REPO_ROOT, FakeServer, empty_image_workflow, start_fake_comfyui
 from harness import Stack, eventually, start_stack
 
 from backends.comfyui import (
@@ -32,7 +32,6 @@ from backends.comfyui._fake_png import PNG_SIGNATURE, png_size
 from backends.comfyui._workflow import actual_workload
 from pyworker import Job, RunContext, State
 
-FAKE = "backends.comfyui.fake"
 # Fast fakes: no start-up delay, and a benchmark of three small prompts.
 FAST = ("--load-delay", "0.1")
 STACK_CONFIG: dict[str, Any] = {"benchmark_runs": 2}
@@ -80,16 +79,12 @@ async def _context(fake: FakeServer | str) -> AsyncIterator[RunContext]:
         yield RunContext(model_server_url=url, http=http)
 
 
-async def _start(nursery: trio.Nursery, tmp_path: Path, *args: str) -> FakeServer:
-    return await start_fake(nursery, FAKE, "--load-delay", "0", *args, log_path=tmp_path / "c.log")
-
-
 def _job(payload: dict[str, Any]) -> Job:
     return parse_generate(payload)
 
 
 async def test_run_returns_images_and_timings(nursery: trio.Nursery, tmp_path: Path) -> None:
-    fake = await _start(nursery, tmp_path)
+    fake = await start_fake_comfyui(nursery, tmp_path)
     async with _context(fake) as context:
         reply = await run_prompt(_job({"prompt": "fox", "width": 64, "height": 48}), context)
         assert reply.status == 200, reply.body
@@ -107,7 +102,7 @@ async def test_run_returns_images_and_timings(nursery: trio.Nursery, tmp_path: P
 
 
 async def test_run_limits_polls_and_timeouts(nursery: trio.Nursery, tmp_path: Path) -> None:
-    fake = await _start(nursery, tmp_path, "--hang-after", "3")
+    fake = await start_fake_comfyui(nursery, tmp_path, "--hang-after", "3")
     async with _context(fake) as context:
         # Model-free prompts never reach the stalling sampler.
         polling = RunSettings(use_websocket=False)
@@ -135,7 +130,7 @@ async def test_run_reports_the_steps_comfyui_ran(nursery: trio.Nursery, tmp_path
     """The same prompt twice: the second comes whole from ComfyUI's cache and ran nothing; a
     changed save prefix runs the save alone (the formula's fixed part, no steps). Without the
     websocket, the estimate stands."""
-    fake = await _start(nursery, tmp_path)
+    fake = await start_fake_comfyui(nursery, tmp_path)
     payload = {"prompt": "fox", "width": 64, "height": 48, "steps": 5, "seed": 7}
     job = _job(payload)
     async with _context(fake) as context:

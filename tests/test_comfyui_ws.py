@@ -20,7 +20,7 @@ from pathlib import Path
 import httpx
 import pytest
 import trio
-from fakes import FakeServer, start_fake
+from fakes import empty_image_workflow, start_fake_comfyui
 from trio_websocket import ConnectionClosed, WebSocketRequest, WebSocketServer, serve_websocket
 from wsproto import ConnectionType, WSConnection
 from wsproto.events import AcceptConnection, Request
@@ -36,7 +36,6 @@ from backends.comfyui._fake_png import PNG_SIGNATURE
 from backends.comfyui._ws import MAX_MESSAGE_SIZE, WebSocketError, connect_websocket
 from pyworker import Job, RunContext
 
-FAKE = "backends.comfyui.fake"
 HANG_GUARD = 30.0
 """Seconds after which a test that should long be done fails instead of hanging the run."""
 HUGE = 64 * MAX_MESSAGE_SIZE
@@ -102,10 +101,6 @@ def _point_websocket_at(monkeypatch: pytest.MonkeyPatch, port: int) -> None:
     )
 
 
-async def _start_fake(nursery: trio.Nursery, tmp_path: Path) -> FakeServer:
-    return await start_fake(nursery, FAKE, "--load-delay", "0", log_path=tmp_path / "c.log")
-
-
 @asynccontextmanager
 async def _http(**hooks: list[Callable[..., Awaitable[None]]]) -> AsyncIterator[httpx.AsyncClient]:
     async with httpx.AsyncClient(timeout=10.0, trust_env=False, event_hooks=hooks) as http:
@@ -114,13 +109,7 @@ async def _http(**hooks: list[Callable[..., Awaitable[None]]]) -> AsyncIterator[
 
 def _job(color: int) -> Job:
     """A model-free prompt that runs in milliseconds once its turn comes."""
-    workflow = {
-        "1": {
-            "class_type": "EmptyImage",
-            "inputs": {"width": 16, "height": 16, "batch_size": 1, "color": color},
-        },
-        "2": {"class_type": "SaveImage", "inputs": {"filename_prefix": "w", "images": ["1", 0]}},
-    }
+    workflow = empty_image_workflow(1, color, width=16, height=16)
     return parse_generate({"workflow": workflow})
 
 
@@ -300,7 +289,7 @@ async def test_events_wake_the_run_through_pings_previews_and_noise(
     monkeypatch: pytest.MonkeyPatch,
     ws_memory: dict[str, float],
 ) -> None:
-    fake = await _start_fake(nursery, tmp_path)
+    fake = await start_fake_comfyui(nursery, tmp_path)
     history_polls = 0
     first_poll_answered = trio.Event()
 
@@ -354,7 +343,7 @@ async def test_message_over_the_cap_falls_back_to_polling(
     caplog: pytest.LogCaptureFixture,
     ws_memory: dict[str, float],
 ) -> None:
-    fake = await _start_fake(nursery, tmp_path)
+    fake = await start_fake_comfyui(nursery, tmp_path)
     outcome: dict[str, str] = {}
     async with _http() as http:
         blocker_id = await _hold_queue(http, fake.url)
@@ -392,7 +381,7 @@ async def test_unanswered_handshake_costs_a_run_only_the_connect_timeout(
     caplog: pytest.LogCaptureFixture,
     ws_memory: dict[str, float],
 ) -> None:
-    fake = await _start_fake(nursery, tmp_path)
+    fake = await start_fake_comfyui(nursery, tmp_path)
     connections = 0
     closed = trio.Event()
 

@@ -16,7 +16,7 @@ import attrs
 import httpx
 import pytest
 import trio
-from fakes import FakeServer, accepts, free_port, poll_stats, spawn_fake, start_fake
+from fakes import FakeServer, accepts, fake_client, free_port, poll_stats, spawn_fake, start_fake
 
 from backends.comfyui import text_to_image_workflow
 
@@ -127,10 +127,6 @@ async def _start(nursery: trio.Nursery, tmp_path: Path, case: Case, *args: str) 
     )
 
 
-def _client(fake: FakeServer) -> httpx.AsyncClient:
-    return httpx.AsyncClient(base_url=fake.url, timeout=WAIT, trust_env=False)
-
-
 @pytest.mark.parametrize("case", list(announcing.values()), ids=list(announcing))
 async def test_refuses_connections_while_loading_then_announces(
     nursery: trio.Nursery, tmp_path: Path, case: Case
@@ -199,7 +195,7 @@ async def test_error_rate_fails_requests_with_the_servers_error(
     nursery: trio.Nursery, tmp_path: Path, case: Case
 ) -> None:
     fake = await _start(nursery, tmp_path, case, "--error-rate", "1")
-    async with _client(fake) as client:
+    async with fake_client(fake, http_timeout=WAIT) as client:
         for _ in range(2):
             failed = await client.post(case.path, json=case.body)
             assert failed.status_code == case.error_status
@@ -212,7 +208,7 @@ async def test_slow_health_delays_the_health_route(
     nursery: trio.Nursery, tmp_path: Path, case: Case
 ) -> None:
     fake = await _start(nursery, tmp_path, case, "--slow-health", "0.3")
-    async with _client(fake) as client:
+    async with fake_client(fake, http_timeout=WAIT) as client:
         started = trio.current_time()
         assert (await client.get(case.health)).status_code == 200
         assert trio.current_time() - started >= 0.3
@@ -232,7 +228,7 @@ async def test_hang_after_stalls_a_request_and_nothing_else(
     nursery.start_soon(_send_forever, fake, case)
     with trio.fail_after(WAIT):
         await fake.wait_for_log(case.hang)
-    async with _client(fake) as client:
+    async with fake_client(fake, http_timeout=WAIT) as client:
         assert (await client.get(case.health)).status_code == 200
         stats = (await client.get("/stats")).json()
     assert stats["completed"] == 0
@@ -244,7 +240,7 @@ async def test_crash_after_kills_the_process(
     nursery: trio.Nursery, tmp_path: Path, case: Case
 ) -> None:
     fake = await _start(nursery, tmp_path, case, "--crash-after", "2")
-    async with _client(fake) as client:
+    async with fake_client(fake, http_timeout=WAIT) as client:
         # An LLM server dies under the request; ComfyUI queued it and answered first.
         with contextlib.suppress(httpx.TransportError):
             await client.post(case.path, json=case.body)
@@ -258,7 +254,7 @@ async def test_a_request_runs_to_completion_without_knobs(
     nursery: trio.Nursery, tmp_path: Path, case: Case
 ) -> None:
     fake = await _start(nursery, tmp_path, case)
-    async with _client(fake) as client:
+    async with fake_client(fake, http_timeout=WAIT) as client:
         answer = await client.post(case.path, json=case.body)
         assert answer.status_code == 200
         stats = await poll_stats(client, "completed", 1)

@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 import pytest
 import trio
-from fakes import FakeServer, free_port, get_stats, poll_stats, spawn_fake, start_fake
+from fakes import FakeServer, fake_client, free_port, get_stats, poll_stats, spawn_fake, start_fake
 
 from backends._fakekit import serve_fake
 from backends.tgi import make_backend
@@ -32,10 +32,6 @@ async def _start(nursery: trio.Nursery, tmp_path: Path, *args: str) -> FakeServe
     return await start_fake(
         nursery, MODULE, "--load-delay", "0", *args, log_path=tmp_path / "tgi.log"
     )
-
-
-def _client(fake: FakeServer) -> httpx.AsyncClient:
-    return httpx.AsyncClient(base_url=fake.url, timeout=10.0, trust_env=False)
 
 
 def _body(max_new_tokens: int | None = 5, **parameters: Any) -> dict[str, Any]:
@@ -165,7 +161,7 @@ async def test_generate_answers_generated_text_with_details_only_when_asked(
     nursery: trio.Nursery, tmp_path: Path
 ) -> None:
     fake = await _start(nursery, tmp_path, "--token-rate", "5000", "--max-total-tokens", "300")
-    async with _client(fake) as client:
+    async with fake_client(fake, http_timeout=10.0) as client:
         plain = await client.post("/generate", json=_body(7))
         assert plain.status_code == 200
         assert plain.headers["content-type"] == "application/json"
@@ -210,7 +206,7 @@ async def test_eos_and_stop_sequences_end_generation_early(
     nursery: trio.Nursery, tmp_path: Path
 ) -> None:
     fake = await _start(nursery, tmp_path, "--token-rate", "2000", "--eos-after", "4")
-    async with _client(fake) as client:
+    async with fake_client(fake, http_timeout=10.0) as client:
         eos = (await client.post("/generate", json=_body(50, details=True))).json()
         assert eos["details"]["finish_reason"] == "eos_token"
         assert eos["details"]["generated_tokens"] == 4
@@ -233,7 +229,7 @@ async def test_eos_and_stop_sequences_end_generation_early(
 # -- streaming -------------------------------------------------------------------------------
 async def test_stream_is_tgi_sse_without_done(nursery: trio.Nursery, tmp_path: Path) -> None:
     fake = await _start(nursery, tmp_path, "--token-rate", "2000")
-    async with _client(fake) as client:
+    async with fake_client(fake, http_timeout=10.0) as client:
         response = await client.post("/generate_stream", json=_body(4))
         assert response.status_code == 200
         assert response.headers["content-type"] == "text/event-stream"
@@ -269,7 +265,7 @@ async def test_stream_is_tgi_sse_without_done(nursery: trio.Nursery, tmp_path: P
 
 async def test_stream_errors_are_one_event_under_200(nursery: trio.Nursery, tmp_path: Path) -> None:
     fake = await _start(nursery, tmp_path, "--token-rate", "2000")
-    async with _client(fake) as client:
+    async with fake_client(fake, http_timeout=10.0) as client:
         cases = {
             "validation": _body(5, temperature=0),
             "best_of": _body(5, best_of=2, do_sample=True),
@@ -294,7 +290,7 @@ async def test_stream_errors_are_one_event_under_200(nursery: trio.Nursery, tmp_
 
 async def test_errors_have_tgi_shapes(nursery: trio.Nursery, tmp_path: Path) -> None:
     fake = await _start(nursery, tmp_path, "--token-rate", "2000")
-    async with _client(fake) as client:
+    async with fake_client(fake, http_timeout=10.0) as client:
         invalid = await client.post("/generate", json=_body(5, top_p=1.0))
         assert invalid.status_code == 422
         assert invalid.json() == {
@@ -349,7 +345,7 @@ async def _hold_stream(
 
 async def test_overload_is_429_json_or_an_event(nursery: trio.Nursery, tmp_path: Path) -> None:
     fake = await _start(nursery, tmp_path, "--max-concurrent-requests", "1", "--hang-after", "1")
-    async with _client(fake) as client, trio.open_nursery() as holders:
+    async with fake_client(fake, http_timeout=10.0) as client, trio.open_nursery() as holders:
         # The first token: the request is in flight, then hangs.
         await holders.start(partial(_hold_stream, client, _body(5)))
         refused = await client.post("/generate", json=_body(5))
@@ -369,7 +365,7 @@ async def test_generation_failures_are_424_or_an_event(
     nursery: trio.Nursery, tmp_path: Path
 ) -> None:
     fake = await _start(nursery, tmp_path, "--fail-request-rate", "1")
-    async with _client(fake) as client:
+    async with fake_client(fake, http_timeout=10.0) as client:
         failed = await client.post("/generate", json=_body(5))
         assert failed.status_code == 424
         assert failed.json()["error_type"] == "generation"
@@ -393,7 +389,7 @@ async def test_request_lines_quote_the_stop_sequences_and_mean_nothing(
 ) -> None:
     fake = await _start(nursery, tmp_path, "--token-rate", "2000")
     stop = ["Error: ShardFailed", '"message":"Connected","target":"text_generation_router"']
-    async with _client(fake) as client:
+    async with fake_client(fake, http_timeout=10.0) as client:
         answered = await client.post("/generate", json=_body(3, stop=stop))
         assert answered.status_code == 200
         streamed = await client.post("/generate_stream", json=_body(3, stop=stop))
@@ -416,7 +412,7 @@ async def test_request_lines_quote_the_stop_sequences_and_mean_nothing(
 # -- health, info, metrics, disconnects, crashes ---------------------------------------------
 async def test_health_info_models_and_metrics(nursery: trio.Nursery, tmp_path: Path) -> None:
     fake = await _start(nursery, tmp_path, "--model-id", "org/model-7b")
-    async with _client(fake) as client:
+    async with fake_client(fake, http_timeout=10.0) as client:
         for path in ("/health", "/", "/ping"):
             health = await client.get(path)
             assert health.status_code == 200
@@ -442,7 +438,7 @@ async def test_health_info_models_and_metrics(nursery: trio.Nursery, tmp_path: P
 
 async def test_unhealthy_health_is_503_json(nursery: trio.Nursery, tmp_path: Path) -> None:
     fake = await _start(nursery, tmp_path, "--unhealthy-after", "0")
-    async with _client(fake) as client:
+    async with fake_client(fake, http_timeout=10.0) as client:
         health = await client.get("/health")
     assert health.status_code == 503
     assert health.json() == {"error": "unhealthy", "error_type": "healthcheck"}
@@ -450,7 +446,7 @@ async def test_unhealthy_health_is_503_json(nursery: trio.Nursery, tmp_path: Pat
 
 async def test_client_disconnect_stops_generation(nursery: trio.Nursery, tmp_path: Path) -> None:
     fake = await _start(nursery, tmp_path, "--token-rate", "20")
-    async with _client(fake) as client:
+    async with fake_client(fake, http_timeout=10.0) as client:
         with trio.CancelScope() as drop:
             async with client.stream("POST", "/generate_stream", json=_body(1000)) as response:
                 async for _ in response.aiter_raw():
@@ -464,7 +460,7 @@ async def test_client_disconnect_stops_generation(nursery: trio.Nursery, tmp_pat
 
 async def test_crash_mid_stream_logs_shard_failed(nursery: trio.Nursery, tmp_path: Path) -> None:
     fake = await _start(nursery, tmp_path, "--crash-after", "2")
-    async with _client(fake) as client:
+    async with fake_client(fake, http_timeout=10.0) as client:
         with pytest.raises(httpx.HTTPError):
             await client.post("/generate_stream", json=_body(10))
     with trio.fail_after(10):

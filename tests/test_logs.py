@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 import trio
+from fakes import REPO_ROOT
 from harness import eventually, ready_stack
 
 from pyworker._logs import ACCESS, JsonFormatter
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 GUARD = 30
 
 

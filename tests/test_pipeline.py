@@ -17,6 +17,7 @@ import httpx
 import pytest
 import trio
 import trio.testing
+from harness import URL
 
 from pyworker import Backend, Endpoint, Fields, Job, Reply, RunContext, Trigger
 from pyworker._admission import Admission
@@ -34,7 +35,6 @@ from pyworker._upstream import UpstreamPool
 from pyworker._watchdog import Watchdog
 from pyworker.devtools import RouterSigner
 
-URL = "http://127.0.0.1:41234"
 PAYLOAD = {"prompt": "hi", "work": 10}
 
 
