@@ -93,7 +93,7 @@ def main() -> int:
     try:
         runpy.run_module("pyworker", run_name="__main__", alter_sys=True)
     finally:
-        trio.run = original  # type: ignore[assignment]
+        trio.run = original
         summary = {
             "task_steps": steps.steps,
             "slow_steps_by_task": dict(steps.slow.most_common(15)),

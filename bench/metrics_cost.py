@@ -22,6 +22,7 @@ import argparse
 import json
 import time
 from collections.abc import Sequence
+from random import Random
 from typing import Any
 
 import httpx
@@ -48,6 +49,10 @@ URL = "http://127.0.0.1:41234"
 
 def _parse(payload: object) -> Job:
     return Job(workload=10.0, body=json.dumps(payload).encode(), upstream_path="/x")
+
+
+def _payload(rng: Random) -> object:
+    return {}
 
 
 async def _run(job: Job, context: RunContext) -> Reply:
@@ -80,7 +85,9 @@ async def time_pipeline(requests: int, signer: RouterSigner) -> float:
     backend = Backend(
         name="bench",
         model_server_url="http://127.0.0.1:9",
-        endpoints=(Endpoint(route="/generate", parse=_parse, benchmark_payload=dict, run=_run),),
+        endpoints=(
+            Endpoint(route="/generate", parse=_parse, benchmark_payload=_payload, run=_run),
+        ),
         benchmark_route="/generate",
         log_rules=(),
     )

@@ -70,8 +70,10 @@ def run(procs: Procs, quick: bool) -> Section:
 
 def _share(result: dict[str, Any], status: str) -> float:
     """Percentage of arrivals answered ``status`` ("unfinished": not answered in time)."""
-    arrivals = sum(result["statuses"].values()) + result["unfinished"]
-    count = result["unfinished"] if status == "unfinished" else result["statuses"].get(status, 0)
+    arrivals: int = sum(result["statuses"].values()) + result["unfinished"]
+    count: int = (
+        result["unfinished"] if status == "unfinished" else result["statuses"].get(status, 0)
+    )
     return 100 * count / max(arrivals, 1)
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import os
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from bench import soakload
@@ -28,7 +28,7 @@ from bench.soakplan import (
     THINK,
     TOKENS,
 )
-from bench.soakprocfs import fd_limit
+from bench.soakprocfs import Sample, fd_limit
 from bench.soaktally import (
     Tally,
     answers_in_window,
@@ -49,7 +49,7 @@ def _after(value: float | None, origin: float) -> str:
 
 
 def _fault_rows(soak: Soak, records: Sequence[dict[str, Any]], end: float) -> list[tuple[str, ...]]:
-    rows = []
+    rows: list[tuple[str, ...]] = []
     for fault in soak.faults:
         until = fault.window_end(end)
         status_sign = first_sign_in_status(soak.statuses, fault.injected, until)
@@ -95,7 +95,7 @@ def _fault_rows(soak: Soak, records: Sequence[dict[str, Any]], end: float) -> li
 
 
 def _outcome_rows(result: Tally) -> list[tuple[str, ...]]:
-    rows = []
+    rows: list[tuple[str, ...]] = []
     totals: Counter[str] = Counter()
     for kind in KINDS:
         counts = result.by_kind.get(kind, Counter())
@@ -138,19 +138,24 @@ def _outcome_row(kind: str, counts: Counter[str]) -> tuple[str, ...]:
     )
 
 
+def _count(value: float | None) -> str:
+    return "-" if value is None else f"{value:,.0f}"
+
+
 def _resource_rows(soak: Soak) -> list[tuple[str, ...]]:
-    rows = []
+    rows: list[tuple[str, ...]] = []
     marks = [soak.idle, soak.start, soak.half, soak.end, soak.after]
     window = [s for s in soak.samples if soak.start is not None and s.at >= soak.start.at]
-    for name, get, scale in (
+    readings: tuple[tuple[str, Callable[[Sample], float], float], ...] = (
         ("RSS (MiB)", lambda s: s.rss_kib, 1 / 1024),
         ("open descriptors", lambda s: s.fds, 1.0),
         ("sockets in CLOSE-WAIT", lambda s: s.close_wait, 1.0),
-    ):
+    )
+    for name, get, scale in readings:
         idle, start, half, end, after = (None if m is None else get(m) * scale for m in marks)
         peak = max((get(s) * scale for s in window), default=None)
         growth = "-" if not start or end is None else f"{end / start:.2f}x"
-        cell = fmt if scale != 1.0 else lambda v: "-" if v is None else f"{v:,.0f}"
+        cell = fmt if scale != 1.0 else _count
         rows.append(
             (
                 name,
