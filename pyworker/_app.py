@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import hmac
 import logging
-from collections.abc import Sized
+from collections.abc import Mapping, Sized
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +14,7 @@ import trio
 from quart import Response, jsonify, request
 from quart_trio import QuartTrio
 
+from ._autoscaler import Autoscaler
 from ._backend import Backend
 from ._load import LoadTracker
 from ._machine import Lifecycle
@@ -48,6 +49,8 @@ def create_app(
     upstream: UpstreamPool,
     update: UpdateGate,
     sessions: Sized,
+    deliveries: Mapping[str, Autoscaler],
+    pending_records: Sized,
     health_timeout: float = 10.0,
 ) -> QuartTrio:
     """Build the Quart-Trio app of the worker's non-proxied routes."""
@@ -95,6 +98,10 @@ def create_app(
                 "estimated": totals.completed_estimated,
                 "actual": totals.completed,
             },
+            # Whether the autoscaler hears from us (load reports, finished-request records),
+            # and what waits for it: serving never depends on it, but scaling does.
+            autoscaler={name: each.health().to_json() for name, each in deliveries.items()},
+            records_pending=len(pending_records),
         )
 
     @app.post("/pyworker/update")

@@ -30,6 +30,28 @@ class _Failure:
     retry: bool
 
 
+@attrs.frozen(kw_only=True)
+class DeliveryHealth:
+    """How one kind of POST to the autoscaler is faring, for ``/status``.
+
+    Attributes:
+        addresses: how many addresses there are to try (0: the POSTs go nowhere).
+        ok: whether the last POST was accepted (True before the first).
+        failing_for: seconds since the first POST of the current outage failed (None: none).
+        last_error: why the last failed POST failed, address by address ("" if none).
+        accepted: POSTs accepted since start.
+    """
+
+    addresses: int
+    ok: bool
+    failing_for: float | None
+    last_error: str
+    accepted: int
+
+    def to_json(self) -> dict[str, object]:
+        return attrs.asdict(self)
+
+
 @attrs.define(eq=False, kw_only=True)
 class Autoscaler:
     """One kind of POST (a path) to the autoscaler's addresses, with fail-over.
@@ -52,6 +74,8 @@ class Autoscaler:
     retry_backoff: float = attrs.field(default=0.5, validator=attrs.validators.ge(0))
     _first: int = attrs.field(default=0, init=False)
     _healthy: bool = attrs.field(default=True, init=False)
+    _failing_since: float | None = attrs.field(default=None, init=False)
+    _last_error: str = attrs.field(default="", init=False)
     accepted: dict[str, int] = attrs.field(factory=dict, init=False)
     """POSTs each address accepted (for tests and operators)."""
     attempts: dict[tuple[str, str], int] = attrs.field(factory=dict, init=False)
@@ -65,6 +89,7 @@ class Autoscaler:
             Whether an address accepted it (a 2xx or 3xx). Failures are logged once per
             outage; nothing is raised but cancellation.
         """
+        started = trio.current_time()
         count = len(self.addresses)
         reasons = []
         for step in range(count):
@@ -77,11 +102,23 @@ class Autoscaler:
                 if not self._healthy:
                     self._healthy = True
                     log.info("POST %s is accepted again (by %s)", self.path, address)
+                self._failing_since = None
                 return True
             reasons.append(f"{address}: {why}")
         if reasons:
-            self._note_outage("; ".join(reasons))
+            self._note_outage("; ".join(reasons), started)
         return False
+
+    def health(self) -> DeliveryHealth:
+        """How these POSTs are faring now."""
+        since = self._failing_since
+        return DeliveryHealth(
+            addresses=len(self.addresses),
+            ok=since is None,
+            failing_for=None if since is None else trio.current_time() - since,
+            last_error="" if since is None else self._last_error,
+            accepted=sum(self.accepted.values()),
+        )
 
     async def _post_to(self, address: str, body: object) -> str | None:
         """Up to ``max_attempts`` POSTs to one address; None once accepted, else why not."""
@@ -124,7 +161,10 @@ class Autoscaler:
             return _Failure(why=f"HTTP {status}: {response.text[:200]}", retry=False)
         return None
 
-    def _note_outage(self, why: str) -> None:
+    def _note_outage(self, why: str, started: float) -> None:
+        self._last_error = why
+        if self._failing_since is None:
+            self._failing_since = started
         if self._healthy:
             # Once per outage: further failures go to DEBUG until a POST gets through.
             self._healthy = False

@@ -25,6 +25,10 @@ name                                        type       what
 ``time_to_first_byte_seconds{route}``       histogram  from arrival to the answer's first byte
 ``reports_total{address,outcome}``          counter    load report POSTs: ``accepted``,
                                                        ``refused`` (4xx) or ``failed``
+``records_pending``                         gauge      finished-request records not yet
+                                                       accepted by the autoscaler
+``autoscaler_failing_seconds{delivery}``    gauge      how long ``reports`` or ``records`` POSTs
+                                                       have failed (0 while accepted)
 ``event_loop_lag_seconds``                  histogram  how late a 0.25 s sleep wakes up
 ``model_load_seconds``                      gauge      how long the current load took (0 until
                                                        loaded)
@@ -35,7 +39,7 @@ from __future__ import annotations
 
 import bisect
 import math
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sized
 
 import attrs
 import trio
@@ -48,6 +52,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector, CollectorRegistry
 
+from ._autoscaler import Autoscaler
 from ._lifecycle import State
 from ._load import LoadTracker
 from ._machine import Lifecycle
@@ -149,13 +154,15 @@ class WorkerCollector(Collector):
         metrics: the proxy's counters.
         lifecycle: state, capacity, load time.
         tracker: requests in flight and the load totals.
-        reports: load report POSTs by (address, outcome), as the autoscaler client counts them.
+        deliveries: the autoscaler's clients by what they deliver (``reports``, ``records``).
+        records_pending: finished-request records waiting for the autoscaler.
     """
 
     metrics: RequestMetrics
     lifecycle: Lifecycle
     tracker: LoadTracker
-    reports: Callable[[], Mapping[tuple[str, str], int]]
+    deliveries: Mapping[str, Autoscaler]
+    records_pending: Sized
 
     def collect(self) -> Iterator[Metric]:
         lifecycle, tracker = self.lifecycle, self.tracker
@@ -220,9 +227,22 @@ class WorkerCollector(Collector):
             "Load report POSTs to the autoscaler by address and outcome",
             labels=["address", "outcome"],
         )
-        for (address, outcome), count in sorted(self.reports().items()):
+        for (address, outcome), count in sorted(self.deliveries["reports"].attempts.items()):
             reports.add_metric([address, outcome], count)
         yield reports
+        yield GaugeMetricFamily(
+            "pyworker_records_pending",
+            "Finished-request records not yet accepted by the autoscaler",
+            value=len(self.records_pending),
+        )
+        failing = GaugeMetricFamily(
+            "pyworker_autoscaler_failing_seconds",
+            "How long POSTs to the autoscaler have failed, by what they deliver (0: accepted)",
+            labels=["delivery"],
+        )
+        for name, delivery in sorted(self.deliveries.items()):
+            failing.add_metric([name], delivery.health().failing_for or 0.0)
+        yield failing
         lag = self.metrics.lag
         family = HistogramMetricFamily(
             "pyworker_event_loop_lag_seconds",

@@ -21,6 +21,7 @@ import logging
 from collections.abc import Sequence
 
 import attrs
+import httpx
 import trio
 
 from ._autoscaler import Autoscaler
@@ -111,6 +112,17 @@ class RequestLog:
         gone = {id(record) for record in sent}
         while self._records and id(self._records[0]) in gone:
             self._records.popleft()
+
+
+NOT_FOR_RECORDS = frozenset({"https://cloud.vast.ai/api/v0"})
+"""Report addresses that take no finished-request records (vast-2026.md §9)."""
+
+
+def records_autoscaler(report_addrs: Sequence[str], http: httpx.AsyncClient) -> Autoscaler:
+    """Where finished-request records go: the report addresses, but for the console's API
+    address, to which Vast's own worker never sends them."""
+    addresses = [a for a in report_addrs if a not in NOT_FOR_RECORDS]
+    return Autoscaler(addresses=addresses, path="/delete_requests/", http=http)
 
 
 @attrs.define(eq=False, kw_only=True)

@@ -4,7 +4,7 @@ driven by the lifecycle machine."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from functools import partial
 from pathlib import Path
 from typing import Any, cast
@@ -33,7 +33,7 @@ from ._modellog import ModelLog
 from ._pipeline import Pipeline
 from ._probe import LOAD_PROBE_TIMEOUT, STALL_PROBE_PAUSE, Backoff, probe
 from ._pubkey import configured_key, keep_key, pubkey_urls
-from ._records import RecordSender, RequestLog
+from ._records import RecordSender, RequestLog, records_autoscaler
 from ._report import Report, ReportFormat
 from ._reporter import Reporter
 from ._server import ConnectionCap, connection_cap, hypercorn_config
@@ -60,10 +60,6 @@ class WorkerInfo:
     """The internal plain-HTTP listener (``POST /session/end`` only)."""
     metrics_url: str
     """Where ``GET /metrics`` is served: the public listener, or ``--metrics-port``'s."""
-
-
-_NOT_FOR_RECORDS = frozenset({"https://cloud.vast.ai/api/v0"})
-"""Report addresses that take no finished-request records (vast-2026.md §9)."""
 
 
 def _host_port(url: str) -> tuple[str, int]:
@@ -191,14 +187,19 @@ class Worker:
             )
             finals = Finals()
             reports = Autoscaler(addresses=config.report_addrs, path="/worker_status/", http=http)
-            for service, run in self._services(model, http, sessions, reports, finals).items():
+            deliveries = {
+                "reports": reports,
+                "records": records_autoscaler(config.report_addrs, http),
+            }
+            for service, run in self._services(model, http, sessions, deliveries, finals).items():
                 await services.start(run_in_states, self.watch, service, run)
             registry = registry_for(
                 WorkerCollector(
                     metrics=self.metrics,
                     lifecycle=self.lifecycle,
                     tracker=self.tracker,
-                    reports=lambda: reports.attempts,
+                    deliveries=deliveries,
+                    records_pending=self.records,
                 )
             )
             app = create_app(
@@ -208,6 +209,8 @@ class Worker:
                 upstream=upstream,
                 update=UpdateGate(mtoken=config.mtoken, flag_file=Path(config.update_flag_file)),
                 sessions=sessions,
+                deliveries=deliveries,
+                pending_records=self.records,
                 health_timeout=config.health_timeout,
             )
 
@@ -289,7 +292,7 @@ class Worker:
         model: ModelServer,
         http: httpx.AsyncClient,
         sessions: Sessions,
-        reports: Autoscaler,
+        deliveries: Mapping[str, Autoscaler],
         finals: Finals,
     ) -> dict[Service, Callable[[], Awaitable[object]]]:
         """One run of each service of the lifecycle table (see :class:`Service`)."""
@@ -307,7 +310,7 @@ class Worker:
             )
         )
         reporter = Reporter(
-            autoscaler=reports,
+            autoscaler=deliveries["reports"],
             fmt=ReportFormat(config.report_format),
             container_id=config.container_id,
             url=config.url,
@@ -319,12 +322,7 @@ class Worker:
         )
         sender = RecordSender(
             log=self.records,
-            # Vast's own worker never sends these to the console's API address.
-            autoscaler=Autoscaler(
-                addresses=[a for a in config.report_addrs if a not in _NOT_FOR_RECORDS],
-                path="/delete_requests/",
-                http=http,
-            ),
+            autoscaler=deliveries["records"],
             lifecycle=self.lifecycle,
             worker_id=config.container_id,
             mtoken=config.mtoken,

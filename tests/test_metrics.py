@@ -1,9 +1,11 @@
 """``GET /metrics``: scraped from a worker in front of a real model server process, parsed with
-Prometheus' own parser."""
+Prometheus' own parser; and what ``GET /status`` tells beside it (the work done, the
+autoscaler's outages)."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import trio
 from harness import Stack, eventually, ready_stack
@@ -131,3 +133,43 @@ async def test_metrics_on_a_port_of_their_own(nursery: trio.Nursery, tmp_path: P
         )
         assert response.headers["content-type"].startswith("application/openmetrics-text")
         assert response.text.rstrip().endswith("# EOF")
+
+
+async def test_status_tells_an_autoscaler_outage_and_what_waits_for_it(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    with trio.fail_after(GUARD):
+        stack = await ready_stack(nursery, tmp_path)
+        status = await stack.status()
+        assert status["autoscaler"]["reports"]["addresses"] == 1
+        stack.standin.report_status = stack.standin.delete_status = 503
+        assert (await stack.post("/generate", prompt(2))).status_code == 200
+
+        async def outage() -> dict[str, Any] | None:
+            status = await stack.status()
+            both = status["autoscaler"].values()
+            return status if not any(each["ok"] for each in both) else None
+
+        status = await eventually(outage, what="both deliveries failing in /status")
+        assert status["records_pending"] >= 1  # the request's record waits for the autoscaler
+        for each in status["autoscaler"].values():
+            assert each["failing_for"] >= 0
+            assert "HTTP 503" in each["last_error"]
+        metrics = await scrape(stack)
+        assert value(metrics["pyworker_records_pending"], "pyworker_records_pending") >= 1
+        failing = metrics["pyworker_autoscaler_failing_seconds"]
+        for delivery in ("reports", "records"):
+            name = "pyworker_autoscaler_failing_seconds"
+            assert value(failing, name, delivery=delivery) > 0
+
+        stack.standin.report_status = stack.standin.delete_status = 200
+
+        async def recovered() -> dict[str, Any] | None:
+            status = await stack.status()
+            both = status["autoscaler"].values()
+            done = all(each["ok"] for each in both) and status["records_pending"] == 0
+            return status if done else None
+
+        status = await eventually(recovered, what="deliveries accepted again")
+        assert status["autoscaler"]["records"]["failing_for"] is None
+        assert status["autoscaler"]["records"]["accepted"] >= 1

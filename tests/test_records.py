@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import attrs
 import httpx
 import pytest
 import trio
@@ -126,3 +127,36 @@ async def test_sender_batches_fails_over_and_keeps_records_until_accepted(
         (2, "Rejected", False),
     ]
     assert [e["request_idx"] for e in last["requests"]] == [3]
+
+
+async def test_delivery_health_tells_an_outage_and_its_end(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    router = Router()
+    async with httpx.AsyncClient(transport=httpx.MockTransport(router)) as http:
+        autoscaler = Autoscaler(
+            addresses=["http://first", "http://second"], path="/delete_requests/", http=http
+        )
+        assert autoscaler.health().to_json() == {
+            "addresses": 2,
+            "ok": True,
+            "failing_for": None,
+            "last_error": "",
+            "accepted": 0,
+        }
+        router.down = {"first", "second"}
+        await trio.sleep(5)
+        assert not await autoscaler.post({"n": 1})  # retried at both: takes a while
+        await trio.sleep(10)
+        assert not await autoscaler.post({"n": 2})
+        health = autoscaler.health()
+        assert not health.ok
+        # From the start of the first failed POST, not from its end.
+        assert health.failing_for == pytest.approx(trio.current_time() - 5)
+        assert "http://first: " in health.last_error
+        assert "http://second: " in health.last_error
+        router.down = {"first"}
+        assert await autoscaler.post({"n": 3})
+        assert autoscaler.health() == attrs.evolve(
+            health, ok=True, failing_for=None, last_error="", accepted=1
+        )
