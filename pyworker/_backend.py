@@ -198,6 +198,12 @@ class Observer(Protocol):
     called once, before the first chunk, with the answer's headers as ``(name, value)`` byte
     pairs, names lower-cased. The same observers read the benchmark's answers, so capacity is
     measured in actual workload too.
+
+    And it may define an ``error`` attribute: a short reason (str) once the answer, whose
+    status said success, reported an error inside it (an error event in a stream: TGI's
+    ``{"error": ...}``, an OpenAI server's ``{"error": {...}}``), else None. Such a request did
+    no work that counts (``cur_perf``, the benchmark); its record still says ``Success``, as
+    Vast's worker has it for any answer relayed.
     """
 
     def feed(self, chunk: bytes) -> None:

@@ -149,6 +149,8 @@ async def _one(endpoint: Endpoint, job: Job, model: ModelServer) -> float:
         raise BenchmarkError(f"benchmark request failed: {why}")
     if observer is not None:
         observer.feed(body)
+        if reported := getattr(observer, "error", None):
+            raise BenchmarkError(f"benchmark request failed: the answer reported {reported}")
     actual = actual_workload(answer, observer)
     if actual is None:
         return job.workload

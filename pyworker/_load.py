@@ -51,9 +51,10 @@ class Outcome:
     error: str = ""
 
     @classmethod
-    def answered(cls, status: int, actual: float | None = None) -> Outcome:
-        """The model server's answer, relayed in full: completed below 400, else failed."""
-        if status < 400:
+    def answered(cls, status: int, actual: float | None = None, *, failed: bool = False) -> Outcome:
+        """The model server's answer, relayed in full: completed below 400, else failed (or
+        when ``failed``: the answer reported an error inside it)."""
+        if status < 400 and not failed:
             return cls(kind=OutcomeKind.COMPLETED, status=status, actual=actual)
         return cls(kind=OutcomeKind.FAILED, status=status)
 

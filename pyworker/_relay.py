@@ -161,7 +161,10 @@ async def _last(
     await send({"type": "http.response.body", "body": chunk, "more_body": False})
     if answer.error:
         return Outcome.failed(answer.status, answer.error)
-    return Outcome.answered(answer.status, actual_workload(answer, observer))
+    # An error event inside a 2xx answer: relayed like any answer (a Success record, as Vast's
+    # worker has it), but no work done.
+    reported = bool(getattr(observer, "error", None))
+    return Outcome.answered(answer.status, actual_workload(answer, observer), failed=reported)
 
 
 async def send_json(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import AsyncIterator
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -19,10 +20,11 @@ import pytest
 import trio
 from harness import eventually, ready_stack
 
-from backends._fakekit import HTTPServer, Request, Response
+from backends._fakekit import HTTPServer, Request, Response, StreamResponse
 from pyworker import Endpoint, Job, Reply, RunContext, UsageObserver, estimate_tokens, load_backend
 from pyworker._load import Outcome, OutcomeKind
 from pyworker._model import ModelServer, observe, send_job
+from pyworker._records import RecordStatus
 from pyworker._relay import relay
 from pyworker._typing import Message
 from pyworker._upstream import UpstreamPool
@@ -125,6 +127,39 @@ async def test_a_refused_answer_is_never_work_done(nursery: trio.Nursery) -> Non
     assert outcome.kind is OutcomeKind.FAILED
     assert outcome.actual is None
     assert made == []  # not even observed
+
+
+class ErrorEvents:
+    """An observer that reports an error event (as the backends' stream observers do)."""
+
+    def __init__(self) -> None:
+        self.actual: float | None = None
+        self.error: str | None = None
+
+    def feed(self, chunk: bytes) -> None:
+        if b'{"error":' in chunk:
+            self.error = "an error event"
+
+
+async def _events(*events: bytes) -> AsyncIterator[bytes]:
+    for event in events:
+        yield event
+
+
+async def test_an_error_event_in_a_2xx_stream_is_no_work_done(nursery: trio.Nursery) -> None:
+    endpoint = _endpoint(observe=ErrorEvents)
+    job = endpoint.parse({})
+    token = b'data:{"index":1,"token":{"text":"hi"}}\n\n'
+    error = b'data:{"error":"Incomplete generation stream","error_type":"incomplete"}\n\n'
+    with trio.fail_after(GUARD):
+        cut = StreamResponse(chunks=_events(token, error), content_type=b"text/event-stream")
+        outcome = await _exchange(nursery, endpoint, job, cut)
+        # Relayed as it came (status 200, no error of the worker's own: a Success record),
+        # but it did no work that counts.
+        assert outcome == Outcome(kind=OutcomeKind.FAILED, status=200)
+        assert RecordStatus.of(outcome) is RecordStatus.SUCCESS
+        whole = StreamResponse(chunks=_events(token, token), content_type=b"text/event-stream")
+        assert await _exchange(nursery, endpoint, job, whole) == Outcome.answered(200, None)
 
 
 def _seen(*chunks: bytes) -> float | None:

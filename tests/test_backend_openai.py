@@ -227,6 +227,25 @@ def test_observe_usage() -> None:
     assert usage_seen(nested) == 7.0
 
 
+@pytest.mark.parametrize(
+    "event",
+    [
+        b'data: {"error": {"object": "error", "message": "x", "code": 500}}\n\n',  # vLLM
+        b'data: {"error":{"message":"x","http_status_code":422}}\n\n',  # TGI, llama.cpp
+    ],
+)
+def test_an_error_event_in_a_stream_is_reported(event: bytes) -> None:
+    token = b'data: {"choices":[{"delta":{"content":"{\\"error\\": 1}"}}]}\n\n'
+    for make in (observe_usage, observe_usage_or_timings):
+        observer = make()
+        observer.feed(token)  # generated text quoting an error is escaped: not one
+        assert observer.error is None
+        observer.feed(event[:12])
+        observer.feed(event[12:])
+        assert observer.error == "an error event"
+        assert observer.actual is None  # and no usage: nothing to count
+
+
 def seen_with_timings(*chunks: bytes) -> float | None:
     """What a fresh observer of one answer from a server that may be llama.cpp makes of it."""
     observer = observe_usage_or_timings()

@@ -388,6 +388,19 @@ def test_a_stream_without_details_counts_its_tokens_beside_the_prompts_estimate(
     assert details_seen(stream) is None  # the endpoint's own knows no prompt: details only
 
 
+def test_an_error_event_is_reported_by_either_stream_observer() -> None:
+    """However the stream's observer was made, an error event makes it report one (the
+    worker then counts no work done); tokens alone, or text quoting an error, do not."""
+    error = b'data:{"error":"Incomplete generation stream","error_type":"incomplete"}\n\n'
+    quoting = _token_event(1, '{"error":"x"}')
+    for make in (observe_stream, lambda: StreamCounts(10.0)):
+        observer = make()
+        for chunk in (_token_event(1), quoting, error[:9], error[9:]):
+            assert observer.error is None
+            observer.feed(chunk)
+        assert observer.error == "an error event"
+
+
 def test_generate_counts_are_tgis_token_headers() -> None:
     def seen(headers: list[tuple[bytes, bytes]], sequences: int = 1) -> float | None:
         observer = GenerateCounts(sequences)

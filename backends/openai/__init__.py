@@ -45,7 +45,7 @@ from collections.abc import Callable, Mapping
 from pyworker import Backend, DemoServer, Endpoint
 
 from ._log_rules import log_rules
-from ._observe import UsageOrTimings, observe_usage, observe_usage_or_timings
+from ._observe import Usage, UsageOrTimings, observe_usage, observe_usage_or_timings
 from ._payload import CHAT_COMPLETIONS, COMPLETIONS, parse_chat, parse_completion
 from ._settings import DEFAULT_PORTS, DEFAULT_SETTINGS, FAKE_FLAVORS, SERVERS, Settings
 
@@ -53,6 +53,7 @@ __all__ = [
     "DEFAULT_SETTINGS",
     "SERVERS",
     "Settings",
+    "Usage",
     "UsageOrTimings",
     "backend_for",
     "log_rules",

@@ -21,14 +21,46 @@ from __future__ import annotations
 
 from pyworker import UsageObserver
 
+_ERROR_EVENT = b'{"error":'
+"""How every OpenAI-compatible server's error event starts, in a stream it already answered
+200 (vLLM and SGLang ``data: {"error": {...}}``, llama.cpp and TGI ``data:{"error":{...}}``);
+an error inside generated text is JSON-escaped and never matches."""
 
-def observe_usage() -> UsageObserver:
-    """A fresh observer of one answer's ``usage``: ``prompt_tokens + completion_tokens``.
+
+class Usage:
+    """An :class:`~pyworker.Observer` of one answer's ``usage`` (``prompt_tokens +
+    completion_tokens``) and of an error event in it.
 
     With ``continuous_usage_stats`` every event carries the running total; the last one seen
     counts. ``"usage": null`` (the stream's other events) leaves the estimate standing.
     """
-    return UsageObserver(b'"usage"', ("prompt_tokens", "completion_tokens"))
+
+    __slots__ = ("_errors", "_usage")
+
+    def __init__(self) -> None:
+        self._usage = UsageObserver(b'"usage"', ("prompt_tokens", "completion_tokens"))
+        # Counts no field: its actual is 0 once an error event is seen, else None.
+        self._errors = UsageObserver(_ERROR_EVENT, ())
+
+    def feed(self, chunk: bytes) -> None:
+        """Look at the next chunk."""
+        self._usage.feed(chunk)
+        self._errors.feed(chunk)
+
+    @property
+    def actual(self) -> float | None:
+        """``usage``'s figure, or None (the estimate stands)."""
+        return self._usage.actual
+
+    @property
+    def error(self) -> str | None:
+        """ "an error event" once the answer carried one, else None."""
+        return None if self._errors.actual is None else "an error event"
+
+
+def observe_usage() -> Usage:
+    """A fresh observer of one answer's ``usage`` (see :class:`Usage`)."""
+    return Usage()
 
 
 class UsageOrTimings:
@@ -59,6 +91,11 @@ class UsageOrTimings:
             if observer.actual is not None:
                 return observer.actual
         return None
+
+    @property
+    def error(self) -> str | None:
+        """As :attr:`Usage.error`."""
+        return self._usage.error
 
 
 def observe_usage_or_timings() -> UsageOrTimings:

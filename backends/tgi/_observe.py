@@ -77,9 +77,15 @@ class StreamCounts:
     def feed(self, chunk: bytes) -> None:
         """Look at the next chunk of events."""
         self._details.feed(chunk)
+        self._errors.feed(chunk)
         if self._prompt_tokens is not None:
             self._index.feed(chunk)
-            self._errors.feed(chunk)
+
+    @property
+    def error(self) -> str | None:
+        """ "an error event" once the stream carried one (TGI's ``{"error", "error_type"}``:
+        refused, overloaded, or a generation cut short), else None."""
+        return None if self._errors.actual is None else "an error event"
 
     @property
     def actual(self) -> float | None:
