@@ -64,6 +64,16 @@ async def close_when_cancelled(client: httpx.AsyncClient) -> None:
             await client.aclose()
 
 
+def unused_http() -> httpx.AsyncClient:
+    """A client for a :class:`pyworker._model.ModelServer` whose ``http`` nothing should use (no
+    backend ``run`` in the test): a request through it fails the test."""
+
+    def refuse(request: httpx.Request) -> httpx.Response:
+        raise AssertionError(f"unexpected request through ModelServer.http: {request.url}")
+
+    return httpx.AsyncClient(transport=httpx.MockTransport(refuse))
+
+
 async def get_stats(client: httpx.AsyncClient) -> dict[str, Any]:
     """A fake's counters (its fake-only ``GET /stats``), ``client`` having its base URL."""
     stats: dict[str, Any] = (await client.get("/stats")).json()

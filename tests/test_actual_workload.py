@@ -18,6 +18,7 @@ from typing import Any
 import attrs
 import pytest
 import trio
+from fakes import unused_http
 from harness import eventually, ready_stack
 
 from backends._fakekit import HTTPServer, Request, Response, StreamResponse
@@ -73,8 +74,8 @@ async def _exchange(
     async def send(message: Message) -> None:
         sent.append(message)
 
-    async with UpstreamPool(host="127.0.0.1", port=port) as pool:
-        model = ModelServer(url=f"http://127.0.0.1:{port}", upstream=pool, http=None)
+    async with UpstreamPool(host="127.0.0.1", port=port) as pool, unused_http() as http:
+        model = ModelServer(url=f"http://127.0.0.1:{port}", upstream=pool, http=http)
         answer = await send_job(endpoint, job, model)
         try:
             return await relay(answer, send, observer=observe(endpoint, job, answer))
@@ -192,7 +193,7 @@ def test_reply_actual_is_a_workload_or_none() -> None:
     with pytest.raises(TypeError, match="actual must be a number"):
         Reply(status=200, body=b"", actual=True)
     with pytest.raises(TypeError, match="actual must be a number"):
-        Reply(status=200, body=b"", actual="5")  # type: ignore[arg-type]
+        Reply(status=200, body=b"", actual="5")  # type: ignore[arg-type]  # the wrong type is the test
     for bad in (-1.0, math.nan, math.inf, 1e13):
         with pytest.raises(ValueError, match="actual must be within"):
             Reply(status=200, body=b"", actual=bad)

@@ -240,7 +240,10 @@ def test_progress_counts_each_nodes_steps_and_nothing_cached() -> None:
 
 def test_progress_needs_every_event() -> None:
     workflow = text_to_image_workflow(prompt="x")
-    events = (("executing", {"node": "3"}), ("execution_success", {}))
+    events: tuple[tuple[str, dict[str, str]], ...] = (
+        ("executing", {"node": "3"}),
+        ("execution_success", {}),
+    )
     unwatched = Progress()  # the websocket opened after the submission, or never
     for kind, data in events:
         unwatched.event(kind, {"prompt_id": "p", **data}, "p")

@@ -134,8 +134,10 @@ async def test_a_model_that_stops_early_is_counted_at_what_tgi_reports(
         assert events[-1]["details"] is None  # nothing was asked of TGI for the client
         assert await _finished_workload(stack) == estimate + 3
         # Several sequences: the headers count the best alone, so the estimate stands.
-        best_of = {"inputs": PROMPT, "parameters": {"max_new_tokens": 20, "best_of": 2}}
-        best_of["parameters"]["do_sample"] = True
+        best_of = {
+            "inputs": PROMPT,
+            "parameters": {"max_new_tokens": 20, "best_of": 2, "do_sample": True},
+        }
         assert (await stack.post("/generate", best_of)).status_code == 200
         assert await _finished_workload(stack) == (estimate + 20) * 2
         # TGI's refusal inside a stream (HTTP 200): no work done.
@@ -258,8 +260,8 @@ async def test_demo_reaches_ready_and_serves_its_printed_command(tmp_path: Path)
             cwd=REPO_ROOT,
             env=env,
         )
+    assert demo.stdout is not None  # stdout=PIPE
     try:
-        assert demo.stdout is not None
         buffer = b""
         with trio.fail_after(60):
             while b"pyworker.client" not in buffer:
@@ -292,4 +294,4 @@ async def test_demo_reaches_ready_and_serves_its_printed_command(tmp_path: Path)
             demo.kill()
             with trio.CancelScope(shield=True):
                 await demo.wait()
-        await demo.stdout.aclose()  # type: ignore[union-attr]
+        await demo.stdout.aclose()

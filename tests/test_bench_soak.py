@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import trio
 from fakes import start_fake
@@ -102,7 +103,9 @@ def test_event_check_finds_what_is_wrong() -> None:
     assert "more events" in extra.complete_and_right()
 
 
-def _record(kind: str, sent: float, ended: float, outcome: str, status: int = 200) -> dict:
+def _record(
+    kind: str, sent: float, ended: float, outcome: str, status: int = 200
+) -> dict[str, Any]:
     return {"k": kind, "s": sent, "e": ended, "st": status, "o": outcome}
 
 

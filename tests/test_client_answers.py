@@ -80,25 +80,24 @@ def test_in_stream_errors() -> None:
 
 def test_images_are_saved_and_replaced_by_a_note(tmp_path: Path) -> None:
     png, jpeg = b"\x89PNG\r\n\x1a\nfirst", b"\xff\xd8second"
-    answer = {
-        "prompt_id": "p",
-        "images": [
-            {"filename": "a.png", "content_type": "image/png", "data": base64.b64encode(png)},
-            {"filename": "b.jpg", "content_type": "image/jpeg", "data": base64.b64encode(jpeg)},
-        ],
-    }
-    answer["images"] = [{**i, "data": i["data"].decode()} for i in answer["images"]]  # type: ignore[attr-defined]
-    shown, saved = save_images(answer, tmp_path / "out")
+    png_data, jpeg_data = base64.b64encode(png).decode(), base64.b64encode(jpeg).decode()
+    images = [
+        {"filename": "a.png", "content_type": "image/png", "data": png_data},
+        {"filename": "b.jpg", "content_type": "image/jpeg", "data": jpeg_data},
+    ]
+    shown, saved = save_images({"prompt_id": "p", "images": images}, tmp_path / "out")
     assert saved == [tmp_path / "out-1.png", tmp_path / "out-2.jpg"]
     assert [p.read_bytes() for p in saved] == [png, jpeg]
-    assert shown["images"][0]["data"] == f"<13 bytes: saved to {tmp_path / 'out-1.png'}>"  # type: ignore[index]
-    assert shown["images"][1]["filename"] == "b.jpg"  # type: ignore[index]
+    assert isinstance(shown, dict)
+    assert shown["images"][0]["data"] == f"<13 bytes: saved to {tmp_path / 'out-1.png'}>"
+    assert shown["images"][1]["filename"] == "b.jpg"
 
-    one = {"images": [answer["images"][0]]}  # type: ignore[index]
+    one = {"images": [images[0]]}
     assert save_images(one, tmp_path / "cat.webp")[1] == [tmp_path / "cat.webp"]
     unsaved, none = save_images(one, None)
     assert none == []
-    assert unsaved["images"][0]["data"] == "<13 bytes: not saved, use --output FILE>"  # type: ignore[index]
+    assert isinstance(unsaved, dict)
+    assert unsaved["images"][0]["data"] == "<13 bytes: not saved, use --output FILE>"
     assert save_images({"generated_text": "x"}, tmp_path / "x") == ({"generated_text": "x"}, [])
 
 
@@ -106,7 +105,8 @@ async def test_client_estimates_the_cost_and_prints_tokens(
     nursery: trio.Nursery, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     stack = await ready_stack(nursery, tmp_path)
-    prompt = {"prompt": "count the tokens of this prompt", "max_response_tokens": 5}
+    text = "count the tokens of this prompt"
+    prompt = {"prompt": text, "max_response_tokens": 5}
     base = ["--router", stack.standin_url, "-e", "group", "--backend", "hello_world"]
     argv = [*base, "/generate_stream", json.dumps(prompt)]
     assert await trio.to_thread.run_sync(client.main, argv) == 0
@@ -117,7 +117,7 @@ async def test_client_estimates_the_cost_and_prints_tokens(
     assert "data:" not in out
     assert "{" not in out
     call = stack.standin.route_calls[-1]
-    assert call.cost == estimate_tokens(prompt["prompt"]) + 5  # type: ignore[arg-type]
+    assert call.cost == estimate_tokens(text) + 5
     assert call.endpoint == "group"
 
     refused = [*base, "/generate", json.dumps({"prompt": 3})]

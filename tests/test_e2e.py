@@ -408,24 +408,24 @@ async def test_reports_carry_every_field_in_the_newest_meanings(
             assert report["error_msg"] == ""
             assert report["version"]
             assert all(math.isfinite(report[f]) for f in ("cur_load", "cur_perf", "max_perf"))
-        reports = list(reports)
-        states = [r["state"] for r in reports]
+        sent = list(reports)  # a list, to slice (the stand-in keeps a deque)
+        states = [r["state"] for r in sent]
         assert states[0] == "loading"
         # Vast's newest meanings (the default): the load time in every report once loaded.
         first_ready = states.index("ready")
-        assert all(r["loadtime"] == 0 for r in reports[:first_ready])
-        loadtime = reports[first_ready]["loadtime"]
+        assert all(r["loadtime"] == 0 for r in sent[:first_ready])
+        loadtime = sent[first_ready]["loadtime"]
         assert 0 < loadtime < GUARD
-        assert all(r["loadtime"] == loadtime for r in reports[first_ready:])
-        assert reports[first_ready]["max_perf"] == pytest.approx(stack.worker.lifecycle.max_perf)
-        assert reports[first_ready]["max_perf"] > 0
+        assert all(r["loadtime"] == loadtime for r in sent[first_ready:])
+        assert sent[first_ready]["max_perf"] == pytest.approx(stack.worker.lifecycle.max_perf)
+        assert sent[first_ready]["max_perf"] > 0
         # One request: received (and its work done) once over the reports; counted since start.
-        assert sum(r["new_load"] for r in reports) == pytest.approx(51)
-        assert sum(r["cur_perf"] for r in reports) == pytest.approx(51)
-        assert reports[-1]["num_requests_recieved"] == 1
-        assert reports[-1]["num_requests_working"] == 0
-        assert reports[-1]["working_request_idxs"] == []
-        assert reports[-1]["cur_load"] == 0
+        assert sum(r["new_load"] for r in sent) == pytest.approx(51)
+        assert sum(r["cur_perf"] for r in sent) == pytest.approx(51)
+        assert sent[-1]["num_requests_recieved"] == 1
+        assert sent[-1]["num_requests_working"] == 0
+        assert sent[-1]["working_request_idxs"] == []
+        assert sent[-1]["cur_load"] == 0
 
 
 # -- graceful drain ------------------------------------------------------------------------------

@@ -255,13 +255,13 @@ def test_log_lines_go_to_the_stream_their_server_uses() -> None:
 # --- a fake's start-up -----------------------------------------------------------------------
 
 
-def _plain_fake(**startup: str) -> tuple[PlainFake, io.StringIO]:
+def _plain_fake(startup: Startup | None = None) -> tuple[PlainFake, io.StringIO]:
     out = io.StringIO()
-    return PlainFake(_echo, LogWriter(out), Startup(**startup)), out
+    return PlainFake(_echo, LogWriter(out), startup or Startup()), out
 
 
 async def test_serve_fake_starts_a_plain_fake(nursery: trio.Nursery, tmp_path: Path) -> None:
-    fake, out = _plain_fake(ready="ready on {url} (port {port})")
+    fake, out = _plain_fake(Startup(ready="ready on {url} (port {port})"))
     port_file = tmp_path / "port"
     knobs = Knobs(load_delay=0, port_file=str(port_file))
     launch: Launch = await nursery.start(serve_fake, fake, knobs)

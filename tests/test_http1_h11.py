@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import re
 from collections import deque
+from typing import TypeVar
 
 import attrs
 import h11
@@ -258,9 +259,12 @@ def _bytes(alphabet: bytes, max_size: int = 12) -> st.SearchStrategy[bytes]:
     return st.lists(st.sampled_from(list(alphabet)), max_size=max_size).map(bytes)
 
 
+T = TypeVar("T")
+
+
 def _mostly(
-    usual: st.SearchStrategy[bytes], odd: st.SearchStrategy[bytes], one_in: int
-) -> st.SearchStrategy[bytes]:
+    usual: st.SearchStrategy[T], odd: st.SearchStrategy[T], one_in: int
+) -> st.SearchStrategy[T]:
     """``usual``, but ``odd`` about once in ``one_in`` draws (shrinking towards ``usual``)."""
     # Not an end of the range: Hypothesis draws those often.
     return st.integers(min_value=0, max_value=one_in - 1).flatmap(

@@ -264,7 +264,7 @@ async def test_cancellation_closes_the_file(tmp_path: Path) -> None:
 
 
 async def _start_meddling(
-    nursery: trio.Nursery, path: Path, at: str, meddle: Callable[[], None]
+    nursery: trio.Nursery, path: Path, at: str, meddle: Callable[[], object]
 ) -> Recorder:
     """Start a tailer that runs ``meddle()`` from its callback for the line ``at``: after one
     poll has returned and before the next begins, whatever the scheduling."""

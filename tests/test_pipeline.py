@@ -86,10 +86,9 @@ class Rig:
     signer: RouterSigner
     reqnum: int = 0
 
-    def auth(self, **changes: Any) -> dict[str, Any]:
+    def auth(self) -> dict[str, Any]:
         self.reqnum += 1
-        fields = {"cost": 10, "endpoint": "e", "reqnum": self.reqnum, "url": URL} | changes
-        return self.signer.sign(**fields)
+        return self.signer.sign(cost=10, endpoint="e", reqnum=self.reqnum, url=URL)
 
     async def post(self, body: object, *, method: str = "POST") -> tuple[int, Any]:
         """One request through the pipeline; (status, decoded JSON body)."""

@@ -88,7 +88,9 @@ async def test_the_tls_root_is_a_ca_that_issues_certificates_for_local_addresses
     server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     server_context.load_cert_chain(cert_path, key_path)
     listeners = await trio.open_ssl_over_tcp_listeners(0, server_context, host="127.0.0.1")
-    port = listeners[0].transport_listener.socket.getsockname()[1]
+    transport = listeners[0].transport_listener
+    assert isinstance(transport, trio.SocketListener)  # typed as any Listener[SocketStream]
+    port = transport.socket.getsockname()[1]
 
     async def serve_once() -> None:
         async with listeners[0]:

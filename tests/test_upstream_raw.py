@@ -21,8 +21,13 @@ GUARD = 10  # seconds: the absolute bound on each test
 async def _raw_server(
     nursery: trio.Nursery,
     handler: Callable[[trio.SocketStream], Awaitable[None]],
-    **timeouts: float,
+    *,
+    read_timeout: float = 2.0,
+    first_byte_timeout: float | None = None,
 ) -> UpstreamPool:
+    """A pool to a raw server that answers with ``handler``: 2 s to connect, then the pool's
+    ``read_timeout`` and ``first_byte_timeout`` (by default ``read_timeout``, as in the pool)."""
+
     async def guarded(stream: trio.SocketStream) -> None:
         try:
             await handler(stream)
@@ -33,8 +38,13 @@ async def _raw_server(
 
     listeners = await nursery.start(partial(trio.serve_tcp, guarded, 0, host="127.0.0.1"))
     port = listeners[0].socket.getsockname()[1]
-    timeouts = {"connect_timeout": 2.0, "read_timeout": 2.0} | timeouts
-    return UpstreamPool(host="127.0.0.1", port=port, **timeouts)
+    return UpstreamPool(
+        host="127.0.0.1",
+        port=port,
+        connect_timeout=2.0,
+        read_timeout=read_timeout,
+        first_byte_timeout=read_timeout if first_byte_timeout is None else first_byte_timeout,
+    )
 
 
 async def _read_request(stream: trio.SocketStream) -> None:

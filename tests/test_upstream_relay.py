@@ -11,20 +11,20 @@ from __future__ import annotations
 import gzip
 import json
 import logging
-from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Any
 
 import httpx
 import pytest
 import trio
+from fakes import unused_http
 from hypercorn.config import Config
 from hypercorn.trio import serve
 
 from pyworker import Endpoint, Job
 from pyworker._model import Answer, ModelServer, send_job
 from pyworker._relay import relay
-from pyworker._typing import Message
+from pyworker._typing import ASGIApp, Message, Receive, Scope, Send
 from pyworker._upstream import UpstreamPool
 
 GUARD = 10  # seconds: the absolute bound on each test
@@ -55,13 +55,14 @@ async def _model_server(nursery: trio.Nursery, answer: bytes) -> UpstreamPool:
     return UpstreamPool(host="127.0.0.1", port=port, connect_timeout=2.0, read_timeout=2.0)
 
 
-async def _exchange(pool: UpstreamPool, send: Callable[[Message], Awaitable[None]]) -> None:
-    model = ModelServer(url="", upstream=pool, http=None)  # no backend's own run() here
-    answer: Answer = await send_job(ENDPOINT, ENDPOINT.parse({}), model)
-    try:
-        await relay(answer, send)
-    finally:
-        await answer.aclose()
+async def _exchange(pool: UpstreamPool, send: Send) -> None:
+    async with unused_http() as http:  # no backend's own run() here
+        model = ModelServer(url="", upstream=pool, http=http)
+        answer: Answer = await send_job(ENDPOINT, ENDPOINT.parse({}), model)
+        try:
+            await relay(answer, send)
+        finally:
+            await answer.aclose()
 
 
 async def _relayed(nursery: trio.Nursery, answer: bytes) -> tuple[int, list[Any], bytes]:
@@ -115,7 +116,7 @@ async def _relayed(nursery: trio.Nursery, answer: bytes) -> tuple[int, list[Any]
 async def test_an_odd_answer_is_a_502_with_a_json_error(
     nursery: trio.Nursery, answer: bytes, caplog: pytest.LogCaptureFixture
 ) -> None:
-    async def app(scope: Message, receive: Any, send: Any) -> None:
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
             while (await receive())["type"] != "lifespan.shutdown":
                 await send({"type": "lifespan.startup.complete"})
@@ -129,7 +130,10 @@ async def test_an_odd_answer_is_a_502_with_a_json_error(
         config.bind = ["127.0.0.1:0"]
         config.accesslog = None
         config.errorlog = logging.getLogger("test.hypercorn")
-        binds = await nursery.start(partial(serve, app, config))
+        # Hypercorn declares its own TypedDict scopes and events: the worker's loose ASGI types
+        # meet them as an ASGIApp, as the worker's own app does (pyworker._server.serve).
+        asgi: ASGIApp = app
+        binds = await nursery.start(partial(serve, asgi, config))
         async with pool, httpx.AsyncClient() as client:
             response = await client.post(binds[0] + "/generate", content=b"{}")
         assert response.status_code == 502

@@ -27,6 +27,7 @@ from vast_harness import (
     HANG_AFTER,
     SIGNED,
     fake_stats_where,
+    generate,
     hold_a_stream,
     prompt,
     tokens,
@@ -151,10 +152,7 @@ async def test_the_client_polls_while_the_router_says_wait(
         stack, vast = await vast_stack(nursery, tmp_path)
         stack.standin.route_waits = 2
 
-        async def body(endpoint: Endpoint) -> dict[str, Any]:
-            return await endpoint.request("/generate", prompt(2))
-
-        answer = await vast.run(body)
+        answer = await vast.run(generate)
 
     assert answer["ok"]
     assert answer["request_idx"] == FIRST_IDX
@@ -183,7 +181,7 @@ async def test_routing_refusals_surface_as_the_clients_errors(
             stranger = Endpoint(endpoint.client, name=GROUP.name, id=GROUP.id, api_key="wrong")
             with pytest.raises(RuntimeError, match=r"HTTP 401"):
                 await stranger.request("/generate", prompt(1))
-            return await endpoint.request("/generate", prompt(1))
+            return await generate(endpoint, 1)
 
         answer = await vast.run(body)
         assert answer["ok"]
@@ -212,10 +210,7 @@ async def test_the_client_re_routes_from_a_full_or_gone_worker(
         standin.worker_urls = [full, other]
         standin.route_policy = in_order
 
-        async def body(endpoint: Endpoint) -> dict[str, Any]:
-            return await endpoint.request("/generate", prompt(2))
-
-        answer = await vast.run(body)
+        answer = await vast.run(generate)
         assert answer["ok"]
         assert answer["url"] == other
         calls = [(c.sent_request_idx, c.request_idx, c.url) for c in standin.route_calls]
@@ -225,7 +220,7 @@ async def test_the_client_re_routes_from_a_full_or_gone_worker(
         gone_url = f"http://127.0.0.1:{free_port()}"  # nothing listens there
         standin.worker_urls = [gone_url, other]
         standin.route_calls.clear()
-        answer = await vast.run(body)
+        answer = await vast.run(generate)
         assert answer["ok"]
         assert answer["url"] == other
         assert [c.url for c in standin.route_calls] == [gone_url, other]
@@ -248,10 +243,7 @@ async def test_a_tls_worker_is_verified_against_the_root_the_console_serves(
         assert stack.url.startswith("https://127.0.0.1:")
         stack.standin.root_ca = ca
 
-        async def body(endpoint: Endpoint) -> dict[str, Any]:
-            return await endpoint.request("/generate", prompt(2))
-
-        answer = await vast.run(body)
+        answer = await vast.run(generate)
         assert answer["ok"]
         assert answer["url"] == stack.url
 

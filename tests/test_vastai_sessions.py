@@ -17,6 +17,7 @@ from vast_harness import (
     FIRST_IDX,
     GUARD,
     HANG_AFTER,
+    generate,
     one_more_completed,
     prompt,
     tokens,
@@ -168,10 +169,7 @@ async def test_finished_requests_are_sent_to_delete_requests(
         stack, vast = await vast_stack(nursery, tmp_path)
         standin = stack.standin
 
-        async def body(endpoint: Endpoint) -> dict[str, Any]:
-            return await endpoint.request("/generate", prompt(2))
-
-        assert (await vast.run(body))["ok"]
+        assert (await vast.run(generate))["ok"]
 
         def entries() -> list[dict[str, Any]]:
             return [entry for body in standin.deletions for entry in body.get("requests", [])]

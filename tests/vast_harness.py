@@ -40,6 +40,13 @@ def prompt(tokens: int, text: str = "hello there") -> dict[str, Any]:
     return {"prompt": text, "max_response_tokens": tokens}
 
 
+async def generate(endpoint: Endpoint, tokens: int = 2) -> dict[str, Any]:
+    """``endpoint.request("/generate", prompt(tokens))``: the client's answer, a dict (``ok``,
+    ``status``, ``response``, ``url``, ...), so typed here since ``vastai`` declares no types."""
+    answer: dict[str, Any] = await endpoint.request("/generate", prompt(tokens))
+    return answer
+
+
 @attrs.frozen(kw_only=True)
 class Vast:
     """Runs Vast's client against a stack, as its user would.
@@ -117,7 +124,10 @@ class Vast:
             with trio.fail_after(GUARD):
                 return await fn()
 
-        return await asyncio.to_thread(trio.from_thread.run, guarded, trio_token=self.token)
+        def in_helper_thread() -> T:
+            return trio.from_thread.run(guarded, trio_token=self.token)
+
+        return await asyncio.to_thread(in_helper_thread)
 
 
 async def vast_stack(
