@@ -60,12 +60,12 @@ def _endpoint(**changes: Any) -> Endpoint:
 
 
 async def _exchange(
-    nursery: trio.Nursery, endpoint: Endpoint, job: Job, response: Response
+    nursery: trio.Nursery, endpoint: Endpoint, job: Job, response: Response | StreamResponse
 ) -> Outcome:
     """Send ``job`` to a model server that answers ``response``, and relay the answer, as the
     pipeline's stages 8 and 9 do."""
 
-    async def handle(request: Request) -> Response:
+    async def handle(request: Request) -> Response | StreamResponse:
         return response
 
     port: int = await nursery.start(HTTPServer(handle).serve)

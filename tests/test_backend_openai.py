@@ -238,11 +238,12 @@ def test_an_error_event_in_a_stream_is_reported(event: bytes) -> None:
     token = b'data: {"choices":[{"delta":{"content":"{\\"error\\": 1}"}}]}\n\n'
     for make in (observe_usage, observe_usage_or_timings):
         observer = make()
-        observer.feed(token)  # generated text quoting an error is escaped: not one
-        assert observer.error is None
-        observer.feed(event[:12])
-        observer.feed(event[12:])
-        assert observer.error == "an error event"
+        seen = []
+        for chunk in (token, event[:12], event[12:]):
+            observer.feed(chunk)
+            seen.append(observer.error)
+        # Generated text quoting an error is escaped, not one; the event, split, is.
+        assert seen == [None, None, "an error event"]
         assert observer.actual is None  # and no usage: nothing to count
 
 
