@@ -192,8 +192,8 @@ async def eventually(
 
 # What a user's shell would not have: Vast's variables, and pyworker's own (start_server.sh's
 # tests leave out more: start_server_harness.clean_environment).
-_VAST_PREFIXES = ("VAST_", "PYWORKER_")
-_VAST_VARIABLES = {
+VAST_PREFIXES = ("VAST_", "PYWORKER_")
+VAST_VARIABLES = {
     "BACKEND",
     "CONTAINER_ID",
     "MASTER_TOKEN",
@@ -205,6 +205,7 @@ _VAST_VARIABLES = {
     "UNSECURED",
     "USE_SSL",
     "WORKER_HOST",
+    "WORKER_HTTP_PORT",
     "WORKER_PORT",
 }
 
@@ -215,7 +216,7 @@ def clean_env(tmp_path: Path, **extra: str) -> dict[str, str]:
     env = {
         k: v
         for k, v in os.environ.items()
-        if k not in _VAST_VARIABLES and not k.startswith(_VAST_PREFIXES)
+        if k not in VAST_VARIABLES and not k.startswith(VAST_PREFIXES)
     }
     env["PYWORKER_STATE_DIR"] = str(tmp_path / "state")
     env["PYTHONUNBUFFERED"] = "1"

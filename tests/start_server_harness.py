@@ -31,7 +31,7 @@ import attrs
 import pytest
 import trio
 from fakes import REPO_ROOT, free_port
-from harness import seed_benchmark
+from harness import VAST_PREFIXES, VAST_VARIABLES, seed_benchmark
 
 from pyworker import load_backend
 
@@ -48,27 +48,14 @@ needs_linux_bash = pytest.mark.skipif(
 
 # What the test's own environment must not pass on to the script: Vast's variables and
 # pyworker's are the test's to set, pip's would point it at indexes, and a venv's at this one.
-_VAST_VARIABLES = {
-    "BACKEND",
-    "CONTAINER_ID",
-    "MASTER_TOKEN",
-    "MODEL_LOG",
-    "MODEL_NAME",
-    "MODEL_SERVER_URL",
-    "PUBLIC_IPADDR",
-    "REPORT_ADDR",
-    "UNSECURED",
-    "USE_SSL",
-    "WORKER_HOST",
-    "WORKER_PORT",
-    "WORKER_HTTP_PORT",
+_VAST_VARIABLES = VAST_VARIABLES | {
     "WORKSPACE_DIR",
     "VIRTUAL_ENV",
     "PYTHONHOME",
     "PYTHONPATH",
     "PYTHONNOUSERSITE",
 }
-_DROPPED_PREFIXES = ("PYWORKER_", "PIP_", "VAST_TCP_PORT_")
+_DROPPED_PREFIXES = (*VAST_PREFIXES, "PIP_")
 
 
 @attrs.frozen

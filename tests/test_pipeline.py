@@ -234,27 +234,37 @@ async def test_outcomes_are_recorded(signer: RouterSigner) -> None:
         assert r.tracker.in_flight == 0
 
 
+@attrs.define
+class LeavingClient:
+    """An ASGI client that sends one whole request to ``/generate``, then leaves once
+    :attr:`gone` is set; nothing may be sent to it."""
+
+    body: bytes
+    gone: trio.Event = attrs.Factory(trio.Event)
+    scope: dict[str, Any] = attrs.Factory(
+        lambda: {"type": "http", "path": "/generate", "method": "POST", "headers": []}
+    )
+    _sent: bool = False
+
+    async def receive(self) -> Message:
+        if not self._sent:
+            self._sent = True
+            return {"type": "http.request", "body": self.body, "more_body": False}
+        await self.gone.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(self, message: Message) -> None:
+        raise AssertionError("nothing is sent to a client that left")
+
+
 async def test_a_client_that_leaves_cancels_its_request(signer: RouterSigner) -> None:
     async with rig(signer) as r:
         r.model.gate = trio.Event()  # never set: the model server is still at it
-        data = json.dumps({"auth_data": r.auth(), "payload": PAYLOAD}).encode()
-        messages = [{"type": "http.request", "body": data, "more_body": False}]
-        gone = trio.Event()
-
-        async def receive() -> Message:
-            if messages:
-                return messages.pop()
-            await gone.wait()
-            return {"type": "http.disconnect"}
-
-        async def send(message: Message) -> None:
-            raise AssertionError("nothing is sent to a client that left")
-
-        scope = {"type": "http", "path": "/generate", "method": "POST", "headers": []}
+        client = LeavingClient(json.dumps({"auth_data": r.auth(), "payload": PAYLOAD}).encode())
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(r.pipeline, scope, receive, send)
+            nursery.start_soon(r.pipeline, client.scope, client.receive, client.send)
             await r.model.started.wait()
-            gone.set()
+            client.gone.set()
         assert r.tracker.in_flight == 0
         totals = r.tracker.totals(trio.current_time())
         # Received, then cancelled: no load is left, and no work was done.
@@ -266,27 +276,14 @@ async def test_a_client_that_leaves_while_queued_never_reaches_the_model(
 ) -> None:
     async with rig(signer, parallel=False) as r:
         r.model.gate = release = trio.Event()  # the first request holds the only turn
-        data = json.dumps({"auth_data": r.auth(), "payload": PAYLOAD}).encode()
-        messages = [{"type": "http.request", "body": data, "more_body": False}]
-        gone = trio.Event()
-
-        async def receive() -> Message:
-            if messages:
-                return messages.pop()
-            await gone.wait()
-            return {"type": "http.disconnect"}
-
-        async def send(message: Message) -> None:
-            raise AssertionError("nothing is sent to a client that left")
-
-        scope = {"type": "http", "path": "/generate", "method": "POST", "headers": []}
+        client = LeavingClient(json.dumps({"auth_data": r.auth(), "payload": PAYLOAD}).encode())
         async with trio.open_nursery() as nursery:
             nursery.start_soon(r.post, {"auth_data": r.auth(), "payload": PAYLOAD})
             await r.model.started.wait()
-            nursery.start_soon(r.pipeline, scope, receive, send)
+            nursery.start_soon(r.pipeline, client.scope, client.receive, client.send)
             await trio.testing.wait_all_tasks_blocked()
             assert r.tracker.in_flight == 2  # admitted, waiting for its turn
-            gone.set()
+            client.gone.set()
             await trio.testing.wait_all_tasks_blocked()
             release.set()
         assert len(r.model.ran) == 1
