@@ -207,6 +207,27 @@ async def test_reroutes_are_counted_and_failures_by_worker_and_status(
     assert summary["retries"] == {"503": 4}
 
 
+async def test_latency_counts_from_the_schedule_not_from_the_send(
+    tmp_path: Path, nursery: trio.Nursery
+) -> None:
+    """One slot, four arrivals 10 ms apart, answers of at least 0.2 s each (20 tokens at 100
+    per second): the later requests wait for the slot, and that wait is latency the client
+    saw, not hidden by timing from the send."""
+    stack = await ready_stack(nursery, tmp_path, "--token-rate", "100")
+    payload = json.dumps({"prompt": "hi", "max_response_tokens": 20})
+    args = ["--router", stack.standin_url, "-e", "group", "-n", "4", "--rps", "100"]
+    args += ["--concurrency", "1", "--payload", payload, "--json", str(tmp_path / "s.json")]
+    assert await _in_thread(*args) == 0
+    summary = json.loads((tmp_path / "s.json").read_text())
+    assert summary["ok"] == 4
+    queued, latency = summary["queued_ms"], summary["latency_ms"]
+    # The last arrival waited for three answers (0.6 s, less the 30 ms it arrived after the
+    # first), then took its own 0.2 s.
+    assert queued["max"] >= 500
+    assert latency["max"] >= queued["max"] + 180
+    assert queued["p50"] >= 150
+
+
 async def test_plot_without_matplotlib_is_a_one_line_hint(tmp_path: Path) -> None:
     code = (
         "import sys; sys.modules['matplotlib'] = None; from pyworker.loadtest import main; "
@@ -256,7 +277,7 @@ def test_requests_are_the_backends_benchmark_payloads_weighed_its_way() -> None:
 
 def _result(index: int, outcome: Outcome, latency: float, **fields: Any) -> Result:
     return Result(
-        index=index, sent_at=index * 0.1, latency=latency, outcome=outcome, workload=10, **fields
+        index=index, arrived_at=index * 0.1, latency=latency, outcome=outcome, workload=10, **fields
     )
 
 

@@ -4,7 +4,9 @@ Vast's client does, and each ends in a :class:`~._tally.Result`.
 With a rate, request ``i`` arrives at ``i / rps`` seconds whatever the answers do, as the
 original ``test_load`` started a client every ``1/rps`` s; without one, requests go out as fast
 as the concurrency cap lets them (closed loop). A request that arrives while ``concurrency``
-requests are in flight waits for a slot ("queued"); its latency counts from when it is sent.
+requests are in flight waits for a slot ("queued"); its latency still counts from its arrival,
+so a worker that answers slowly shows in every request it held back (no coordinated omission),
+and the wait is reported on its own too.
 """
 
 from __future__ import annotations
@@ -62,8 +64,9 @@ class LoadPlan:
 class _Watcher(CallWatcher):
     """Follows one request: moves it between phases in the tally and times its answer."""
 
-    def __init__(self, tally: Tally, sent: float) -> None:
+    def __init__(self, tally: Tally, arrived: float, sent: float) -> None:
         self.tally = tally
+        self.arrived = arrived
         self.sent = sent
         self.phase = Phase.ROUTING
         self.url = ""
@@ -120,11 +123,12 @@ class _Watcher(CallWatcher):
         now = trio.current_time()
         ttfb = None
         if self.streamed and outcome is Outcome.OK and self.first_byte is not None:
-            ttfb = self.first_byte - self.sent
+            ttfb = self.first_byte - self.arrived
         return Result(
             index=index,
-            sent_at=self.sent - self.tally.started,
-            latency=now - self.sent,
+            arrived_at=self.arrived - self.tally.started,
+            queued=self.sent - self.arrived,
+            latency=now - self.arrived,
             outcome=outcome,
             workload=workload,
             status=self.status,
@@ -142,6 +146,7 @@ async def _request(
     index: int,
     payload: object,
     workload: float,
+    arrived: float,
     *,
     plan: LoadPlan,
     maker: RequestMaker,
@@ -152,7 +157,7 @@ async def _request(
 ) -> None:
     """Send one request (its slot taken) and put how it ended in the tally."""
     tally.send()
-    watcher = _Watcher(tally, trio.current_time())
+    watcher = _Watcher(tally, arrived, trio.current_time())
     cost = int(workload) if float(workload).is_integer() else workload
     try:
         with trio.move_on_after(plan.timeout):
@@ -224,17 +229,17 @@ async def run_load(
         tally=tally,
     )
 
-    async def queued(index: int, payload: object, workload: float) -> None:
+    async def queued(index: int, payload: object, workload: float, arrived: float) -> None:
         try:
             await slots.acquire_on_behalf_of(index)
         except trio.Cancelled:
             tally.phases[Phase.QUEUED] -= 1
             raise
-        await sent(index, payload, workload)
+        await sent(index, payload, workload, arrived)
 
-    async def sent(index: int, payload: object, workload: float) -> None:
+    async def sent(index: int, payload: object, workload: float, arrived: float) -> None:
         try:
-            await request(index, payload, workload)
+            await request(index, payload, workload, arrived)
         finally:
             slots.release_on_behalf_of(index)
 
@@ -243,12 +248,16 @@ async def run_load(
             if plan.rps is None:
                 # Closed loop: the next request waits here for a slot.
                 await slots.acquire_on_behalf_of(index)
+                arrived = trio.current_time()
             else:
-                await trio.sleep_until(start + index / plan.rps)
+                # Open loop: it arrives on the schedule, however late this loop wakes.
+                arrived = start + index / plan.rps
+                await trio.sleep_until(arrived)
             if plan.duration is not None and trio.current_time() - start >= plan.duration:
                 if plan.rps is None:
                     slots.release_on_behalf_of(index)
                 break
             payload, workload = maker.make(rng)
             tally.arrive()
-            nursery.start_soon(queued if plan.rps is not None else sent, index, payload, workload)
+            run = queued if plan.rps is not None else sent
+            nursery.start_soon(run, index, payload, workload, arrived)

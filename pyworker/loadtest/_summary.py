@@ -13,9 +13,12 @@ The dictionary's keys:
 ``timeouts``              no answer within ``--timeout``
 ``status_counts``         every final status from a worker: ``{status: count}``
 ``retries``               re-routes, by cause: ``{"429": n, "503": n, "connection": n}``
-``latency_ms``            successes, from sending to the end: ``{p50, p90, p99, max}``
+``latency_ms``            successes, from arrival (the schedule's time with ``--rps``) to the end:
+                          ``{p50, p90, p99, max}``
+``queued_ms``             successes, waiting for a slot under ``--concurrency`` before being sent
+                          (part of the latency)
 ``routing_ms``            successes, from sending until the router named a worker
-``ttfb_ms``               streamed successes, from sending to the first body byte (else null)
+``ttfb_ms``               streamed successes, from arrival to the first body byte (else null)
 ``chunk_gap_ms``          streamed successes, between chunks (else null)
 ``throughput_rps``        successes per second over ``elapsed_s``
 ``workload_per_s``        the successes' workload (as the backend weighs it) per second
@@ -97,6 +100,7 @@ def summarize(
         },
         "retries": dict(tally.retries.most_common()),
         "latency_ms": _figures([r.latency for r in ok]),
+        "queued_ms": _figures([r.queued for r in ok]),
         "routing_ms": _figures([r.routing for r in ok if r.routing is not None]),
         "ttfb_ms": _figures([r.ttfb for r in streams if r.ttfb is not None]),
         "chunk_gap_ms": _figures([gap for r in streams for gap in r.gaps]),
@@ -141,6 +145,7 @@ def _lines(summary: dict[str, Any]) -> list[tuple[str, str]]:
 
 _TIMINGS = (
     ("latency", "latency_ms"),
+    ("queued in the tester", "queued_ms"),
     ("routing", "routing_ms"),
     ("time to first byte", "ttfb_ms"),
     ("gap between chunks", "chunk_gap_ms"),

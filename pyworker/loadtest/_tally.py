@@ -65,22 +65,27 @@ class Result:
 
     Attributes:
         index: its number in the load, from 0.
-        sent_at: when it was sent, in seconds from the load's start.
-        latency: seconds from sending it to its end (routing, re-routes and the answer).
+        arrived_at: when it arrived, in seconds from the load's start: its time on the
+            schedule with ``--rps``, else when it was sent.
+        latency: seconds from its arrival to its end: waiting for a slot under the
+            concurrency cap, routing, re-routes and the answer. Counting from the schedule,
+            not from the send, keeps a slow worker from hiding its delay in the requests it
+            held back (coordinated omission).
         outcome: how it ended.
         workload: its workload, as the backend weighs it.
         status: the last worker's status (0 if none answered).
         worker: the last worker it went to ("" if none).
         routing: seconds until the router first named a worker (None if it never did).
         streamed: whether the answer was a stream.
-        ttfb: for a streamed 2xx answer, seconds from sending to its first body byte.
+        ttfb: for a streamed 2xx answer, seconds from its arrival to its first body byte.
         gaps: for a streamed 2xx answer, the seconds between its chunks.
         retries: the workers that sent it back to the router.
         error: what went wrong, for the errors that have no status.
+        queued: seconds it waited for a slot before it was sent (part of ``latency``).
     """
 
     index: int
-    sent_at: float
+    arrived_at: float
     latency: float
     outcome: Outcome
     workload: float
@@ -92,11 +97,17 @@ class Result:
     gaps: tuple[float, ...] = ()
     retries: tuple[Retry, ...] = ()
     error: str = ""
+    queued: float = 0.0
+
+    @property
+    def sent_at(self) -> float:
+        """When it was sent, in seconds from the load's start."""
+        return self.arrived_at + self.queued
 
     @property
     def finished_at(self) -> float:
         """When it ended, in seconds from the load's start."""
-        return self.sent_at + self.latency
+        return self.arrived_at + self.latency
 
 
 @attrs.frozen(kw_only=True)
