@@ -96,10 +96,28 @@ async def test_the_console_gives_the_groups_key(
         await endpoint_key(http, account_key="wrong", endpoint="group", console=url)
     with pytest.raises(ConsoleError, match=r"no endpoint group 'other' \(it has: group\)"):
         await endpoint_key(http, account_key=ACCOUNT, endpoint="other", console=url)
-    with pytest.raises(ConsoleError, match="cannot reach the console"):
+    with pytest.raises(ConsoleError, match=r"cannot reach the console.*\(2 attempts\)"):
         await endpoint_key(
-            http, account_key=ACCOUNT, endpoint="g", console=f"http://127.0.0.1:{free_port()}"
+            http,
+            account_key=ACCOUNT,
+            endpoint="g",
+            console=f"http://127.0.0.1:{free_port()}",
+            attempts=2,
+            pause=0.01,
         )
+
+
+async def test_a_failing_console_is_asked_again(
+    standin: tuple[StandIn, str], http: httpx.AsyncClient
+) -> None:
+    standin_, url = standin
+    standin_.console_failures = 2
+    ask = partial(endpoint_key, http, account_key=ACCOUNT, endpoint="group", console=url)
+    assert await ask(pause=0.01) == "endpoint-key"  # the third attempt gets it
+    standin_.console_failures = 3
+    with pytest.raises(ConsoleError, match=r"answered 503.*\(3 attempts\)"):
+        await ask(pause=0.01)
+    assert standin_.console_failures == 0
 
 
 async def test_the_tls_context_trusts_workers_certified_by_vasts_root(

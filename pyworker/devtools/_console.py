@@ -35,31 +35,48 @@ async def endpoint_key(
     account_key: str,
     endpoint: str,
     console: str = CONSOLE_URL,
+    attempts: int = 3,
+    pause: float = 1.0,
 ) -> str:
     """The endpoint group's own key, from the console's list of the account's groups.
 
     ``GET {console}/api/v0/endptjobs/`` with the account key (as ``Authorization: Bearer`` and
     ``?api_key=``, as Vast's client sends it) answers ``{"results": [{"endpoint_name",
-    "api_key", ...}, ...]}``.
+    "api_key", ...}, ...]}``. A console that cannot be reached, or answers 429 or 5xx, is
+    asked again, up to ``attempts`` times in all, ``pause`` seconds apart (doubling).
 
     Raises:
         ConsoleError: the console cannot be reached, refused the key, or lists no such group.
     """
     url = f"{console.rstrip('/')}/api/v0/endptjobs/"
     headers = {"Authorization": f"Bearer {account_key}", "User-Agent": USER_AGENT}
-    try:
-        response = await http.get(
-            url,
-            params={"client_id": "me", "api_key": account_key},
-            headers=headers,
-            timeout=CONSOLE_TIMEOUT,
-        )
-    except httpx.RequestError as exc:
-        raise ConsoleError(f"cannot reach the console at {console}: {describe_error(exc)}") from exc
+    if attempts < 1:
+        raise ValueError(f"attempts must be at least 1, not {attempts}")
+    failure = ""
+    for attempt in range(attempts):
+        if attempt:
+            await trio.sleep(pause * 2 ** (attempt - 1))
+        try:
+            response = await http.get(
+                url,
+                params={"client_id": "me", "api_key": account_key},
+                headers=headers,
+                timeout=CONSOLE_TIMEOUT,
+            )
+        except httpx.RequestError as exc:
+            failure = f"cannot reach the console at {console}: {describe_error(exc)}"
+            continue
+        if response.status_code != 429 and response.status_code < 500:
+            break
+        failure = f"the console answered {response.status_code}: {response.text[:300].strip()}"
+    else:
+        raise ConsoleError(f"{failure} ({attempts} attempts)")
     if response.status_code in (401, 403):
         raise ConsoleError(f"the console refused the account key ({response.status_code})")
     if not response.is_success:
-        raise ConsoleError(f"the console answered {response.status_code}: {response.text[:300]}")
+        raise ConsoleError(
+            f"the console answered {response.status_code}: {response.text[:300].strip()}"
+        )
     try:
         results = response.json()["results"]
         groups = {
@@ -67,7 +84,7 @@ async def endpoint_key(
         }
     except (ValueError, KeyError, TypeError):
         raise ConsoleError(
-            f"the console's answer is not a list of groups: {response.text[:300]}"
+            f"the console's answer is not a list of groups: {response.text[:300].strip()}"
         ) from None
     key = groups.get(endpoint)
     if not isinstance(key, str):

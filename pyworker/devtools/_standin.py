@@ -152,6 +152,7 @@ class StandIn:
         endpoints: the endpoint groups the console lists.
         account_key: the account key the console requires (as ``Authorization: Bearer`` or
             ``?api_key=``); None accepts any.
+        console_failures: answer this many of the next endpoint-list calls 503.
         require_endpoint_key: refuse ``/route/`` with 401 unless its ``endpoint`` names one of
             ``endpoints`` and its ``api_key`` is that group's key.
         route_waits: answer this many of the next routable ``/route/`` calls with "wait"
@@ -178,6 +179,7 @@ class StandIn:
     sign_2025: bool = False
     endpoints: list[EndpointGroup] = attrs.field(factory=list)
     account_key: str | None = None
+    console_failures: int = attrs.field(default=0, validator=_COUNT)
     require_endpoint_key: bool = False
     route_waits: int = attrs.field(default=0, validator=_COUNT)
     route_failures: int = attrs.field(default=0, validator=_COUNT)

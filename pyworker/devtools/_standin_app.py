@@ -57,6 +57,9 @@ def create_app(standin: StandIn) -> QuartTrio:
 
     @app.get("/api/v0/endptjobs/")
     async def endpoint_groups() -> tuple[dict[str, Any], int]:
+        if standin.console_failures > 0:
+            standin.console_failures -= 1
+            return {"error": "the console is failing (stand-in knob)"}, 503
         if refusal := refused_account():
             return refusal
         return {"results": [group.to_json() for group in standin.endpoints]}, 200
