@@ -11,10 +11,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import pytest
 import trio
 from fakes import REPO_ROOT
-from harness import Stack, start_stack
+from harness import Stack, eventually, start_stack
 
 from pyworker import State, Trigger
 from pyworker._machine import StateChange
@@ -140,11 +139,15 @@ async def test_a_model_that_stops_early_is_counted_at_what_tgi_reports(
         }
         assert (await stack.post("/generate", best_of)).status_code == 200
         assert await _finished_workload(stack) == (estimate + 20) * 2
-        # TGI's refusal inside a stream (HTTP 200): no work done.
+        # TGI's refusal inside a stream (HTTP 200): received, but no work done at all.
+        tracker = stack.worker.tracker
+        before = tracker.totals(trio.current_time())
         refused = {"inputs": PROMPT, "parameters": {"max_new_tokens": 5000}}
         [event] = _sse((await stack.post("/generate_stream", refused)).content)
         assert event["error_type"] == "validation"
-        assert await _finished_workload(stack) == 0
+        await eventually(lambda: not tracker.in_flight)
+        after = tracker.totals(trio.current_time()) - before
+        assert (after.completed, after.completed_estimated, after.accepted) == (0, 0, 1)
 
 
 async def test_the_benchmark_measures_what_a_model_that_stops_early_did(
@@ -152,7 +155,7 @@ async def test_the_benchmark_measures_what_a_model_that_stops_early_did(
 ) -> None:
     """TGI cannot ignore its end-of-sequence token, so its benchmark answers may stop early
     (here at 16 of the 128 tokens asked): measured by TGI's counts, the capacity reads the
-    fake's truth, 4000 tokens a second, where the estimates would read far more."""
+    fake's truth, 4000 tokens a second at most, where the estimates would read far more."""
     stack = await start_stack(
         nursery,
         tmp_path,
@@ -168,7 +171,9 @@ async def test_the_benchmark_measures_what_a_model_that_stops_early_did(
         benchmark_runs=8,
     )
     await stack.wait_state(State.READY)
-    assert stack.worker.lifecycle.max_perf == pytest.approx(4000, rel=0.15)
+    # Never above the fake's truth (the estimates would read five times more); below it only
+    # as far as a busy machine slows the fake down.
+    assert 1000 < stack.worker.lifecycle.max_perf <= 4000 * 1.15
 
 
 async def test_stream_arrives_as_generated_and_a_dropped_client_cancels_it(
