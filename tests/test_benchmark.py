@@ -341,7 +341,7 @@ async def test_a_demo_model_that_stops_early_is_benchmarked_at_its_true_capacity
     """The demo server stops every answer after 8 of the 64 tokens the benchmark asks for, and
     its answers say so; its capacity model serves 4000 units (prompt and generated tokens) a
     second. Measured by the estimate (~118 + 64 units a request), the capacity would read
-    about 1.4 times that; measured by the answers' counts, it reads the truth."""
+    about 1.4 times that; measured by the answers' counts, it reads the truth at most."""
     with trio.fail_after(GUARD):
         stack = await start_stack(
             nursery,
@@ -360,7 +360,9 @@ async def test_a_demo_model_that_stops_early_is_benchmarked_at_its_true_capacity
         )
         stats = await stack.stats()
     assert stats["tokens_generated"] == 8 * 9  # the warm-up and eight runs, each stopped early
-    assert stack.worker.lifecycle.max_perf == pytest.approx(4000, rel=0.15)
+    # Never above the truth (the estimates would read 1.4 times it); below it only as far as
+    # a busy machine slows the fake down.
+    assert 1000 < stack.worker.lifecycle.max_perf <= 4000 * 1.15
 
 
 async def test_changed_backend_setting_is_benchmarked_again(
