@@ -435,7 +435,9 @@ def split(wire: bytes, cuts: list[int]) -> list[bytes]:
     return [p for p in pieces if p]  # an empty piece would mean EOF
 
 
-@settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# 600 examples keep it to about 4 s of every CI run; for a deeper search, raise it locally
+# (the reader's own tests in test_http1.py cover the known edges by example).
+@settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     wire=wires(),
     cuts=st.lists(st.integers(min_value=0, max_value=4000), max_size=8),

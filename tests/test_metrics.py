@@ -163,6 +163,8 @@ async def test_status_tells_an_autoscaler_outage_and_what_waits_for_it(
             assert value(failing, name, delivery=delivery) > 0
 
         stack.standin.report_status = stack.standin.delete_status = 200
+        # New figures: a report is due at the next tick, not at the 10 s heartbeat.
+        assert (await stack.post("/generate", prompt(2))).status_code == 200
 
         async def recovered() -> dict[str, Any] | None:
             status = await stack.status()
