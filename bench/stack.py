@@ -124,6 +124,10 @@ def start_worker(
         "127.0.0.1",
         "--port",
         str(port),
+        # The internal listener (WORKER_PORT + 1 by default) on any free port: the next port
+        # may well be another process's here.
+        "--http-port",
+        "0",
         "--public-url",
         url,
         "--model-log",
