@@ -24,6 +24,29 @@ from pyworker import estimate_tokens
 
 PLAIN = b"text/plain; charset=utf-8"
 """The content type of axum's rejections."""
+GENERATE_PARAMETERS = (
+    "best_of",
+    "temperature",
+    "repetition_penalty",
+    "frequency_penalty",
+    "top_k",
+    "top_p",
+    "typical_p",
+    "do_sample",
+    "max_new_tokens",
+    "return_full_text",
+    "stop",
+    "truncate",
+    "watermark",
+    "details",
+    "decoder_input_details",
+    "seed",
+    "top_n_tokens",
+    "grammar",
+    "adapter_id",
+)
+"""``GenerateParameters``' fields in their declared order (router/src/lib.rs), the order its
+``Debug`` lists them in."""
 _U32 = 2**32 - 1
 _U64 = 2**64 - 1
 _I32 = 2**31 - 1

@@ -36,6 +36,8 @@ from collections.abc import Mapping
 
 from backends._fakekit import LogWriter, utc_timestamp
 
+from ._fake_api import GENERATE_PARAMETERS
+
 _LEVELS = {"WARNING": "WARN"}  # tracing's level names
 
 ROUTER_SERVER = ("text_generation_router::server", "router/src/server.rs")
@@ -46,28 +48,6 @@ def _timestamp() -> str:
     return utc_timestamp(time.time(), digits=6)
 
 
-# GenerateParameters' fields in their declared order (router/src/lib.rs), as Debug lists them.
-_PARAMETER_ORDER = (
-    "best_of",
-    "temperature",
-    "repetition_penalty",
-    "frequency_penalty",
-    "top_k",
-    "top_p",
-    "typical_p",
-    "do_sample",
-    "max_new_tokens",
-    "return_full_text",
-    "stop",
-    "truncate",
-    "watermark",
-    "details",
-    "decoder_input_details",
-    "seed",
-    "top_n_tokens",
-    "grammar",
-    "adapter_id",
-)
 _PLAIN = frozenset({"do_sample", "stop", "watermark", "details", "decoder_input_details"})
 
 
@@ -109,7 +89,7 @@ def generate_parameters(parameters: Mapping[str, object]) -> str:
     """A request's ``parameters`` as the router's span shows them, Rust's ``Debug`` of
     ``GenerateParameters``: ``GenerateParameters { best_of: None, …, stop: ["…"], … }``."""
     fields = []
-    for name in _PARAMETER_ORDER:
+    for name in GENERATE_PARAMETERS:
         value = parameters.get(name)
         shown = _debug(value)
         if name not in _PLAIN and value is not None:
