@@ -73,8 +73,8 @@ class Autoscaler:
     max_attempts: int = attrs.field(default=3, validator=attrs.validators.ge(1))
     retry_backoff: float = attrs.field(default=0.5, validator=attrs.validators.ge(0))
     _first: int = attrs.field(default=0, init=False)
-    _healthy: bool = attrs.field(default=True, init=False)
     _failing_since: float | None = attrs.field(default=None, init=False)
+    """When the first failed POST of the current outage began (None: no outage)."""
     _last_error: str = attrs.field(default="", init=False)
     accepted: dict[str, int] = attrs.field(factory=dict, init=False)
     """POSTs each address accepted (for tests and operators)."""
@@ -99,10 +99,9 @@ class Autoscaler:
             if why is None:
                 self._first = index
                 self.accepted[address] = self.accepted.get(address, 0) + 1
-                if not self._healthy:
-                    self._healthy = True
+                if self._failing_since is not None:
+                    self._failing_since = None
                     log.info("POST %s is accepted again (by %s)", self.path, address)
-                self._failing_since = None
                 return True
             reasons.append(f"{address}: {why}")
         if reasons:
@@ -164,10 +163,8 @@ class Autoscaler:
     def _note_outage(self, why: str, started: float) -> None:
         self._last_error = why
         if self._failing_since is None:
-            self._failing_since = started
-        if self._healthy:
             # Once per outage: further failures go to DEBUG until a POST gets through.
-            self._healthy = False
+            self._failing_since = started
             log.warning(
                 "POST %s accepted by no address (%s); further failures are logged at DEBUG "
                 "until it recovers",
