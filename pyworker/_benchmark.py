@@ -38,7 +38,7 @@ import attrs
 import trio
 
 from ._backend import Backend, Endpoint, Job
-from ._model import ModelServer, actual_workload, observe, send_job
+from ._model import ModelServer, actual_workload, observe, reported_error, send_job
 from ._upstream import UpstreamError
 
 log = logging.getLogger("pyworker.benchmark")
@@ -149,7 +149,7 @@ async def _one(endpoint: Endpoint, job: Job, model: ModelServer) -> float:
         raise BenchmarkError(f"benchmark request failed: {why}")
     if observer is not None:
         observer.feed(body)
-        if reported := getattr(observer, "error", None):
+        if reported := reported_error(observer):
             raise BenchmarkError(f"benchmark request failed: the answer reported {reported}")
     actual = actual_workload(answer, observer)
     if actual is None:

@@ -182,3 +182,10 @@ def actual_workload(answer: Answer, observer: Observer | None) -> float | None:
     if actual is not None:
         return actual
     return None if observer is None else observer.actual
+
+
+def reported_error(observer: Observer | None) -> str | None:
+    """The error ``observer`` saw reported inside a successful answer (its optional
+    ``error``: an error event in a stream), else None."""
+    error = getattr(observer, "error", None)
+    return error if isinstance(error, str) and error else None

@@ -13,7 +13,7 @@ import trio
 
 from ._backend import Observer
 from ._load import Outcome
-from ._model import Answer, WholeAnswer, actual_workload
+from ._model import Answer, WholeAnswer, actual_workload, reported_error
 from ._sessions import Session
 from ._typing import Headers, Receive, Send
 from ._upstream import UpstreamError
@@ -163,8 +163,8 @@ async def _last(
         return Outcome.failed(answer.status, answer.error)
     # An error event inside a 2xx answer: relayed like any answer (a Success record, as Vast's
     # worker has it), but no work done.
-    reported = bool(getattr(observer, "error", None))
-    return Outcome.answered(answer.status, actual_workload(answer, observer), failed=reported)
+    failed = reported_error(observer) is not None
+    return Outcome.answered(answer.status, actual_workload(answer, observer), failed=failed)
 
 
 async def send_json(

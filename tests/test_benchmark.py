@@ -14,7 +14,7 @@ import trio
 from harness import eventually, seed_benchmark, start_stack
 
 from backends._fakekit import HTTPServer, Request, Response
-from pyworker import Backend, State, load_backend
+from pyworker import Backend, State, UsageObserver, load_backend
 from pyworker._benchcache import BenchmarkCache, cache_key
 from pyworker._benchmark import (
     BenchmarkError,
@@ -113,6 +113,8 @@ class Model:
     eos_after: int | None = None
     """Generate at most this many tokens, and say so as the demo server does (None: all those
     asked for, and say nothing: the estimate stands)."""
+    error_inside: bool = False
+    """Answer 200 with an error event after the counts (a model failing mid-answer)."""
 
     async def handle(self, request: Request) -> Response:
         self.requests += 1
@@ -135,6 +137,9 @@ class Model:
         if self.eos_after is None:
             return Response.json({"ok": True}, status=self.status)
         counts = {"prompt_tokens": 0, "generated_tokens": tokens}
+        if self.error_inside:
+            body = json.dumps(counts).encode() + b'\n{"error":"engine died"}\n'
+            return Response(body=body, status=self.status)
         return Response.json({"response": "…", **counts}, status=self.status)
 
 
@@ -220,6 +225,31 @@ async def test_answers_reporting_no_work_fail_the_benchmark(nursery: trio.Nurser
     with trio.fail_after(GUARD), pytest.raises(BenchmarkError, match="reports no work done"):
         await _measure(nursery, model, settings)
     assert model.requests == 2
+
+
+class _ErrorEvents(UsageObserver):
+    """hello_world's observer, which also reports an error event (as TGI's and OpenAI's do)."""
+
+    def __init__(self) -> None:
+        super().__init__(b'"prompt_tokens"', ("prompt_tokens", "generated_tokens"))
+        self.error: str | None = None
+
+    def feed(self, chunk: bytes) -> None:
+        super().feed(chunk)
+        if b'{"error":' in chunk:
+            self.error = "an error event"
+
+
+async def test_answers_reporting_an_error_inside_fail_the_benchmark(
+    nursery: trio.Nursery,
+) -> None:
+    """A 200 whose body says it failed did no work to measure a speed by."""
+    model = Model(eos_after=8, error_inside=True)
+    endpoint = attrs.evolve(BACKEND.endpoint(BACKEND.benchmark_route), observe=_ErrorEvents)
+    backend = attrs.evolve(BACKEND, endpoints=(endpoint,))
+    settings = BenchmarkSettings(runs=2, concurrency=1, max_failures=1)
+    with trio.fail_after(GUARD), pytest.raises(BenchmarkError, match="reported an error event"):
+        await _measure(nursery, model, settings, backend)
 
 
 def test_spread_is_the_slowest_time_per_unit_over_the_median() -> None:
