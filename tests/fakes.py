@@ -1,6 +1,7 @@
 """Start fake model servers as real subprocesses, for tests and benchmarks (and what the fake
 ComfyUI's tests share: starting it, a client, workflows it runs, with or without a model, and
-waiting for a prompt's history).
+waiting for a prompt's history; what the fake TGI's share: starting it, a request, the backend
+that reads its log).
 
 A fake is a module run as ``python -m MODULE --port 0 --port-file F --log L [args]`` (see
 :mod:`backends._fakekit`). The process is owned by a task in the caller's nursery: when that
@@ -27,6 +28,7 @@ import httpx
 import trio
 
 from backends.comfyui import text_to_image_workflow
+from backends.tgi import make_backend as make_tgi_backend
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 START_SECONDS = 30.0
@@ -323,3 +325,24 @@ async def comfyui_history(client: httpx.AsyncClient, prompt_id: str) -> dict[str
                 entry: dict[str, Any] = history[prompt_id]
                 return entry
             await trio.sleep(0.02)
+
+
+# -- the fake TGI -------------------------------------------------------------------------------
+
+TGI_FAKE = "backends.tgi.fake"
+TGI_BACKEND = make_tgi_backend({})
+"""The TGI backend with every setting at its default (its rules read the fake's log)."""
+TGI_PROMPT = "What is deep learning?"
+"""The prompt of :func:`tgi_body`."""
+
+
+async def start_fake_tgi(nursery: trio.Nursery, tmp_path: Path, *args: str) -> FakeServer:
+    """The fake TGI, loaded at once, logging to ``tmp_path/tgi.log``; ``args``: knobs."""
+    return await start_fake(
+        nursery, TGI_FAKE, "--load-delay", "0", *args, log_path=tmp_path / "tgi.log"
+    )
+
+
+def tgi_body(max_new_tokens: int | None = 5, **parameters: Any) -> dict[str, Any]:
+    """A TGI request for :data:`TGI_PROMPT`: ``max_new_tokens`` and further ``parameters``."""
+    return {"inputs": TGI_PROMPT, "parameters": {"max_new_tokens": max_new_tokens, **parameters}}
