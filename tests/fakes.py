@@ -1,7 +1,8 @@
 """Start fake model servers as real subprocesses, for tests and benchmarks (and what the fake
 ComfyUI's tests share: starting it, a client, workflows it runs, with or without a model, and
 waiting for a prompt's history; what the fake TGI's share: starting it, a request, the backend
-that reads its log).
+that reads its log; what the fake OpenAI-compatible servers' share: their model, their ready
+lines, a chat request, a quick start, their SSE framing).
 
 A fake is a module run as ``python -m MODULE --port 0 --port-file F --log L [args]`` (see
 :mod:`backends._fakekit`). The process is owned by a task in the caller's nursery: when that
@@ -346,3 +347,36 @@ async def start_fake_tgi(nursery: trio.Nursery, tmp_path: Path, *args: str) -> F
 def tgi_body(max_new_tokens: int | None = 5, **parameters: Any) -> dict[str, Any]:
     """A TGI request for :data:`TGI_PROMPT`: ``max_new_tokens`` and further ``parameters``."""
     return {"inputs": TGI_PROMPT, "parameters": {"max_new_tokens": max_new_tokens, **parameters}}
+
+
+# -- the fake OpenAI-compatible servers ---------------------------------------------------------
+
+OPENAI_FAKE = "backends.openai.fake"
+OPENAI_MODEL = "fake-org/Fake-Llama-3-8B-Instruct"
+"""The model the fake serves unless told another."""
+OPENAI_READY = {
+    "vllm": "Application startup complete.",
+    "sglang": "The server is fired up and ready to roll!",
+    "llamacpp": "srv  llama_server: server is listening on",
+}
+"""Each flavor's line saying it is ready to serve."""
+OPENAI_CHAT = {
+    "messages": [{"role": "user", "content": "Say hello to the world."}],
+    "max_tokens": 4,
+}
+
+
+def openai_fast(flavor: str) -> tuple[str, ...]:
+    """The arguments of a ``flavor`` fake that starts at once."""
+    return ("--flavor", flavor, "--load-delay", "0", "--warmup", "0")
+
+
+def openai_events(raw: bytes) -> list[bytes]:
+    """The ``data:`` payloads of an SSE body, checking each event's exact framing."""
+    events = raw.split(b"\n\n")
+    assert events[-1] == b"", "the stream must end with a complete event"
+    payloads = []
+    for event in events[:-1]:
+        assert event.startswith(b"data: "), event  # with a space, as the real servers
+        payloads.append(event.removeprefix(b"data: "))
+    return payloads

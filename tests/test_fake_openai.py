@@ -1,33 +1,33 @@
-"""The fake OpenAI-compatible servers (vLLM, SGLang, llama.cpp flavors), run as subprocesses."""
+"""The fake OpenAI-compatible servers (vLLM, SGLang, llama.cpp flavors), run as subprocesses,
+answering: vLLM's JSON answers, streams and errors; in every flavor a client leaving, injected
+errors, an end of sequence before the tokens asked for, and the request log quoting a prompt;
+llama.cpp going silent mid-stream, and its timings. Starting, and failing to start, are in
+``test_fake_openai_startup.py``."""
 
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 import trio
-from fakes import FakeServer, close_when_cancelled, free_port, poll_stats, spawn_fake, start_fake
+from fakes import (
+    OPENAI_CHAT,
+    OPENAI_FAKE,
+    OPENAI_MODEL,
+    OPENAI_READY,
+    FakeServer,
+    close_when_cancelled,
+    openai_events,
+    openai_fast,
+    poll_stats,
+    start_fake,
+)
 
 from backends.openai import Settings, backend_for
 from pyworker import LogAction, estimate_tokens
-
-MODULE = "backends.openai.fake"
-MODEL = "fake-org/Fake-Llama-3-8B-Instruct"
-READY = {
-    "vllm": "Application startup complete.",
-    "sglang": "The server is fired up and ready to roll!",
-    "llamacpp": "srv  llama_server: server is listening on",
-}
-CHAT = {"messages": [{"role": "user", "content": "Say hello to the world."}], "max_tokens": 4}
-
-
-def _fast(flavor: str) -> tuple[str, ...]:
-    """The arguments of a ``flavor`` fake that starts at once."""
-    return ("--flavor", flavor, "--load-delay", "0", "--warmup", "0")
 
 
 # Every wait is bounded (httpx timeouts, start_fake's own bound, fail_after around polling),
@@ -36,75 +36,30 @@ async def _start(
     nursery: trio.Nursery, tmp_path: Path, flavor: str, *args: str
 ) -> tuple[FakeServer, httpx.AsyncClient]:
     fake = await start_fake(
-        nursery, MODULE, *_fast(flavor), "--token-rate", "2000", *args, log_path=tmp_path / "f.log"
+        nursery,
+        OPENAI_FAKE,
+        *openai_fast(flavor),
+        "--token-rate",
+        "2000",
+        *args,
+        log_path=tmp_path / "f.log",
     )
     if flavor != "vllm":
         # SGLang warms up and llama.cpp loads after listening: wait for the ready line.
-        await fake.wait_for_log(READY[flavor])
+        await fake.wait_for_log(OPENAI_READY[flavor])
     client = httpx.AsyncClient(base_url=fake.url, timeout=5.0, trust_env=False)
     nursery.start_soon(close_when_cancelled, client)
     return fake, client
 
 
-def _events(raw: bytes) -> list[bytes]:
-    """The ``data:`` payloads of an SSE body, checking each event's exact framing."""
-    events = raw.split(b"\n\n")
-    assert events[-1] == b"", "the stream must end with a complete event"
-    payloads = []
-    for event in events[:-1]:
-        assert event.startswith(b"data: "), event  # with a space, as the real servers
-        payloads.append(event.removeprefix(b"data: "))
-    return payloads
-
-
 # -- vLLM --------------------------------------------------------------------------------------
-async def test_vllm_refuses_until_ready_then_logs_startup_complete(
-    nursery: trio.Nursery, tmp_path: Path
-) -> None:
-    port = free_port()
-    fake = await spawn_fake(
-        nursery,
-        MODULE,
-        "--port",
-        str(port),
-        "--flavor",
-        "vllm",
-        "--load-delay",
-        "1.0",
-        log_path=tmp_path / "vllm.log",
-    )
-    with trio.fail_after(10):
-        await fake.wait_for_log("Starting to load model")
-    with pytest.raises(OSError, match="connect"):
-        await trio.open_tcp_stream("127.0.0.1", port)  # loading: refused
-    with trio.fail_after(10):
-        await fake.wait_for_log("Application startup complete.")
-    async with httpx.AsyncClient(trust_env=False) as client:
-        health = await client.get(f"http://127.0.0.1:{port}/health")
-        assert health.status_code == 200
-        assert health.content == b""
-        models = (await client.get(f"http://127.0.0.1:{port}/v1/models")).json()
-        version = (await client.get(f"http://127.0.0.1:{port}/version")).json()
-    assert models["object"] == "list"
-    assert models["data"][0]["id"] == MODEL
-    assert models["data"][0]["owned_by"] == "vllm"
-    assert version == {"version": "0.11.0"}
-    lines = fake.log_text().splitlines()
-    assert re.match(r"^INFO \d\d-\d\d \d\d:\d\d:\d\d \[[\w.]+:\d+\] vLLM API server", lines[0])
-    assert "INFO:     Application startup complete." in lines
-    # uvicorn's lifecycle lines come after vLLM's own, once the routes are listed.
-    assert lines.index("INFO:     Application startup complete.") > max(
-        i for i, line in enumerate(lines) if "Route: " in line
-    )
-
-
 async def test_vllm_json_answers(nursery: trio.Nursery, tmp_path: Path) -> None:
     _, client = await _start(nursery, tmp_path, "vllm")
     prompt = "The capital of France is"
     completion = (await client.post("/v1/completions", json={"prompt": prompt})).json()
     assert completion["id"].startswith("cmpl-")
     assert completion["object"] == "text_completion"
-    assert completion["model"] == MODEL
+    assert completion["model"] == OPENAI_MODEL
     choice = completion["choices"][0]
     assert choice["finish_reason"] == "length"
     assert choice["stop_reason"] is None
@@ -116,7 +71,7 @@ async def test_vllm_json_answers(nursery: trio.Nursery, tmp_path: Path) -> None:
         "completion_tokens": 16,
         "prompt_tokens_details": None,
     }
-    chat = (await client.post("/v1/chat/completions", json={**CHAT, "n": 2})).json()
+    chat = (await client.post("/v1/chat/completions", json={**OPENAI_CHAT, "n": 2})).json()
     assert chat["id"].startswith("chatcmpl-")
     assert chat["object"] == "chat.completion"
     assert [c["index"] for c in chat["choices"]] == [0, 1]
@@ -134,10 +89,10 @@ async def test_vllm_json_answers(nursery: trio.Nursery, tmp_path: Path) -> None:
 
 async def test_vllm_streams(nursery: trio.Nursery, tmp_path: Path) -> None:
     _, client = await _start(nursery, tmp_path, "vllm")
-    body = {**CHAT, "stream": True, "stream_options": {"include_usage": True}}
+    body = {**OPENAI_CHAT, "stream": True, "stream_options": {"include_usage": True}}
     response = await client.post("/v1/chat/completions", json=body)
     assert response.headers["content-type"] == "text/event-stream"
-    payloads = _events(response.content)
+    payloads = openai_events(response.content)
     assert payloads[-1] == b"[DONE]"
     chunks = [json.loads(p) for p in payloads[:-1]]
     assert all(c["object"] == "chat.completion.chunk" for c in chunks)
@@ -155,7 +110,7 @@ async def test_vllm_streams(nursery: trio.Nursery, tmp_path: Path) -> None:
     plain = await client.post(
         "/v1/completions", json={"prompt": "hi", "max_tokens": 3, "stream": True}
     )
-    chunks = [json.loads(p) for p in _events(plain.content)[:-1]]
+    chunks = [json.loads(p) for p in openai_events(plain.content)[:-1]]
     assert [c["object"] for c in chunks] == ["text_completion"] * 4
     assert all("usage" not in c for c in chunks)
     assert chunks[-1]["choices"][0]["finish_reason"] == "length"
@@ -165,13 +120,13 @@ async def test_vllm_streams(nursery: trio.Nursery, tmp_path: Path) -> None:
         "/v1/completions",
         json={"prompt": "hi", "max_tokens": 3, "stream": True, "stream_options": options},
     )
-    chunks = [json.loads(p) for p in _events(running.content)[:-1]]
+    chunks = [json.loads(p) for p in openai_events(running.content)[:-1]]
     assert [c["usage"]["completion_tokens"] for c in chunks] == [1, 2, 3, 3, 3]
 
 
 async def test_vllm_errors(nursery: trio.Nursery, tmp_path: Path) -> None:
     _, client = await _start(nursery, tmp_path, "vllm", "--max-model-len", "64")
-    bad = await client.post("/v1/chat/completions", json={**CHAT, "max_tokens": 0})
+    bad = await client.post("/v1/chat/completions", json={**OPENAI_CHAT, "max_tokens": 0})
     assert bad.status_code == 400
     error = bad.json()["error"]
     assert set(error) == {"message", "type", "param", "code"}
@@ -193,12 +148,13 @@ async def test_vllm_errors(nursery: trio.Nursery, tmp_path: Path) -> None:
     assert missing.status_code == 404
 
 
+# -- every flavor ------------------------------------------------------------------------------
 @pytest.mark.parametrize("flavor", ["vllm", "sglang", "llamacpp"])
 async def test_disconnect_aborts_generation(
     nursery: trio.Nursery, tmp_path: Path, flavor: str
 ) -> None:
     fake, client = await _start(nursery, tmp_path, flavor, "--token-rate", "50")
-    body = {**CHAT, "max_tokens": 1000, "stream": True}
+    body = {**OPENAI_CHAT, "max_tokens": 1000, "stream": True}
     seen = 0
     # Cancelling, not breaking out of the loop: a break leaves httpx's nested async
     # generators to the garbage collector.
@@ -228,7 +184,7 @@ async def test_injected_errors_use_the_flavors_shape(
     nursery: trio.Nursery, tmp_path: Path, flavor: str
 ) -> None:
     _, client = await _start(nursery, tmp_path, flavor, "--error-rate", "1")
-    response = await client.post("/v1/chat/completions", json=CHAT)
+    response = await client.post("/v1/chat/completions", json=OPENAI_CHAT)
     assert response.status_code == 500
     body: dict[str, Any] = response.json()
     if flavor == "vllm":
@@ -240,111 +196,6 @@ async def test_injected_errors_use_the_flavors_shape(
         assert body["error"] == {"code": 500, "message": "injected failure", "type": "server_error"}
 
 
-async def test_hang_after_keeps_the_connection_open(nursery: trio.Nursery, tmp_path: Path) -> None:
-    _, client = await _start(nursery, tmp_path, "llamacpp", "--hang-after", "3")
-    tokens = 0
-    body = {**CHAT, "max_tokens": 10, "stream": True}
-    with trio.CancelScope() as scope:
-        async with client.stream("POST", "/v1/chat/completions", json=body) as response:
-            async for line in response.aiter_lines():
-                tokens += '"content":" ' in line
-                if tokens == 3:
-                    # Three tokens, then silence on an open connection.
-                    scope.deadline = trio.current_time() + 0.3
-    assert scope.cancelled_caught
-    assert tokens == 3
-    await poll_stats(client, "cancelled", 1)
-
-
-# -- SGLang ------------------------------------------------------------------------------------
-async def test_sglang_health_503_until_warm(nursery: trio.Nursery, tmp_path: Path) -> None:
-    fake = await start_fake(
-        nursery,
-        MODULE,
-        "--flavor",
-        "sglang",
-        "--load-delay",
-        "0",
-        "--warmup",
-        "1.0",
-        log_path=tmp_path / "sglang.log",
-    )
-    async with httpx.AsyncClient(base_url=fake.url, timeout=5.0, trust_env=False) as client:
-        # Listening, uvicorn's lines written, warm-up under way.
-        with trio.fail_after(5):
-            await fake.wait_for_log("Application startup complete.")
-        assert (await client.get("/health")).status_code == 503
-        assert (await client.get("/ping")).status_code == 200
-        with trio.fail_after(10):
-            await fake.wait_for_log("The server is fired up and ready to roll!")
-        assert (await client.get("/health")).status_code == 200
-        bad = await client.post("/v1/completions", json={"prompt": "x", "max_tokens": -1})
-        models = (await client.get("/v1/models")).json()
-        chat = (await client.post("/v1/chat/completions", json=CHAT)).json()
-    assert bad.status_code == 400
-    assert bad.json() == {
-        "object": "error",
-        "message": "max_tokens must be at least 1, got -1.",
-        "type": "Bad Request",
-        "param": None,
-        "code": 400,
-    }
-    assert models["data"][0]["owned_by"] == "sglang"
-    assert chat["object"] == "chat.completion"
-    assert chat["usage"]["completion_tokens"] == 4
-    lines = fake.log_text().splitlines()
-    stamp = r"^\[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d( TP0)?\] "
-    assert all(re.match(stamp, line) for line in lines if "ServerArgs" in line or "TP0" in line)
-    startup = next(i for i, line in enumerate(lines) if "Application startup complete." in line)
-    ready = next(i for i, line in enumerate(lines) if "fired up" in line)
-    assert startup < ready
-
-
-# -- llama.cpp ---------------------------------------------------------------------------------
-async def test_llamacpp_listens_early_and_answers_503_while_loading(
-    nursery: trio.Nursery, tmp_path: Path
-) -> None:
-    fake = await start_fake(
-        nursery,
-        MODULE,
-        "--flavor",
-        "llamacpp",
-        "--load-delay",
-        "1.0",
-        log_path=tmp_path / "llamacpp.log",
-    )
-    loading = {"error": {"code": 503, "message": "Loading model", "type": "unavailable_error"}}
-    async with httpx.AsyncClient(base_url=fake.url, timeout=5.0, trust_env=False) as client:
-        for response in (
-            await client.get("/health"),
-            await client.get("/v1/models"),
-            await client.post("/v1/chat/completions", json=CHAT),
-        ):
-            assert response.status_code == 503
-            assert response.json() == loading
-        with trio.fail_after(10):
-            line = await fake.wait_for_log("server is listening on")
-        assert line == f"srv  llama_server: server is listening on {fake.url}"
-        health = await client.get("/health")
-        assert (health.status_code, health.json()) == (200, {"status": "ok"})
-        answer = (await client.post("/v1/chat/completions", json=CHAT)).json()
-        stream = await client.post(
-            "/v1/completions", json={"prompt": "x", "stream": True, "max_tokens": 2}
-        )
-        bad = await client.post("/v1/completions", json={"max_tokens": 2})
-    assert answer["id"].startswith("chatcmpl-")
-    assert answer["system_fingerprint"]
-    assert answer["timings"]["predicted_n"] == 4
-    assert answer["usage"]["completion_tokens"] == 4
-    assert stream.headers["x-accel-buffering"] == "no"
-    chunks = _events(stream.content)
-    assert chunks[-1] == b"[DONE]"
-    assert "timings" in json.loads(chunks[-2])
-    assert bad.status_code == 400
-    assert bad.json()["error"]["type"] == "invalid_request_error"
-    assert "srv  llama_server: model loaded" in fake.log_text()
-
-
 @pytest.mark.parametrize("flavor", ["vllm", "sglang", "llamacpp"])
 async def test_eos_after_stops_every_choice_early_unless_ignore_eos(
     nursery: trio.Nursery, tmp_path: Path, flavor: str
@@ -352,7 +203,7 @@ async def test_eos_after_stops_every_choice_early_unless_ignore_eos(
     """``--eos-after``: the model's end-of-sequence token comes early; ``ignore_eos`` (which
     these servers honour) generates all that was asked. Usage says what was generated."""
     _, client = await _start(nursery, tmp_path, flavor, "--eos-after", "2")
-    chat = {**CHAT, "max_tokens": 6, "n": 2}
+    chat = {**OPENAI_CHAT, "max_tokens": 6, "n": 2}
     stopped = (await client.post("/v1/chat/completions", json=chat)).json()
     assert [c["finish_reason"] for c in stopped["choices"]] == ["stop", "stop"]
     assert stopped["usage"]["completion_tokens"] == 2 * 2
@@ -364,66 +215,11 @@ async def test_eos_after_stops_every_choice_early_unless_ignore_eos(
     body = {"prompt": "hi", "max_tokens": 6, "stream": True}
     chunks = [
         json.loads(c)
-        for c in _events((await client.post("/v1/completions", json=body)).content)[:-1]
+        for c in openai_events((await client.post("/v1/completions", json=body)).content)[:-1]
     ]
     assert [c["choices"][0]["finish_reason"] for c in chunks] == [None, None, "stop"]
     stats = await poll_stats(client, "completed", 4)
     assert stats["tokens_generated"] == 4 + 12 + 1 + 2
-
-
-async def test_llamacpp_timings_end_its_streams(nursery: trio.Nursery, tmp_path: Path) -> None:
-    """llama.cpp's ``timings`` (with ``cache_n``, as builds since 2025 send) are on the last
-    event: the finish event, or the usage event when the client asked for usage."""
-    _, client = await _start(nursery, tmp_path, "llamacpp")
-    body = {**CHAT, "stream": True}
-    plain = [
-        json.loads(c)
-        for c in _events((await client.post("/v1/chat/completions", json=body)).content)[:-1]
-    ]
-    assert "timings" in plain[-1]
-    assert "usage" not in plain[-1]
-    assert all("timings" not in c for c in plain[:-1])
-    timings = plain[-1]["timings"]
-    assert timings["cache_n"] == 0
-    assert timings["predicted_n"] == 4
-    body["stream_options"] = {"include_usage": True}
-    asked = [
-        json.loads(c)
-        for c in _events((await client.post("/v1/chat/completions", json=body)).content)[:-1]
-    ]
-    assert asked[-1]["choices"] == []
-    assert asked[-1]["usage"]["prompt_tokens"] == timings["cache_n"] + timings["prompt_n"]
-    assert "timings" in asked[-1]
-    assert all("timings" not in c for c in asked[:-1])
-
-
-@pytest.mark.parametrize(
-    ("flavor", "knob", "expected"),
-    [
-        (
-            "sglang",
-            "--fail-load",
-            "Not enough memory. Please try to increase --mem-fraction-static",
-        ),
-        ("sglang", "--fail-warmup", "Initialization failed. warmup error"),
-        ("llamacpp", "--fail-load", "llama_model_load: error loading model: out of luck"),
-        ("llamacpp", "--fail-load", "srv  llama_server: exiting due to model loading error"),
-    ],
-)
-async def test_failed_starts_exit_1_with_the_flavors_lines(
-    nursery: trio.Nursery, tmp_path: Path, flavor: str, knob: str, expected: str
-) -> None:
-    # (vLLM's failed load is among every fake's, in test_fake_knobs.)
-    fake = await spawn_fake(
-        nursery, MODULE, *_fast(flavor), knob, "out of luck", log_path=tmp_path / "f.log"
-    )
-    with trio.fail_after(10):
-        assert await fake.wait() == 1
-    assert expected in fake.log_text()
-    assert READY[flavor] not in fake.log_text()
-    backend = backend_for(Settings(server=flavor))
-    meanings = [backend.classify(line) for line in fake.log_text().splitlines()]
-    assert any(rule is not None and rule.action is LogAction.MODEL_ERROR for rule in meanings)
 
 
 _ALARMING = (
@@ -463,4 +259,47 @@ async def test_logged_requests_quote_the_prompt_and_mean_nothing(
         )
     ]
     assert len(ready) == 1
-    assert READY[flavor] in ready[0]
+    assert OPENAI_READY[flavor] in ready[0]
+
+
+# -- llama.cpp ---------------------------------------------------------------------------------
+async def test_hang_after_keeps_the_connection_open(nursery: trio.Nursery, tmp_path: Path) -> None:
+    _, client = await _start(nursery, tmp_path, "llamacpp", "--hang-after", "3")
+    tokens = 0
+    body = {**OPENAI_CHAT, "max_tokens": 10, "stream": True}
+    with trio.CancelScope() as scope:
+        async with client.stream("POST", "/v1/chat/completions", json=body) as response:
+            async for line in response.aiter_lines():
+                tokens += '"content":" ' in line
+                if tokens == 3:
+                    # Three tokens, then silence on an open connection.
+                    scope.deadline = trio.current_time() + 0.3
+    assert scope.cancelled_caught
+    assert tokens == 3
+    await poll_stats(client, "cancelled", 1)
+
+
+async def test_llamacpp_timings_end_its_streams(nursery: trio.Nursery, tmp_path: Path) -> None:
+    """llama.cpp's ``timings`` (with ``cache_n``, as builds since 2025 send) are on the last
+    event: the finish event, or the usage event when the client asked for usage."""
+    _, client = await _start(nursery, tmp_path, "llamacpp")
+    body = {**OPENAI_CHAT, "stream": True}
+    plain = [
+        json.loads(c)
+        for c in openai_events((await client.post("/v1/chat/completions", json=body)).content)[:-1]
+    ]
+    assert "timings" in plain[-1]
+    assert "usage" not in plain[-1]
+    assert all("timings" not in c for c in plain[:-1])
+    timings = plain[-1]["timings"]
+    assert timings["cache_n"] == 0
+    assert timings["predicted_n"] == 4
+    body["stream_options"] = {"include_usage": True}
+    asked = [
+        json.loads(c)
+        for c in openai_events((await client.post("/v1/chat/completions", json=body)).content)[:-1]
+    ]
+    assert asked[-1]["choices"] == []
+    assert asked[-1]["usage"]["prompt_tokens"] == timings["cache_n"] + timings["prompt_n"]
+    assert "timings" in asked[-1]
+    assert all("timings" not in c for c in asked[:-1])
