@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from http1_wires import split
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -31,12 +32,6 @@ def _read_all(pieces: list[bytes], reader: ResponseReader) -> tuple[ResponseHead
             body += event
 
 
-def _split(data: bytes, cuts: list[int]) -> list[bytes]:
-    points = sorted({c % (len(data) + 1) for c in cuts})
-    pieces = [data[a:b] for a, b in zip([0, *points], [*points, len(data)], strict=True)]
-    return [p for p in pieces if p]  # an empty piece would mean EOF
-
-
 @given(
     body=st.binary(max_size=3000),
     chunk_sizes=st.lists(st.integers(min_value=1, max_value=700), min_size=1, max_size=20),
@@ -60,7 +55,7 @@ def test_any_response_split_anywhere_reads_back_exactly(
         wire += b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nX-A: b\r\n\r\n%s" % (len(body), body)
     reader = ResponseReader()
     reader.expect()
-    head, got, _ = _read_all(_split(wire, cuts), reader)
+    head, got, _ = _read_all(split(wire, cuts), reader)
     assert head.status == 200
     assert (b"x-a", b"b") in head.headers
     assert got == body
@@ -350,25 +345,25 @@ def test_a_head_of_exactly_the_bound_is_read_and_one_byte_more_refused(cuts: lis
     final = _head_of(limit, framing=b"Content-Length: 2\r\n") + b"ok"
     reader = ResponseReader()
     reader.expect()
-    head, body, _ = _read_all(_split(final, cuts), reader)
+    head, body, _ = _read_all(split(final, cuts), reader)
     assert (head.status, body) == (200, b"ok")
 
     reader = ResponseReader()
     reader.expect()
     too_big = _head_of(limit + 1, framing=b"Content-Length: 2\r\n") + b"ok"
     with pytest.raises(ProtocolError, match="head"):
-        _read_all(_split(too_big, cuts), reader)
+        _read_all(split(too_big, cuts), reader)
 
     # Each informational head is bounded alike (not their sum).
     reader = ResponseReader()
     reader.expect()
     interim = _head_of(limit, status=b"103 Early Hints")
-    head, body, _ = _read_all(_split(interim * 2 + final, cuts), reader)
+    head, body, _ = _read_all(split(interim * 2 + final, cuts), reader)
     assert (head.status, body) == (200, b"ok")
     reader = ResponseReader()
     reader.expect()
     with pytest.raises(ProtocolError, match="head"):
-        _read_all(_split(_head_of(limit + 1, status=b"100 Continue") + final, cuts), reader)
+        _read_all(split(_head_of(limit + 1, status=b"100 Continue") + final, cuts), reader)
 
 
 @given(cuts=st.lists(st.integers(min_value=0, max_value=70_000), max_size=6))
@@ -381,10 +376,10 @@ def test_the_trailer_section_is_bounded_like_a_head(cuts: list[int]) -> None:
         reader = ResponseReader()
         reader.expect()
         if ok:
-            assert _read_all(_split(wire, cuts), reader)[1] == b"ok"
+            assert _read_all(split(wire, cuts), reader)[1] == b"ok"
         else:
             with pytest.raises(ProtocolError, match="trailer"):
-                _read_all(_split(wire, cuts), reader)
+                _read_all(split(wire, cuts), reader)
 
 
 def test_informational_responses_are_bounded_in_number() -> None:
@@ -415,7 +410,7 @@ def test_a_chunk_line_is_bounded_whatever_the_split(extra: int) -> None:
         reader = ResponseReader()
         reader.expect()
         if extra == 0:
-            assert _read_all(_split(wire, [cut]), reader)[1] == b"ok"
+            assert _read_all(split(wire, [cut]), reader)[1] == b"ok"
         else:
             with pytest.raises(ProtocolError, match="chunk line"):
-                _read_all(_split(wire, [cut]), reader)
+                _read_all(split(wire, [cut]), reader)
