@@ -13,12 +13,23 @@ from pyworker._records import RecordStatus
 
 
 def admission(
-    *, pending: tuple[float, ...] = (), capacity: float = 10.0, **kwargs: object
+    *,
+    pending: tuple[float, ...] = (),
+    capacity: float = 10.0,
+    max_queue_time: float = 30.0,
+    parallel: bool = True,
 ) -> Admission:
+    """An admission at ``capacity`` with ``pending`` workloads already admitted (by default the
+    limit and the turns are Admission's own: 30 s, parallel)."""
     tracker = LoadTracker(now=0.0)
     for workload in pending:
         tracker.open(workload, 0.0)
-    return Admission(tracker=tracker, capacity=lambda: capacity, **kwargs)  # type: ignore[arg-type]
+    return Admission(
+        tracker=tracker,
+        capacity=lambda: capacity,
+        max_queue_time=max_queue_time,
+        parallel=parallel,
+    )
 
 
 def test_a_wait_exactly_at_the_limit_is_admitted() -> None:

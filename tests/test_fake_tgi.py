@@ -49,8 +49,9 @@ async def test_start_logs_tgi_json_and_refuses_connections_until_connected(
     with trio.fail_after(10):
         connected = await fake.wait_for_log('"message":"Connected"')
         await fake.wait_listening()
-    assert TGI_BACKEND.classify(connected) is not None
-    assert TGI_BACKEND.classify(connected).action is LogAction.MODEL_LOADED  # type: ignore[union-attr]
+    rule = TGI_BACKEND.classify(connected)
+    assert rule is not None
+    assert rule.action is LogAction.MODEL_LOADED
     record = json.loads(connected)
     assert record["target"] == "text_generation_router::server"
     assert record["filename"] == "router/src/server.rs"

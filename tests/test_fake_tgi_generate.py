@@ -198,6 +198,7 @@ async def test_errors_have_tgi_shapes(nursery: trio.Nursery, tmp_path: Path) -> 
         assert missing.text == (
             "Failed to deserialize the JSON body into the target type: missing field `inputs`"
         )
+        # A string for max_new_tokens: the wrong type is the test.
         mistyped = await client.post("/generate", json=tgi_body("many"))  # type: ignore[arg-type]
         assert mistyped.status_code == 422
         assert mistyped.text.endswith(

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 from functools import partial
+from typing import TypedDict
 
 import pytest
 import trio
@@ -170,10 +171,18 @@ def test_fail_request_draws_the_same_requests_for_a_seed() -> None:
     assert all(Faults(error_rate=1).fail_request() for _ in range(100))
 
 
+class _FaultFields(TypedDict, total=False):
+    """Some of the fields of :class:`Faults`, with their types."""
+
+    error_rate: float
+    hang_after: int
+    slow_health: float
+
+
 @pytest.mark.parametrize("fields", [{"error_rate": 1.5}, {"hang_after": -1}, {"slow_health": -0.1}])
-def test_faults_reject_nonsense(fields: dict[str, float]) -> None:
+def test_faults_reject_nonsense(fields: _FaultFields) -> None:
     with pytest.raises(ValueError, match="must be"):
-        Faults(**fields)  # type: ignore[arg-type]
+        Faults(**fields)
 
 
 def test_batches_stop_at_failure_points() -> None:

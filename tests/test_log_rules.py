@@ -72,11 +72,13 @@ def test_substring_and_pattern_must_both_hold() -> None:
 )
 def test_rules_are_validated(fields: dict[str, object], error: type[Exception]) -> None:
     with pytest.raises(error):
+        # The TypeError rows' wrong types are the test.
         LogRule(action=LogAction.INFO, **fields)  # type: ignore[arg-type]
 
 
 def test_the_action_must_be_a_log_action() -> None:
     with pytest.raises(TypeError):
+        # A string for the action: the wrong type is the test.
         LogRule(action="model_loaded", substring="x")  # type: ignore[arg-type]
 
 

@@ -56,8 +56,9 @@ async def test_one_access_line_per_request_without_the_payload(
         assert (await stack.post("/generate", {"prompt": 5})).status_code == 422
 
         def access_lines() -> list[tuple[str, int, float]]:
+            # The access line's fields are its record's ``extra=`` attributes, not LogRecord's.
             return [
-                (r.route, r.status, r.workload)  # type: ignore[attr-defined]
+                (vars(r)["route"], vars(r)["status"], vars(r)["workload"])
                 for r in caplog.records
                 if r.name == ACCESS.name
             ]
